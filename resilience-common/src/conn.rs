@@ -1,0 +1,46 @@
+//! Connections in flight and the outcome records sent to the daemon.
+
+use crate::endpoint::Endpoint;
+
+/// `ConnTrack::slot` of a destination that no policy names (counted in the observed map).
+pub const SLOT_OBSERVED: u32 = u32::MAX;
+
+pub const CONN_CONNECTING: u32 = 0;
+pub const CONN_ESTABLISHED: u32 = 1;
+
+/// A TCP socket whose connect the hook allowed, keyed by socket cookie.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct ConnTrack {
+    /// bpf_ktime_get_ns() when the hook saw the connect.
+    pub start_ns: u64,
+    pub endpoint: Endpoint,
+    /// Destination slot, or `SLOT_OBSERVED`.
+    pub slot: u32,
+    /// `CONN_*`.
+    pub state: u32,
+    pub _pad: u32,
+}
+
+pub const OUTCOME_SUCCESS: u32 = 0;
+pub const OUTCOME_REFUSED: u32 = 1;
+pub const OUTCOME_TIMEOUT: u32 = 2;
+pub const OUTCOME_UNREACHABLE: u32 = 3;
+pub const OUTCOME_RESET: u32 = 4;
+pub const OUTCOME_CLOSED: u32 = 5;
+
+/// One record per connect outcome and per close of an established connection.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct OutcomeEvent {
+    pub ts_ns: u64,
+    /// Connect latency for `OUTCOME_SUCCESS`, time since the connect otherwise.
+    pub latency_ns: u64,
+    pub cookie: u64,
+    pub endpoint: Endpoint,
+    pub slot: u32,
+    /// `OUTCOME_*`.
+    pub outcome: u32,
+    /// The socket's error (positive errno) when it closed, 0 if none.
+    pub sk_err: u32,
+}

@@ -1,0 +1,112 @@
+//! Per-destination verdicts (written by the daemon) and counters (written by the kernel).
+
+/// Let the connect through.
+pub const ACTION_ALLOW: u32 = 0;
+/// Reject the connect with `DestPolicy::errno` (forced-open, or an open breaker).
+pub const ACTION_REJECT: u32 = 1;
+
+/// Count what would have been rejected, reject nothing.
+pub const FLAG_DRY_RUN: u32 = 1 << 0;
+
+/// Index of a rejection reason in `DestCounters::rejected`.
+pub const REJECT_BREAKER: usize = 0;
+pub const REJECT_RATE_LIMIT: usize = 1;
+pub const REJECT_BULKHEAD: usize = 2;
+pub const REJECT_REASONS: usize = 3;
+
+/// Connect latency histogram: bucket `i` counts connects that took less than `2^i` µs and at
+/// least `2^(i-1)` µs; the last bucket takes everything slower (about 4 s and up).
+pub const LATENCY_BUCKETS: usize = 24;
+
+/// What the connect hook does for one destination slot.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct DestPolicy {
+    /// `ACTION_*`.
+    pub action: u32,
+    /// Positive errno the application sees on a rejected connect.
+    pub errno: u32,
+    /// `FLAG_*`.
+    pub flags: u32,
+    pub _pad: u32,
+    /// Hash of the destination's name; 0 marks a free slot. Not read by the hook: it lets a
+    /// restarted daemon give each destination back its slot, and with it its counters.
+    pub name_id: u64,
+}
+
+/// Counters for one destination. The kernel adds to them atomically; the daemon only reads.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct DestCounters {
+    /// Connects seen by the hook (allowed or rejected).
+    pub attempts: u64,
+    /// Connects rejected, by `REJECT_*` reason.
+    pub rejected: [u64; REJECT_REASONS],
+    /// Connects a dry-run destination would have rejected.
+    pub would_reject: u64,
+    /// Connects let through because the daemon's lease had expired (fail-open).
+    pub fail_open: u64,
+    /// SYN_SENT -> ESTABLISHED.
+    pub successes: u64,
+    /// SYN_SENT -> CLOSE on a reset (ECONNREFUSED).
+    pub refused: u64,
+    /// SYN_SENT -> CLOSE on ETIMEDOUT, or given up by the application.
+    pub timeout: u64,
+    /// SYN_SENT -> CLOSE on an ICMP error (EHOSTUNREACH, ENETUNREACH, ...).
+    pub unreachable: u64,
+    /// An established connection ended by a reset.
+    pub reset: u64,
+    /// Established connections that have closed (for any reason, resets included).
+    pub closed: u64,
+    /// Sum of connect latencies of successes, in nanoseconds.
+    pub latency_sum_ns: u64,
+    pub latency_log2_us: [u64; LATENCY_BUCKETS],
+}
+
+impl Default for DestCounters {
+    fn default() -> Self {
+        Self {
+            attempts: 0,
+            rejected: [0; REJECT_REASONS],
+            would_reject: 0,
+            fail_open: 0,
+            successes: 0,
+            refused: 0,
+            timeout: 0,
+            unreachable: 0,
+            reset: 0,
+            closed: 0,
+            latency_sum_ns: 0,
+            latency_log2_us: [0; LATENCY_BUCKETS],
+        }
+    }
+}
+
+impl DestCounters {
+    /// Connections established and not yet closed.
+    pub fn active(&self) -> u64 {
+        self.successes.saturating_sub(self.closed)
+    }
+
+    pub fn failures(&self) -> u64 {
+        self.refused + self.timeout + self.unreachable
+    }
+}
+
+/// The histogram bucket for a latency in nanoseconds.
+#[inline(always)]
+pub fn latency_bucket(latency_ns: u64) -> usize {
+    let us = latency_ns / 1000;
+    // Number of significant bits of `us`: 0 for 0, 1 for 1, 2 for 2..=3, ...
+    let bits = (64 - us.leading_zeros()) as usize;
+    if bits >= LATENCY_BUCKETS {
+        LATENCY_BUCKETS - 1
+    } else {
+        bits
+    }
+}
+
+/// Upper bound, in microseconds, of histogram bucket `i` (exclusive).
+pub const fn latency_bucket_upper_us(i: usize) -> u64 {
+    1u64 << i
+}

@@ -1,0 +1,78 @@
+//! The policy file: TOML in, a validated `Policy` out. Pure: no I/O beyond reading the file.
+
+mod duration;
+mod errno;
+mod matcher;
+mod parse;
+
+pub use duration::parse_duration;
+pub use errno::Errno;
+pub use matcher::{Match, MatchKind};
+pub use parse::{load_file, parse_str};
+
+use std::{path::PathBuf, time::Duration};
+
+/// The policy the daemon enforces.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    pub daemon: DaemonSettings,
+    pub destinations: Vec<Destination>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DaemonSettings {
+    /// cgroup v2 directory the hooks attach to; `None`: the root of the cgroup2 mount.
+    pub cgroup: Option<PathBuf>,
+    pub socket: PathBuf,
+    /// How long a heartbeat keeps the hook enforcing; past it, the hook fails open.
+    pub lease: Duration,
+    /// bpffs directory for pinned maps.
+    pub pin_dir: PathBuf,
+}
+
+pub const DEFAULT_SOCKET: &str = "/run/resilience/control.sock";
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/resilience";
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(2);
+
+impl Default for DaemonSettings {
+    fn default() -> Self {
+        Self {
+            cgroup: None,
+            socket: PathBuf::from(DEFAULT_SOCKET),
+            lease: DEFAULT_LEASE,
+            pin_dir: PathBuf::from(DEFAULT_PIN_DIR),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Breakers, buckets and bulkheads decide.
+    Enforce,
+    /// Decide, count what would be rejected, reject nothing.
+    DryRun,
+    /// Observe only.
+    Disabled,
+    /// Reject every connect.
+    ForcedOpen,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::DryRun => "dry-run",
+            Mode::Disabled => "disabled",
+            Mode::ForcedOpen => "forced-open",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Destination {
+    pub name: String,
+    pub matches: Vec<Match>,
+    pub mode: Mode,
+    pub reject_errno: Errno,
+}

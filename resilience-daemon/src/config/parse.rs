@@ -1,0 +1,243 @@
+//! TOML -> `Policy`, with every error located at file:line:col.
+
+use std::{
+    collections::HashMap,
+    fmt,
+    ops::Range,
+    path::{Path, PathBuf},
+};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::{
+    duration::parse_duration, errno::Errno, matcher::Match, DaemonSettings, Destination,
+    MatchKind, Mode, Policy,
+};
+
+/// A policy file that cannot be used, with the place that makes it so.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    pub file: String,
+    pub line: usize,
+    pub col: usize,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: {}", self.file, self.line, self.col, self.message)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    daemon: Option<RawDaemon>,
+    #[serde(default)]
+    destination: Vec<Spanned<RawDestination>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDaemon {
+    cgroup: Option<String>,
+    socket: Option<String>,
+    lease: Option<Spanned<String>>,
+    pin_dir: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDestination {
+    name: Spanned<String>,
+    #[serde(rename = "match")]
+    matches: Spanned<Vec<Spanned<String>>>,
+    mode: Option<Spanned<String>>,
+    reject_errno: Option<Spanned<String>>,
+}
+
+pub fn load_file(path: &Path) -> Result<Policy, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.display().to_string(),
+        line: 0,
+        col: 0,
+        message: format!("cannot read: {e}"),
+    })?;
+    parse_str(&text, path)
+}
+
+pub fn parse_str(text: &str, path: &Path) -> Result<Policy, ConfigError> {
+    let at = |span: Range<usize>, message: String| locate(text, path, span.start, message);
+    let raw: RawFile = toml::from_str(text).map_err(|e| {
+        let start = e.span().map_or(0, |s| s.start);
+        // toml's message repeats the location and the source line; keep the first line.
+        let message = e.message().lines().next().unwrap_or("invalid TOML").to_string();
+        locate(text, path, start, message)
+    })?;
+
+    let mut daemon = DaemonSettings::default();
+    if let Some(d) = raw.daemon {
+        daemon.cgroup = d.cgroup.map(PathBuf::from);
+        if let Some(s) = d.socket {
+            daemon.socket = PathBuf::from(s);
+        }
+        if let Some(p) = d.pin_dir {
+            daemon.pin_dir = PathBuf::from(p);
+        }
+        if let Some(l) = d.lease {
+            let lease = parse_duration(l.get_ref()).map_err(|m| at(l.span(), m))?;
+            if lease.is_zero() {
+                return Err(at(l.span(), "lease must be longer than 0".into()));
+            }
+            daemon.lease = lease;
+        }
+    }
+
+    let mut destinations = Vec::new();
+    let mut names: HashMap<String, usize> = HashMap::new();
+    let mut owners: HashMap<MatchKind, String> = HashMap::new();
+    for d in raw.destination {
+        let span = d.span();
+        let d = d.into_inner();
+        let name = d.name.get_ref().trim().to_string();
+        if name.is_empty() || name.len() > 64 || name.chars().any(|c| c.is_control()) {
+            return Err(at(d.name.span(), "name must be 1 to 64 printable characters".into()));
+        }
+        if names.insert(name.clone(), span.start).is_some() {
+            return Err(at(d.name.span(), format!("destination {name:?} is defined twice")));
+        }
+        if d.matches.get_ref().is_empty() {
+            return Err(at(d.matches.span(), "match needs at least one address".into()));
+        }
+        let mut matches = Vec::new();
+        for m in d.matches.into_inner() {
+            let parsed = Match::parse(m.get_ref()).map_err(|e| at(m.span(), e))?;
+            if let Some(other) = owners.insert(parsed.kind.clone(), name.clone()) {
+                let msg = if other == name {
+                    format!("{:?} is listed twice", m.get_ref())
+                } else {
+                    format!("{:?} is already matched by destination {other:?}", m.get_ref())
+                };
+                return Err(at(m.span(), msg));
+            }
+            matches.push(parsed);
+        }
+        let mode = match &d.mode {
+            None => Mode::Enforce,
+            Some(m) => match m.get_ref().as_str() {
+                "enforce" => Mode::Enforce,
+                "dry-run" => Mode::DryRun,
+                "disabled" => Mode::Disabled,
+                "forced-open" => Mode::ForcedOpen,
+                other => {
+                    return Err(at(
+                        m.span(),
+                        format!(
+                            "unknown mode {other:?}; one of \"enforce\", \"dry-run\", \"disabled\", \"forced-open\""
+                        ),
+                    ))
+                }
+            },
+        };
+        let reject_errno = match &d.reject_errno {
+            None => Errno::default(),
+            Some(e) => Errno::from_name(e.get_ref()).map_err(|m| at(e.span(), m))?,
+        };
+        destinations.push(Destination { name, matches, mode, reject_errno });
+    }
+    Ok(Policy { daemon, destinations })
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn locate(text: &str, path: &Path, offset: usize, message: String) -> ConfigError {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let col = text[line_start..offset].chars().count() + 1;
+    ConfigError { file: path.display().to_string(), line, col, message }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Policy, ConfigError> {
+        parse_str(text, Path::new("p.toml"))
+    }
+
+    fn err(text: &str) -> String {
+        parse(text).expect_err("should fail").to_string()
+    }
+
+    #[test]
+    fn minimal_and_defaults() {
+        let p = parse("").unwrap();
+        assert_eq!(p.daemon, DaemonSettings::default());
+        assert!(p.destinations.is_empty());
+
+        let p = parse(
+            "[daemon]\nlease = \"500ms\"\ncgroup = \"/sys/fs/cgroup/x\"\n\n[[destination]]\nname = \"db\"\nmatch = [\"127.0.0.2:5432\", \"10.0.0.0/8\"]\nmode = \"forced-open\"\nreject_errno = \"ETIMEDOUT\"\n",
+        )
+        .unwrap();
+        assert_eq!(p.daemon.lease, std::time::Duration::from_millis(500));
+        assert_eq!(p.daemon.cgroup, Some(PathBuf::from("/sys/fs/cgroup/x")));
+        let d = &p.destinations[0];
+        assert_eq!(d.name, "db");
+        assert_eq!(d.mode, Mode::ForcedOpen);
+        assert_eq!(d.reject_errno, Errno(libc::ETIMEDOUT));
+        assert_eq!(d.matches.len(), 2);
+    }
+
+    #[test]
+    fn default_mode_and_errno() {
+        let p = parse("[[destination]]\nname = \"a\"\nmatch = [\"127.0.0.2:80\"]\n").unwrap();
+        assert_eq!(p.destinations[0].mode, Mode::Enforce);
+        assert_eq!(p.destinations[0].reject_errno, Errno(libc::ECONNREFUSED));
+    }
+
+    #[test]
+    fn errors_name_line_and_column() {
+        let cases: &[(&str, &str)] = &[
+            ("[daemon]\nlease = 5\n", "p.toml:2:9: invalid type: integer `5`, expected a string"),
+            ("[daemon]\nlease = \"5\"\n", "p.toml:2:9: duration \"5\" needs a unit: ms, s, m or h"),
+            ("[daemon]\nlease = \"0s\"\n", "p.toml:2:9: lease must be longer than 0"),
+            ("[deamon]\n", "p.toml:1:2: unknown field `deamon`, expected `daemon` or `destination`"),
+            (
+                "[[destination]]\nname = \"a\"\nmatch = [\"10.1.0.0/8\"]\n",
+                "p.toml:3:10: \"10.1.0.0/8\": host bits are set; did you mean 10.0.0.0/8?",
+            ),
+            (
+                "[[destination]]\nname = \"a\"\nmatch = []\n",
+                "p.toml:3:9: match needs at least one address",
+            ),
+            (
+                "[[destination]]\nname = \"a\"\nmatch = [\"127.0.0.1:80\"]\nmode = \"open\"\n",
+                "p.toml:4:8: unknown mode \"open\"; one of \"enforce\", \"dry-run\", \"disabled\", \"forced-open\"",
+            ),
+            (
+                "[[destination]]\nname = \"a\"\nmatch = [\"127.0.0.1:80\"]\n[[destination]]\nname = \"a\"\nmatch = [\"127.0.0.2:80\"]\n",
+                "p.toml:5:8: destination \"a\" is defined twice",
+            ),
+            (
+                "[[destination]]\nname = \"a\"\nmatch = [\"127.0.0.1:80\"]\n[[destination]]\nname = \"b\"\nmatch = [\"127.0.0.1:80\"]\n",
+                "p.toml:6:10: \"127.0.0.1:80\" is already matched by destination \"a\"",
+            ),
+            (
+                "[[destination]]\nname = \"a\"\nmatch = [\"127.0.0.1:80\"]\nreject_errno = \"ENOPE\"\n",
+                "p.toml:4:16: unknown errno \"ENOPE\"",
+            ),
+            (
+                "[[destination]]\nname = \"a\"\nmatch = [\"127.0.0.1:80\"]\ncolour = \"red\"\n",
+                "p.toml:4:1: unknown field `colour`",
+            ),
+            ("[[destination]]\nmatch = [\"127.0.0.1:80\"]\n", "p.toml:1:1: missing field `name`"),
+            ("[daemon\n", "p.toml:1:8: "),
+        ];
+        for (text, want) in cases {
+            let got = err(text);
+            assert!(got.starts_with(want), "\n{text}\ngot:  {got}\nwant: {want}");
+        }
+    }
+}

@@ -1,0 +1,75 @@
+//! Load the object, reuse or create the pinned maps, attach the programs.
+
+use std::{fs::File, path::PathBuf};
+
+use anyhow::{Context, Result};
+use aya::{
+    maps::RingBuf,
+    programs::{BtfTracePoint, CgroupAttachMode, CgroupSockAddr},
+    EbpfLoader,
+};
+use resilience_common::{maps, Control};
+
+use super::{btf::Btf, features, fs, tables, Tables, OBJECT};
+
+pub struct LoadOptions {
+    pub cgroup: PathBuf,
+    pub pin_dir: PathBuf,
+    pub lease_ns: u64,
+}
+
+/// The loaded programs (attached while this lives) and their maps.
+pub struct Kernel {
+    /// Dropping it detaches every program.
+    _ebpf: aya::Ebpf,
+    pub tables: Tables,
+    /// Taken by the daemon's event loop.
+    pub events: Option<RingBuf<aya::maps::MapData>>,
+}
+
+impl Kernel {
+    pub fn load(opts: &LoadOptions) -> Result<Kernel> {
+        features::check()?;
+        fs::check_cgroup2(&opts.cgroup)?;
+        fs::ensure_pin_dir(&opts.pin_dir)?;
+        tables::check_pinned_layout(&opts.pin_dir)?;
+
+        let sk_err = Btf::from_sys_fs()?.member_offset("sock", "sk_err")?;
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&opts.pin_dir)
+            .override_global(maps::GLOBAL_SK_ERR_OFFSET, &sk_err, true)
+            .load(OBJECT)
+            .context("loading the eBPF object")?;
+
+        let events = ebpf.take_map(maps::EVENTS).context("map EVENTS missing from the object")?;
+        let events = RingBuf::try_from(events).context("map EVENTS")?;
+        let mut tables = Tables::from_source(&mut ebpf)?;
+        // A fresh lease before the hooks can see a connect.
+        let control = tables.control()?;
+        tables.set_control(Control {
+            heartbeat_ns: super::monotonic_ns(),
+            lease_ns: opts.lease_ns,
+            ..control
+        })?;
+
+        let btf = aya::Btf::from_sys_fs().context("reading kernel BTF")?;
+        let tp: &mut BtfTracePoint = ebpf
+            .program_mut("sock_state")
+            .context("program sock_state missing")?
+            .try_into()?;
+        tp.load("inet_sock_set_state", &btf).context("loading program sock_state (tp_btf/inet_sock_set_state)")?;
+        tp.attach().context("attaching program sock_state")?;
+
+        let cgroup = File::open(&opts.cgroup)
+            .with_context(|| format!("opening cgroup {}", opts.cgroup.display()))?;
+        for name in ["connect4", "connect6"] {
+            let prog: &mut CgroupSockAddr =
+                ebpf.program_mut(name).with_context(|| format!("program {name} missing"))?.try_into()?;
+            prog.load().with_context(|| format!("loading program {name}"))?;
+            prog.attach(&cgroup, CgroupAttachMode::AllowMultiple).with_context(|| {
+                format!("attaching program {name} to cgroup {}", opts.cgroup.display())
+            })?;
+        }
+        Ok(Kernel { _ebpf: ebpf, tables, events: Some(events) })
+    }
+}

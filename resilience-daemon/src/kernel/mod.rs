@@ -1,0 +1,22 @@
+//! Everything that touches the kernel: feature probes, mounts, BTF, loading and attaching the
+//! programs, and typed access to their maps.
+
+pub mod btf;
+pub mod features;
+pub mod fs;
+pub mod loader;
+pub mod tables;
+
+pub use loader::{Kernel, LoadOptions};
+pub use tables::Tables;
+
+/// The eBPF object, built by build.rs from the resilience-ebpf crate.
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/resilience"));
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| (t.tv_sec() as u64) * 1_000_000_000 + t.tv_nsec() as u64);
+    // CLOCK_MONOTONIC cannot fail on Linux; 0 makes the lease look expired, which fails open.
+    ts.unwrap_or(0)
+}

@@ -1,0 +1,144 @@
+//! Typed handles on the object's maps, and the only code that reads or writes them.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use aya::maps::{
+    lpm_trie::{Key, LpmTrie},
+    Array, HashMap, Map, MapData, PerCpuArray,
+};
+use resilience_common::{
+    maps::{self, LAYOUT},
+    CidrData, Control, DestCounters, DestPolicy, Endpoint, Stats,
+};
+
+pub struct Tables {
+    pub exact: HashMap<MapData, Endpoint, u32>,
+    pub cidr: LpmTrie<MapData, CidrData, u32>,
+    pub policy: Array<MapData, DestPolicy>,
+    pub counters: Array<MapData, DestCounters>,
+    pub observed: HashMap<MapData, Endpoint, DestCounters>,
+    pub control: Array<MapData, Control>,
+    pub stats: PerCpuArray<MapData, Stats>,
+}
+
+/// Where a map goes when it comes from somewhere: the loaded object, or a pin.
+pub trait MapSource {
+    fn take(&mut self, name: &'static str) -> Result<Map>;
+}
+
+impl MapSource for aya::Ebpf {
+    fn take(&mut self, name: &'static str) -> Result<Map> {
+        self.take_map(name).with_context(|| format!("map {name} missing from the object"))
+    }
+}
+
+impl Tables {
+    pub fn from_source(src: &mut impl MapSource) -> Result<Tables> {
+        fn typed<T: TryFrom<Map, Error = aya::maps::MapError>>(
+            src: &mut impl MapSource,
+            name: &'static str,
+        ) -> Result<T> {
+            T::try_from(src.take(name)?).with_context(|| format!("map {name} has the wrong type"))
+        }
+        Ok(Tables {
+            exact: typed(src, maps::EXACT)?,
+            cidr: typed(src, maps::CIDR)?,
+            policy: typed(src, maps::POLICY)?,
+            counters: typed(src, maps::COUNTERS)?,
+            observed: typed(src, maps::OBSERVED)?,
+            control: typed(src, maps::CONTROL)?,
+            stats: typed(src, maps::STATS)?,
+        })
+    }
+
+    pub fn set_control(&mut self, c: Control) -> Result<()> {
+        self.control.set(0, c, 0).context("writing map CONTROL")
+    }
+
+    pub fn control(&self) -> Result<Control> {
+        self.control.get(&0, 0).context("reading map CONTROL")
+    }
+
+    /// The global counters, summed over CPUs.
+    pub fn stats(&self) -> Result<Stats> {
+        let per_cpu = self.stats.get(&0, 0).context("reading map STATS")?;
+        Ok(per_cpu.iter().fold(Stats::default(), |a, s| Stats {
+            fail_open: a.fail_open + s.fail_open,
+            ringbuf_lost: a.ringbuf_lost + s.ringbuf_lost,
+            untracked: a.untracked + s.untracked,
+            hook_errors: a.hook_errors + s.hook_errors,
+        }))
+    }
+
+    pub fn policy(&self, slot: u32) -> Result<DestPolicy> {
+        self.policy.get(&slot, 0).with_context(|| format!("reading map POLICY[{slot}]"))
+    }
+
+    pub fn set_policy(&mut self, slot: u32, p: DestPolicy) -> Result<()> {
+        self.policy.set(slot, p, 0).with_context(|| format!("writing map POLICY[{slot}]"))
+    }
+
+    pub fn counters(&self, slot: u32) -> Result<DestCounters> {
+        self.counters.get(&slot, 0).with_context(|| format!("reading map COUNTERS[{slot}]"))
+    }
+
+    pub fn reset_counters(&mut self, slot: u32) -> Result<()> {
+        self.counters
+            .set(slot, DestCounters::default(), 0)
+            .with_context(|| format!("writing map COUNTERS[{slot}]"))
+    }
+
+    pub fn observed(&self) -> Vec<(Endpoint, DestCounters)> {
+        self.observed.iter().filter_map(|r| r.ok()).collect()
+    }
+
+    pub fn exact_keys(&self) -> Vec<(Endpoint, u32)> {
+        self.exact.iter().filter_map(|r| r.ok()).collect()
+    }
+
+    pub fn set_exact(&mut self, ep: Endpoint, slot: u32) -> Result<()> {
+        self.exact.insert(ep, slot, 0).context("writing map EXACT")
+    }
+
+    pub fn remove_exact(&mut self, ep: &Endpoint) -> Result<()> {
+        self.exact.remove(ep).context("removing from map EXACT")
+    }
+
+    pub fn cidr_keys(&self) -> Vec<(Key<CidrData>, u32)> {
+        self.cidr.iter().filter_map(|r| r.ok()).collect()
+    }
+
+    pub fn set_cidr(&mut self, key: Key<CidrData>, slot: u32) -> Result<()> {
+        self.cidr.insert(&key, slot, 0).context("writing map CIDR")
+    }
+
+    pub fn remove_cidr(&mut self, key: &Key<CidrData>) -> Result<()> {
+        self.cidr.remove(key).context("removing from map CIDR")
+    }
+}
+
+/// Refuse to reuse pinned maps whose layout differs from this build's: loading would succeed and
+/// then every read would be garbage.
+pub fn check_pinned_layout(pin_dir: &Path) -> Result<()> {
+    for &(name, key, value) in LAYOUT {
+        let path = pin_dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let data = MapData::from_pin(&path)
+            .with_context(|| format!("opening pinned map {}", path.display()))?;
+        let info = data.info().with_context(|| format!("map {}", path.display()))?;
+        if info.key_size() as usize != key || info.value_size() as usize != value {
+            anyhow::bail!(
+                "pinned map {} has key/value size {}/{} but this build uses {key}/{value}; \
+                 it was left by another version: remove {} (its counters are lost) and restart",
+                path.display(),
+                info.key_size(),
+                info.value_size(),
+                pin_dir.display()
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,93 @@
+//! Which kernel slot each destination uses. Pure: the pinned POLICY map remembers each slot's
+//! owner (a hash of its name), so a destination keeps its slot, and its counters, across daemon
+//! restarts and policy reloads.
+
+use std::collections::HashMap;
+
+/// FNV-1a of the name; never 0, which marks a free slot.
+pub fn name_id(name: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h.max(1)
+}
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Slot of each destination, in the order given.
+    pub slots: Vec<u32>,
+    /// Slots newly given to a destination: their counters start from zero.
+    pub fresh: Vec<u32>,
+    /// Slots whose destination is gone: to be cleared.
+    pub freed: Vec<u32>,
+}
+
+/// `taken`: (slot, name id) of every slot in use now.
+pub fn plan(taken: &[(u32, u64)], names: &[&str], max_slots: u32) -> Result<Plan, String> {
+    let by_id: HashMap<u64, u32> = taken.iter().map(|&(s, id)| (id, s)).collect();
+    let wanted: Vec<u64> = names.iter().map(|n| name_id(n)).collect();
+    let mut used: Vec<bool> = vec![false; max_slots as usize];
+    let mut plan = Plan::default();
+    let mut slots: Vec<Option<u32>> = wanted
+        .iter()
+        .map(|id| by_id.get(id).copied().filter(|&s| s < max_slots))
+        .collect();
+    for s in slots.iter().flatten() {
+        used[*s as usize] = true;
+    }
+    let mut next_free = 0usize;
+    for slot in slots.iter_mut().filter(|s| s.is_none()) {
+        while next_free < used.len() && used[next_free] {
+            next_free += 1;
+        }
+        if next_free >= used.len() {
+            return Err(format!("more than {max_slots} destinations"));
+        }
+        used[next_free] = true;
+        *slot = Some(next_free as u32);
+        plan.fresh.push(next_free as u32);
+    }
+    plan.slots = slots.into_iter().flatten().collect();
+    plan.freed = taken
+        .iter()
+        .filter(|(s, id)| !wanted.contains(id) || !plan.slots.contains(s))
+        .map(|&(s, _)| s)
+        .filter(|s| !plan.slots.contains(s))
+        .collect();
+    Ok(plan)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_names_take_the_lowest_free_slots() {
+        let p = plan(&[], &["a", "b"], 8).unwrap();
+        assert_eq!(p.slots, vec![0, 1]);
+        assert_eq!(p.fresh, vec![0, 1]);
+        assert!(p.freed.is_empty());
+    }
+
+    #[test]
+    fn known_names_keep_their_slot_and_gone_ones_are_freed() {
+        let taken = [(3, name_id("a")), (0, name_id("gone"))];
+        let p = plan(&taken, &["new", "a"], 8).unwrap();
+        assert_eq!(p.slots, vec![1, 3]);
+        assert_eq!(p.fresh, vec![1]);
+        assert_eq!(p.freed, vec![0]);
+    }
+
+    #[test]
+    fn too_many_destinations_is_an_error() {
+        assert!(plan(&[], &["a", "b", "c"], 2).is_err());
+    }
+
+    #[test]
+    fn name_ids_are_never_zero_and_differ() {
+        assert_ne!(name_id(""), 0);
+        assert_ne!(name_id("a"), name_id("b"));
+    }
+}

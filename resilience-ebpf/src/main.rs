@@ -1,0 +1,75 @@
+//! Kernel side of resilience: a connect hook that allows or rejects outbound TCP connects per
+//! destination, and a TCP state tracker that counts their outcomes.
+//!
+//! Data path: `connect4`/`connect6` -> `guard::on_connect` (lookup, verdict, counters, CONNS)
+//! -> `sock_state` (outcomes, counters, EVENTS ring buffer) -> the daemon.
+#![no_std]
+#![no_main]
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
+
+mod atomic;
+mod guard;
+mod maps;
+mod track;
+
+use aya_ebpf::{
+    macros::{btf_tracepoint, cgroup_sock_addr},
+    programs::{BtfTracePointContext, SockAddrContext},
+};
+use resilience_common::Endpoint;
+
+/// Verdicts for `cgroup/connect*`: 1 lets the connect proceed.
+const ALLOW: i32 = 1;
+const SOCK_STREAM: u32 = 1;
+const IPPROTO_TCP: u32 = 6;
+
+#[cgroup_sock_addr(connect4)]
+pub fn connect4(ctx: SockAddrContext) -> i32 {
+    // SAFETY: the kernel hands a valid bpf_sock_addr to this program type.
+    let sa = unsafe { &*ctx.sock_addr };
+    if sa.type_ != SOCK_STREAM || sa.protocol != IPPROTO_TCP {
+        return ALLOW;
+    }
+    // user_ip4 and user_port hold network-order values in host-order integers, so their
+    // in-memory bytes are already the wire bytes.
+    let ip = sa.user_ip4.to_ne_bytes();
+    let port = u16::from_be(sa.user_port as u16);
+    guard::on_connect(&ctx, Endpoint::v4(ip, port))
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn connect6(ctx: SockAddrContext) -> i32 {
+    // SAFETY: as above.
+    let sa = unsafe { &*ctx.sock_addr };
+    if sa.type_ != SOCK_STREAM || sa.protocol != IPPROTO_TCP {
+        return ALLOW;
+    }
+    let w = sa.user_ip6;
+    let mut addr = [0u8; 16];
+    let (a, b, c, d) = (w[0].to_ne_bytes(), w[1].to_ne_bytes(), w[2].to_ne_bytes(), w[3].to_ne_bytes());
+    addr[0..4].copy_from_slice(&a);
+    addr[4..8].copy_from_slice(&b);
+    addr[8..12].copy_from_slice(&c);
+    addr[12..16].copy_from_slice(&d);
+    let port = u16::from_be(sa.user_port as u16);
+    // An IPv4-mapped address is already in the form connect4 keys IPv4 with.
+    guard::on_connect(&ctx, Endpoint::v6(addr, port))
+}
+
+/// `inet_sock_set_state(const struct sock *sk, int oldstate, int newstate)`.
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn sock_state(ctx: BtfTracePointContext) -> i32 {
+    track::on_state_change(&ctx);
+    0
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

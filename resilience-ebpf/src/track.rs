@@ -1,0 +1,145 @@
+//! TCP state tracking for connects the hook allowed: success with latency, failure by class,
+//! and the close of established connections.
+
+use aya_ebpf::{
+    helpers::{bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_probe_read_kernel},
+    programs::BtfTracePointContext,
+};
+use core::ffi::c_void;
+use resilience_common::{
+    conn::{
+        CONN_CONNECTING, CONN_ESTABLISHED, OUTCOME_CLOSED, OUTCOME_REFUSED, OUTCOME_RESET,
+        OUTCOME_SUCCESS, OUTCOME_TIMEOUT, OUTCOME_UNREACHABLE, SLOT_OBSERVED,
+    },
+    dest::latency_bucket,
+    ConnTrack, DestCounters, OutcomeEvent,
+};
+
+use crate::{
+    atomic::add,
+    maps::{stats, CONNS, COUNTERS, EVENTS, OBSERVED, SK_ERR_OFFSET},
+};
+
+const TCP_ESTABLISHED: i32 = 1;
+const TCP_SYN_SENT: i32 = 2;
+const TCP_CLOSE: i32 = 7;
+
+const ECONNRESET: u32 = 104;
+const ETIMEDOUT: u32 = 110;
+const ECONNREFUSED: u32 = 111;
+const EPIPE: u32 = 32;
+
+pub fn on_state_change(ctx: &BtfTracePointContext) {
+    let sk: *const c_void = ctx.arg(0);
+    let old: i32 = ctx.arg(1);
+    let new: i32 = ctx.arg(2);
+    let connected = old == TCP_SYN_SENT && new == TCP_ESTABLISHED;
+    if !connected && new != TCP_CLOSE {
+        return;
+    }
+    // SAFETY: `sk` is the tracepoint's BTF-typed socket pointer.
+    let cookie = unsafe { bpf_get_socket_cookie(sk as *mut c_void) };
+    let Some(conn) = CONNS.get_ptr_mut(&cookie) else {
+        // Not a connect this hook allowed (another cgroup, a listener's socket, ...).
+        return;
+    };
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: pointer into an LRU map value; copied before the entry may go away.
+    let c: ConnTrack = unsafe { *conn };
+    let elapsed = now.wrapping_sub(c.start_ns);
+
+    if connected {
+        unsafe { (*conn).state = CONN_ESTABLISHED };
+        if let Some(counters) = counters_for(&c) {
+            unsafe {
+                add(&raw mut (*counters).successes, 1);
+                add(&raw mut (*counters).latency_sum_ns, elapsed);
+                let b = latency_bucket(elapsed);
+                if b < (*counters).latency_log2_us.len() {
+                    add(&raw mut (*counters).latency_log2_us[b], 1);
+                }
+            }
+        }
+        emit(now, elapsed, cookie, &c, OUTCOME_SUCCESS, 0);
+        return;
+    }
+
+    // CLOSE. Whoever deletes the entry counts the outcome, so it is counted exactly once.
+    if CONNS.remove(&cookie).is_err() {
+        return;
+    }
+    let err = sk_err(sk);
+    let outcome = if c.state == CONN_CONNECTING {
+        match err {
+            ECONNREFUSED => OUTCOME_REFUSED,
+            // The kernel gave up on SYN retries, or the application gave up waiting.
+            0 | ETIMEDOUT => OUTCOME_TIMEOUT,
+            _ => OUTCOME_UNREACHABLE,
+        }
+    } else if err == ECONNRESET || err == EPIPE {
+        OUTCOME_RESET
+    } else {
+        OUTCOME_CLOSED
+    };
+    if let Some(counters) = counters_for(&c) {
+        unsafe {
+            let field = match outcome {
+                OUTCOME_REFUSED => &raw mut (*counters).refused,
+                OUTCOME_TIMEOUT => &raw mut (*counters).timeout,
+                OUTCOME_UNREACHABLE => &raw mut (*counters).unreachable,
+                _ => &raw mut (*counters).closed,
+            };
+            add(field, 1);
+            if outcome == OUTCOME_RESET {
+                add(&raw mut (*counters).reset, 1);
+            }
+        }
+    }
+    emit(now, elapsed, cookie, &c, outcome, err);
+}
+
+#[inline(always)]
+fn counters_for(c: &ConnTrack) -> Option<*mut DestCounters> {
+    if c.slot == SLOT_OBSERVED {
+        OBSERVED.get_ptr_mut(&c.endpoint)
+    } else {
+        COUNTERS.get_ptr_mut(c.slot)
+    }
+}
+
+/// The socket's pending error, read at the offset the daemon found in BTF.
+#[inline(always)]
+fn sk_err(sk: *const c_void) -> u32 {
+    let off = unsafe { core::ptr::read_volatile(&SK_ERR_OFFSET) };
+    if off == 0 {
+        return 0;
+    }
+    let p = (sk as *const u8).wrapping_add(off as usize) as *const i32;
+    match unsafe { bpf_probe_read_kernel(p) } {
+        Ok(e) if e > 0 => e as u32,
+        _ => 0,
+    }
+}
+
+#[inline(always)]
+fn emit(now: u64, elapsed: u64, cookie: u64, c: &ConnTrack, outcome: u32, err: u32) {
+    match EVENTS.reserve::<OutcomeEvent>(0) {
+        Some(mut entry) => {
+            entry.write(OutcomeEvent {
+                ts_ns: now,
+                latency_ns: elapsed,
+                cookie,
+                endpoint: c.endpoint,
+                slot: c.slot,
+                outcome,
+                sk_err: err,
+            });
+            entry.submit(0);
+        }
+        None => {
+            if let Some(s) = stats() {
+                unsafe { (*s).ringbuf_lost += 1 };
+            }
+        }
+    }
+}
