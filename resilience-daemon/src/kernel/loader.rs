@@ -66,7 +66,9 @@ impl Kernel {
             let prog: &mut CgroupSockAddr =
                 ebpf.program_mut(name).with_context(|| format!("program {name} missing"))?.try_into()?;
             prog.load().with_context(|| format!("loading program {name}"))?;
-            prog.attach(&cgroup, CgroupAttachMode::AllowMultiple).with_context(|| {
+            // A bpf_link attach always coexists with other programs on the cgroup; the kernel
+            // refuses the legacy BPF_F_ALLOW_MULTI flag on links, so the mode is "Single" (0).
+            prog.attach(&cgroup, CgroupAttachMode::Single).with_context(|| {
                 format!("attaching program {name} to cgroup {}", opts.cgroup.display())
             })?;
         }
