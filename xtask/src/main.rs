@@ -1,1 +1,130 @@
-fn main(){}
+//! `cargo xtask <setup|build|run|test|bench>`: everything from a fresh machine to a running,
+//! tested daemon.
+
+mod bpf_toolchain;
+mod step;
+
+use std::{path::PathBuf, process::Command};
+
+use anyhow::{bail, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Set up, build, run, test and benchmark resilience")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what the BPF build needs (idempotent; a second run takes seconds).
+    Setup,
+    /// Set up, then build target/release/resilience with the eBPF object embedded.
+    Build,
+    /// Set up, build, and run the daemon in the foreground with the default policy (root).
+    /// Arguments after `--` go to `resilience run`.
+    Run {
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Set up, build, and run every test: unit tests, then the privileged eBPF integration
+    /// tests (root; under CI=true they fail rather than skip when they cannot run).
+    Test,
+    /// Set up, build, and measure connect() overhead; writes bench/results.md.
+    Bench {
+        /// Connects per batch.
+        #[arg(long, default_value_t = 2000)]
+        batch: u32,
+        /// Interleaved A/B rounds.
+        #[arg(long, default_value_t = 15)]
+        rounds: u32,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    match cli.command {
+        Cmd::Setup => bpf_toolchain::setup(),
+        Cmd::Build => {
+            bpf_toolchain::setup()?;
+            build(&root)
+        }
+        Cmd::Run { args } => {
+            bpf_toolchain::setup()?;
+            build(&root)?;
+            require_root("cargo xtask run")?;
+            let mut cmd = Command::new(root.join("target/release/resilience"));
+            cmd.arg("run");
+            if !args.iter().any(|a| a == "--config" || a == "-c") {
+                cmd.arg("--config").arg(root.join("config/default.toml"));
+            }
+            cmd.args(&args);
+            step::run_inherit("resilience run", &mut cmd)
+        }
+        Cmd::Test => {
+            bpf_toolchain::setup()?;
+            build(&root)?;
+            test(&root)
+        }
+        Cmd::Bench { batch, rounds } => {
+            bpf_toolchain::setup()?;
+            build(&root)?;
+            require_root("cargo xtask bench")?;
+            let mut cmd = cargo(&root);
+            cmd.args(["run", "--release", "-p", "resilience-tests", "--bin", "bench", "--"])
+                .args(["--batch", &batch.to_string(), "--rounds", &rounds.to_string()])
+                .arg("--out")
+                .arg(root.join("bench/results.md"));
+            step::run_inherit("benchmark", &mut cmd)
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn cargo(root: &PathBuf) -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(root);
+    cmd
+}
+
+fn build(root: &PathBuf) -> Result<()> {
+    let mut cmd = cargo(root);
+    cmd.args(["build", "--release", "-p", "resilience-daemon"]);
+    step::run_inherit("build target/release/resilience (kernel object included)", &mut cmd)
+}
+
+fn test(root: &PathBuf) -> Result<()> {
+    let mut unit = cargo(root);
+    unit.args(["test", "--workspace", "--exclude", "resilience-tests"]);
+    step::run_inherit("unit tests (no root needed)", &mut unit)?;
+
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+    if !nix_is_root() {
+        if ci {
+            bail!("the privileged eBPF tests need root, and CI=true forbids skipping them");
+        }
+        eprintln!("xtask: not root: SKIPPING the privileged eBPF integration tests (run as root to include them)");
+        return Ok(());
+    }
+    let mut it = cargo(root);
+    it.args(["test", "--release", "-p", "resilience-tests", "--", "--test-threads=1"])
+        .env("RESILIENCE_BIN", root.join("target/release/resilience"));
+    step::run_inherit("privileged eBPF integration tests (real kernel, child cgroups, loopback)", &mut it)
+}
+
+fn require_root(what: &str) -> Result<()> {
+    if !nix_is_root() {
+        bail!("{what} loads eBPF programs and needs root");
+    }
+    Ok(())
+}
+
+fn nix_is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}

@@ -1,0 +1,27 @@
+//! Progress output: every long step says what it does, and how long it took.
+
+use std::{process::Command, time::Instant};
+
+use anyhow::{bail, Context, Result};
+
+pub fn say(msg: &str) {
+    eprintln!("\x1b[1mxtask:\x1b[0m {msg}");
+}
+
+/// Run `cmd` with its output shown, failing with `what` in the message.
+pub fn run_inherit(what: &str, cmd: &mut Command) -> Result<()> {
+    say(&format!("{what} ..."));
+    let start = Instant::now();
+    let status = cmd.status().with_context(|| format!("{what}: cannot start {cmd:?}"))?;
+    if !status.success() {
+        bail!("{what} failed ({status})");
+    }
+    say(&format!("{what}: done in {:.1}s", start.elapsed().as_secs_f64()));
+    Ok(())
+}
+
+/// Run `cmd` quietly and return its stdout; `None` if it cannot run or fails.
+pub fn output(cmd: &mut Command) -> Option<String> {
+    let out = cmd.output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
