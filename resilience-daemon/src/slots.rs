@@ -34,8 +34,12 @@ pub fn plan(taken: &[(u32, u64)], names: &[&str], max_slots: u32) -> Result<Plan
         .iter()
         .map(|id| by_id.get(id).copied().filter(|&s| s < max_slots))
         .collect();
-    for s in slots.iter().flatten() {
-        used[*s as usize] = true;
+    // Slots being freed are not handed out again in the same plan: connections in flight may
+    // still count into them.
+    for &(s, _) in taken {
+        if s < max_slots {
+            used[s as usize] = true;
+        }
     }
     let mut next_free = 0usize;
     for slot in slots.iter_mut().filter(|s| s.is_none()) {
@@ -50,12 +54,7 @@ pub fn plan(taken: &[(u32, u64)], names: &[&str], max_slots: u32) -> Result<Plan
         plan.fresh.push(next_free as u32);
     }
     plan.slots = slots.into_iter().flatten().collect();
-    plan.freed = taken
-        .iter()
-        .filter(|(s, id)| !wanted.contains(id) || !plan.slots.contains(s))
-        .map(|&(s, _)| s)
-        .filter(|s| !plan.slots.contains(s))
-        .collect();
+    plan.freed = taken.iter().map(|&(s, _)| s).filter(|s| !plan.slots.contains(s)).collect();
     Ok(plan)
 }
 

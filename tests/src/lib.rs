@@ -1,1 +1,45 @@
-#![no_std]
+//! Harness for the privileged tests and the benchmark: child cgroups, the real daemon binary,
+//! a client that connects from inside a cgroup, and loopback listeners.
+//!
+//! Rules it enforces: never attach to the root cgroup (every daemon here gets a child cgroup of
+//! its own), only loopback addresses, and no test skips silently under CI.
+
+pub mod cgroup;
+pub mod client;
+pub mod daemon;
+pub mod listener;
+
+use std::path::PathBuf;
+
+/// True when the privileged tests can run. Without root: under CI (CI=true) this panics, since
+/// a privileged test that cannot run must fail there; elsewhere it says so and the test returns.
+pub fn privileged(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+    assert!(!ci, "{test}: needs root to load eBPF programs, and CI forbids skipping");
+    eprintln!("SKIPPED {test}: needs root (run `cargo xtask test` as root)");
+    false
+}
+
+/// The daemon binary under test: $RESILIENCE_BIN, else target/release/resilience.
+pub fn daemon_bin() -> PathBuf {
+    let path = std::env::var_os("RESILIENCE_BIN").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/resilience")
+    });
+    assert!(
+        path.exists(),
+        "{} does not exist: build it with `cargo xtask build` (or set RESILIENCE_BIN)",
+        path.display()
+    );
+    path
+}
+
+/// A tag unique to this process and call, for cgroup, socket and pin names.
+pub fn unique(tag: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!("{tag}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}

@@ -20,3 +20,6 @@ pub fn monotonic_ns() -> u64 {
     // CLOCK_MONOTONIC cannot fail on Linux; 0 makes the lease look expired, which fails open.
     ts.unwrap_or(0)
 }
+
+#[cfg(test)]
+mod layout_test;

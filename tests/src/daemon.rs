@@ -1,0 +1,170 @@
+//! The real `resilience` binary, run against a child cgroup with its own socket and pins.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    os::unix::net::UnixStream,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use nix::{sys::signal::Signal, unistd::Pid};
+use serde_json::Value;
+
+/// A bpffs directory for one test's pinned maps, removed at the end of the test.
+pub struct PinDir {
+    pub path: PathBuf,
+}
+
+impl PinDir {
+    pub fn new(tag: &str) -> PinDir {
+        PinDir { path: PathBuf::from("/sys/fs/bpf").join(format!("resilience-test-{}", crate::unique(tag))) }
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+pub struct Daemon {
+    child: Option<Child>,
+    pub socket: PathBuf,
+    pub log: PathBuf,
+    args: Vec<String>,
+}
+
+impl Daemon {
+    /// Start the daemon with `policy` (TOML text) guarding `cgroup`; returns once it answers.
+    pub fn start(tag: &str, cgroup: &Path, pins: &PinDir, policy: &str, lease: &str) -> Daemon {
+        let name = crate::unique(tag);
+        let dir = std::env::temp_dir().join(format!("resilience-test-{name}"));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let config = dir.join("policy.toml");
+        std::fs::write(&config, policy).expect("writing policy");
+        let socket = dir.join("control.sock");
+        let args = vec![
+            "run".into(),
+            "--config".into(),
+            config.display().to_string(),
+            "--cgroup".into(),
+            cgroup.display().to_string(),
+            "--socket".into(),
+            socket.display().to_string(),
+            "--pin-dir".into(),
+            pins.path.display().to_string(),
+            "--lease".into(),
+            lease.into(),
+        ];
+        let mut d = Daemon { child: None, socket, log: dir.join("daemon.log"), args };
+        d.spawn();
+        d
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::File::create(&self.log).expect("log file");
+        let child = Command::new(crate::daemon_bin())
+            .args(&self.args)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("starting resilience");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if self.try_status().is_some() {
+                return;
+            }
+            if let Some(c) = self.child.as_mut() {
+                if let Ok(Some(status)) = c.try_wait() {
+                    panic!("daemon exited ({status}) while starting:\n{}", self.log_text());
+                }
+            }
+            assert!(Instant::now() < deadline, "daemon did not answer within 20 s:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Start again with the same arguments (same pins, cgroup and socket).
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    pub fn signal(&self, sig: Signal) {
+        if let Some(c) = &self.child {
+            nix::sys::signal::kill(Pid::from_raw(c.id() as i32), sig).expect("kill");
+        }
+    }
+
+    /// SIGKILL and reap: no chance to clean up.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = nix::sys::signal::kill(Pid::from_raw(c.id() as i32), Signal::SIGCONT);
+            let _ = nix::sys::signal::kill(Pid::from_raw(c.id() as i32), Signal::SIGTERM);
+            let status = c.wait().expect("wait");
+            assert!(status.success(), "daemon exited with {status}:\n{}", self.log_text());
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn try_status(&self) -> Option<Value> {
+        let mut s = UnixStream::connect(&self.socket).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        s.write_all(b"{\"cmd\":\"status\"}\n").ok()?;
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line).ok()?;
+        let v: Value = serde_json::from_str(&line).ok()?;
+        (v["ok"] == Value::Bool(true)).then(|| v["status"].clone())
+    }
+
+    /// The daemon's snapshot (`resilience status --json`).
+    pub fn status(&self) -> Value {
+        self.try_status().unwrap_or_else(|| panic!("status failed:\n{}", self.log_text()))
+    }
+
+    /// One destination's entry in the snapshot.
+    pub fn dest(&self, name: &str) -> Value {
+        let s = self.status();
+        s["destinations"]
+            .as_array()
+            .and_then(|a| a.iter().find(|d| d["name"] == name))
+            .cloned()
+            .unwrap_or_else(|| panic!("no destination {name:?} in {s:#}"))
+    }
+
+    /// Poll `dest(name)` until `pred` holds; the last value otherwise. For counts the kernel
+    /// updates asynchronously (a close completes after the peer's FIN).
+    pub fn wait_dest(&self, name: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let d = self.dest(name);
+            if pred(&d) || Instant::now() > deadline {
+                return d;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = nix::sys::signal::kill(Pid::from_raw(c.id() as i32), Signal::SIGCONT);
+            let _ = nix::sys::signal::kill(Pid::from_raw(c.id() as i32), Signal::SIGTERM);
+            let _ = c.wait();
+        }
+    }
+}

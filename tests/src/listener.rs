@@ -1,0 +1,96 @@
+//! Loopback servers: one that accepts and closes (counting), one that never accepts.
+
+use std::{
+    net::{SocketAddr, TcpListener, TcpStream},
+    os::fd::{AsRawFd, OwnedFd},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use nix::sys::socket::{
+    bind, listen, setsockopt, socket, sockopt, AddressFamily, Backlog, SockFlag, SockType,
+    SockaddrStorage,
+};
+
+/// Accepts every connection and closes it at once, counting them.
+pub struct Server {
+    pub addr: SocketAddr,
+    accepted: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Server {
+    /// `addr` with port 0 picks a free port.
+    pub fn start(addr: &str) -> Server {
+        let l = TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+        let addr = l.local_addr().expect("local_addr");
+        l.set_nonblocking(true).expect("nonblocking");
+        let accepted = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (a, s) = (accepted.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                match l.accept() {
+                    Ok((conn, _)) => {
+                        a.fetch_add(1, Ordering::Relaxed);
+                        drop(conn);
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(1)),
+                }
+            }
+        });
+        Server { addr, accepted, stop, thread: Some(thread) }
+    }
+
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A listener with backlog 0 that never accepts: once its queue holds a connection, further
+/// SYNs are dropped and connects hang in SYN_SENT. The queue is filled from this (test)
+/// process, outside any guarded cgroup.
+pub struct BlackHole {
+    pub addr: SocketAddr,
+    _fd: OwnedFd,
+    _queued: Vec<TcpStream>,
+}
+
+impl BlackHole {
+    pub fn start(ip: &str) -> BlackHole {
+        let fd = socket(AddressFamily::Inet, SockType::Stream, SockFlag::empty(), None)
+            .expect("socket");
+        setsockopt(&fd, sockopt::ReuseAddr, &true).expect("SO_REUSEADDR");
+        let want: SocketAddr = format!("{ip}:0").parse().expect("ip");
+        bind(fd.as_raw_fd(), &SockaddrStorage::from(want)).expect("bind");
+        listen(&fd, Backlog::new(0).expect("backlog")).expect("listen");
+        let local: SockaddrStorage =
+            nix::sys::socket::getsockname(fd.as_raw_fd()).expect("getsockname");
+        let addr: SocketAddr = local
+            .as_sockaddr_in()
+            .map(|a| SocketAddr::from(std::net::SocketAddrV4::from(*a)))
+            .expect("IPv4 listener");
+        let mut queued = Vec::new();
+        // Fill the accept queue: connects succeed until it is full, then one times out.
+        for _ in 0..8 {
+            match TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+                Ok(s) => queued.push(s),
+                Err(_) => break,
+            }
+        }
+        BlackHole { addr, _fd: fd, _queued: queued }
+    }
+}

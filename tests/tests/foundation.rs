@@ -1,0 +1,241 @@
+//! Privileged: the real daemon, the real kernel, one child cgroup per test, loopback only.
+//! Run one at a time: `cargo xtask test` (or `cargo test -p resilience-tests -- --test-threads=1`).
+
+use std::{net::SocketAddr, time::Duration};
+
+use nix::sys::signal::Signal;
+use resilience_tests::{
+    cgroup::Cgroup,
+    client::{connect_from, median},
+    daemon::{Daemon, PinDir},
+    listener::{BlackHole, Server},
+    privileged,
+};
+
+const ECONNREFUSED: i32 = libc::ECONNREFUSED;
+const SECOND: Duration = Duration::from_secs(1);
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().expect("address")
+}
+
+fn forced_open(name: &str, matches: &[String]) -> String {
+    let m: Vec<String> = matches.iter().map(|m| format!("{m:?}")).collect();
+    format!("[[destination]]\nname = {name:?}\nmatch = [{}]\nmode = \"forced-open\"\n", m.join(", "))
+}
+
+#[test]
+fn forced_open_rejects_inside_the_cgroup_only() {
+    if !privileged("forced_open_rejects_inside_the_cgroup_only") {
+        return;
+    }
+    let server = Server::start("127.0.0.2:0");
+    let cg = Cgroup::new("forced");
+    let pins = PinDir::new("forced");
+    let d = Daemon::start("forced", cg.path(), &pins, &forced_open("blocked", &[server.addr.to_string()]), "2s");
+
+    let got = connect_from(cg.path(), &[server.addr], 50, SECOND);
+    assert_eq!(got.len(), 50);
+    assert!(got.iter().all(|o| !o.ok && o.errno == ECONNREFUSED), "{got:?}");
+    // Rejected by the hook before any SYN: well under a millisecond, versus a connect timeout.
+    let m = median(&got);
+    assert!(m < Duration::from_millis(1), "median rejection took {m:?}");
+    assert_eq!(server.accepted(), 0, "a rejected connect reached the listener");
+
+    // This test process is outside the guarded cgroup: the same address works.
+    std::net::TcpStream::connect_timeout(&server.addr, SECOND).expect("connect from outside the cgroup");
+
+    let dest = d.dest("blocked");
+    assert_eq!(dest["mode"], "forced-open");
+    assert_eq!(dest["state"], "open");
+    assert_eq!(dest["attempts"], 50);
+    assert_eq!(dest["rejected"]["breaker"], 50);
+    assert_eq!(dest["successes"], 0);
+}
+
+#[test]
+fn cidr_port_and_exact_matching() {
+    if !privileged("cidr_port_and_exact_matching") {
+        return;
+    }
+    // Listeners on every loopback address, on two ports.
+    let a = Server::start("0.0.0.0:0");
+    let b = Server::start("0.0.0.0:0");
+    let (pa, pb) = (a.addr.port(), b.addr.port());
+    let policy = format!(
+        r#"
+[[destination]]
+name = "net1-on-a"
+match = ["127.0.1.0/24:{pa}"]
+mode = "forced-open"
+
+[[destination]]
+name = "net2-any"
+match = ["127.0.2.0/24"]
+mode = "forced-open"
+reject_errno = "EHOSTUNREACH"
+
+[[destination]]
+name = "net2-exception"
+match = ["127.0.2.9:{pb}"]
+mode = "enforce"
+"#
+    );
+    let cg = Cgroup::new("cidr");
+    let pins = PinDir::new("cidr");
+    let d = Daemon::start("cidr", cg.path(), &pins, &policy, "2s");
+
+    let cases = [
+        (format!("127.0.1.7:{pa}"), Some(ECONNREFUSED)), // CIDR on port a
+        (format!("127.0.1.7:{pb}"), None),               // same CIDR, other port: not matched
+        (format!("127.0.2.9:{pa}"), Some(libc::EHOSTUNREACH)), // CIDR on any port
+        (format!("127.0.2.9:{pb}"), None),               // exact ip:port wins over the CIDR
+        (format!("127.0.2.10:{pb}"), Some(libc::EHOSTUNREACH)),
+        (format!("127.0.3.5:{pa}"), None),               // no policy: observed, never rejected
+    ];
+    for (target, want) in &cases {
+        let got = &connect_from(cg.path(), &[addr(target)], 1, SECOND)[0];
+        match want {
+            Some(errno) => assert!(!got.ok && got.errno == *errno, "{target}: {got:?}"),
+            None => assert!(got.ok, "{target}: {got:?}"),
+        }
+    }
+    let net1 = d.dest("net1-on-a");
+    assert_eq!((net1["attempts"].as_u64(), net1["rejected"]["breaker"].as_u64()), (Some(1), Some(1)));
+    let net2 = d.dest("net2-any");
+    assert_eq!((net2["attempts"].as_u64(), net2["rejected"]["breaker"].as_u64()), (Some(2), Some(1 + 1)));
+    let exc = d.wait_dest("net2-exception", |v| v["successes"] == 1);
+    assert_eq!((exc["attempts"].as_u64(), exc["successes"].as_u64()), (Some(1), Some(1)));
+
+    let status = d.status();
+    let observed: Vec<&str> = status["observed"]
+        .as_array()
+        .expect("observed")
+        .iter()
+        .filter_map(|o| o["address"].as_str())
+        .collect();
+    for unmatched in [format!("127.0.1.7:{pb}"), format!("127.0.3.5:{pa}")] {
+        assert!(observed.contains(&unmatched.as_str()), "{unmatched} not observed in {observed:?}");
+    }
+    assert_eq!(a.accepted() + b.accepted(), 3);
+}
+
+#[test]
+fn ipv6_loopback_and_v4_mapped() {
+    if !privileged("ipv6_loopback_and_v4_mapped") {
+        return;
+    }
+    let v6 = Server::start("[::1]:0");
+    let v4 = Server::start("127.0.0.3:0");
+    let policy = format!(
+        "{}{}",
+        forced_open("v6", &[format!("[::1]:{}", v6.addr.port())]),
+        forced_open("v4", &[v4.addr.to_string()])
+    );
+    let cg = Cgroup::new("v6");
+    let pins = PinDir::new("v6");
+    let d = Daemon::start("v6", cg.path(), &pins, &policy, "2s");
+
+    let mapped = addr(&format!("[::ffff:127.0.0.3]:{}", v4.addr.port()));
+    let got = connect_from(cg.path(), &[v6.addr, mapped], 1, SECOND);
+    assert!(got.iter().all(|o| !o.ok && o.errno == ECONNREFUSED), "{got:?}");
+    assert_eq!(d.dest("v6")["rejected"]["breaker"], 1);
+    // connect6 to ::ffff:127.0.0.3 is the IPv4 destination.
+    assert_eq!(d.dest("v4")["rejected"]["breaker"], 1);
+    assert_eq!(v6.accepted() + v4.accepted(), 0);
+
+    // Another port on ::1 is not named by the policy.
+    let other = Server::start("[::1]:0");
+    assert!(connect_from(cg.path(), &[other.addr], 1, SECOND)[0].ok);
+}
+
+#[test]
+fn outcome_counters_are_exact() {
+    if !privileged("outcome_counters_are_exact") {
+        return;
+    }
+    let ok = Server::start("127.0.0.4:0");
+    let hole = BlackHole::start("127.0.0.4");
+    // A closed port: bind, learn the port, close.
+    let closed = std::net::TcpListener::bind("127.0.0.4:0").expect("bind").local_addr().expect("addr");
+    let policy = "[[destination]]\nname = \"svc\"\nmatch = [\"127.0.0.4\"]\nmode = \"enforce\"\n";
+    let cg = Cgroup::new("outcomes");
+    let pins = PinDir::new("outcomes");
+    let d = Daemon::start("outcomes", cg.path(), &pins, policy, "2s");
+
+    let good = connect_from(cg.path(), &[ok.addr], 20, SECOND);
+    assert!(good.iter().all(|o| o.ok), "{good:?}");
+    let refused = connect_from(cg.path(), &[closed], 7, SECOND);
+    assert!(refused.iter().all(|o| o.errno == ECONNREFUSED), "{refused:?}");
+    let timed_out = connect_from(cg.path(), &[hole.addr], 3, Duration::from_millis(300));
+    assert!(timed_out.iter().all(|o| o.errno == libc::ETIMEDOUT), "{timed_out:?}");
+
+    let v = d.wait_dest("svc", |v| v["closed"] == 20 && v["active"] == 0);
+    assert_eq!(v["attempts"], 30, "{v:#}");
+    assert_eq!(v["successes"], 20, "{v:#}");
+    assert_eq!(v["failures"]["refused"], 7, "{v:#}");
+    assert_eq!(v["failures"]["timeout"], 3, "{v:#}");
+    assert_eq!(v["failures"]["unreachable"], 0, "{v:#}");
+    assert_eq!(v["failures"]["reset"], 0, "{v:#}");
+    assert_eq!(v["closed"], 20, "{v:#}");
+    assert_eq!(v["active"], 0, "{v:#}");
+    assert!(v["latency_ms"]["p50"].as_f64().is_some_and(|ms| ms > 0.0), "{v:#}");
+    assert_eq!(ok.accepted(), 20);
+    let k = &d.status()["kernel"];
+    assert_eq!(k["ringbuf_lost"], 0);
+    // 20 successes + 20 closes + 7 refused + 3 timeouts.
+    assert_eq!(k["outcome_records"], 50, "{k:#}");
+}
+
+#[test]
+fn sigkill_fails_open_and_restart_continues_counters() {
+    if !privileged("sigkill_fails_open_and_restart_continues_counters") {
+        return;
+    }
+    let server = Server::start("127.0.0.5:0");
+    let cg = Cgroup::new("restart");
+    let pins = PinDir::new("restart");
+    let mut d = Daemon::start("restart", cg.path(), &pins, &forced_open("p", &[server.addr.to_string()]), "2s");
+    let got = connect_from(cg.path(), &[server.addr], 3, SECOND);
+    assert!(got.iter().all(|o| o.errno == ECONNREFUSED), "{got:?}");
+
+    // The kernel detaches a dead daemon's programs with its last file descriptor.
+    d.kill();
+    let got = connect_from(cg.path(), &[server.addr], 1, SECOND);
+    assert!(got[0].ok, "connect after SIGKILL: {got:?}");
+
+    d.restart();
+    let v = d.dest("p");
+    assert_eq!(v["rejected"]["breaker"], 3, "counters did not survive the restart: {v:#}");
+    let got = connect_from(cg.path(), &[server.addr], 1, SECOND);
+    assert_eq!(got[0].errno, ECONNREFUSED, "{got:?}");
+    assert_eq!(d.dest("p")["rejected"]["breaker"], 4);
+    assert_eq!(d.dest("p")["attempts"], 4);
+}
+
+#[test]
+fn hung_daemon_fails_open_after_its_lease() {
+    if !privileged("hung_daemon_fails_open_after_its_lease") {
+        return;
+    }
+    let server = Server::start("127.0.0.6:0");
+    let cg = Cgroup::new("lease");
+    let pins = PinDir::new("lease");
+    let d = Daemon::start("lease", cg.path(), &pins, &forced_open("p", &[server.addr.to_string()]), "300ms");
+    assert_eq!(connect_from(cg.path(), &[server.addr], 1, SECOND)[0].errno, ECONNREFUSED);
+
+    // A stopped daemon keeps its programs attached but renews nothing.
+    d.signal(Signal::SIGSTOP);
+    std::thread::sleep(Duration::from_millis(800));
+    let got = connect_from(cg.path(), &[server.addr], 2, SECOND);
+    d.signal(Signal::SIGCONT);
+    assert!(got.iter().all(|o| o.ok), "connects while the lease was expired: {got:?}");
+
+    // Renewed: enforcing again.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(connect_from(cg.path(), &[server.addr], 1, SECOND)[0].errno, ECONNREFUSED);
+    let v = d.dest("p");
+    assert_eq!(v["fail_open"], 2, "{v:#}");
+    assert_eq!(v["rejected"]["breaker"], 2, "{v:#}");
+    assert_eq!(d.status()["kernel"]["fail_open"], 2);
+}
