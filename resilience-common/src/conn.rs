@@ -36,11 +36,11 @@ pub struct OutcomeEvent {
     pub ts_ns: u64,
     /// Connect latency for `OUTCOME_SUCCESS`, time since the connect otherwise.
     pub latency_ns: u64,
-    pub cookie: u64,
     pub endpoint: Endpoint,
     pub slot: u32,
     /// `OUTCOME_*`.
     pub outcome: u32,
     /// The socket's error (positive errno) when it closed, 0 if none.
     pub sk_err: u32,
+    pub _pad: u32,
 }

@@ -73,6 +73,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let (tx, mut rx) = mpsc::channel(64);
     let server = tokio::spawn(control::serve(listener, tx));
     let mut heartbeat = tokio::time::interval(settings.lease / 4);
+    let mut drain_tick = tokio::time::interval(Duration::from_millis(100));
     let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
@@ -90,18 +91,14 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             }
             ready = events.readable_mut() => {
                 let Ok(mut guard) = ready else { continue };
-                while let Some(item) = guard.get_inner_mut().next() {
-                    if let Some(ev) = parse_event(&item) {
-                        state.outcome_records += 1;
-                        if ev.outcome == OUTCOME_SUCCESS && ev.slot != SLOT_OBSERVED {
-                            state.samples.entry(ev.slot).or_default().push(ev.latency_ns);
-                        }
-                    }
-                }
+                drain(&mut state, guard.get_inner_mut());
                 guard.clear_ready();
             }
+            // The kernel wakes us only when records pile up; the rest is read on this tick.
+            _ = drain_tick.tick() => drain(&mut state, events.get_mut()),
             Some(cmd) = rx.recv() => match cmd {
                 Command::Status(reply) => {
+                    drain(&mut state, events.get_mut());
                     let v = match snapshot(&state) {
                         Ok(s) => serde_json::to_value(s).unwrap_or_default(),
                         Err(e) => serde_json::json!({"error": format!("{e:#}")}),
@@ -144,6 +141,18 @@ fn reload(state: &mut State, path: Option<&std::path::Path>) {
             }
             Err(e) => tracing::error!(error = %format!("{e:#}"), "reload failed"),
         },
+    }
+}
+
+/// Read every pending outcome record.
+fn drain(state: &mut State, ring: &mut aya::maps::RingBuf<aya::maps::MapData>) {
+    while let Some(item) = ring.next() {
+        if let Some(ev) = parse_event(&item) {
+            state.outcome_records += 1;
+            if ev.outcome == OUTCOME_SUCCESS && ev.slot != SLOT_OBSERVED {
+                state.samples.entry(ev.slot).or_default().push(ev.latency_ns);
+            }
+        }
     }
 }
 

@@ -60,7 +60,7 @@ pub fn on_state_change(ctx: &BtfTracePointContext) {
                 }
             }
         }
-        emit(now, elapsed, cookie, &c, OUTCOME_SUCCESS, 0);
+        emit(now, elapsed, &c, OUTCOME_SUCCESS, 0);
         return;
     }
 
@@ -95,7 +95,10 @@ pub fn on_state_change(ctx: &BtfTracePointContext) {
             }
         }
     }
-    emit(now, elapsed, cookie, &c, outcome, err);
+    // A plain close is in the counters; records are for connect outcomes and resets.
+    if outcome != OUTCOME_CLOSED {
+        emit(now, elapsed, &c, outcome, err);
+    }
 }
 
 #[inline(always)]
@@ -121,20 +124,33 @@ fn sk_err(sk: *const c_void) -> u32 {
     }
 }
 
+/// `bpf_ringbuf_submit` flags and `bpf_ringbuf_query` selector.
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+const BPF_RB_AVAIL_DATA: u64 = 0;
+/// Wake the daemon only once this much is pending; it also drains on a timer. A wakeup per
+/// record would put a daemon context switch on every connect.
+const WAKEUP_BYTES: u64 = 64 * 1024;
+
 #[inline(always)]
-fn emit(now: u64, elapsed: u64, cookie: u64, c: &ConnTrack, outcome: u32, err: u32) {
+fn emit(now: u64, elapsed: u64, c: &ConnTrack, outcome: u32, err: u32) {
     match EVENTS.reserve::<OutcomeEvent>(0) {
         Some(mut entry) => {
             entry.write(OutcomeEvent {
                 ts_ns: now,
                 latency_ns: elapsed,
-                cookie,
                 endpoint: c.endpoint,
                 slot: c.slot,
                 outcome,
                 sk_err: err,
+                _pad: 0,
             });
-            entry.submit(0);
+            let flags = if EVENTS.query(BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES {
+                BPF_RB_FORCE_WAKEUP
+            } else {
+                BPF_RB_NO_WAKEUP
+            };
+            entry.submit(flags);
         }
         None => {
             if let Some(s) = stats() {

@@ -11,17 +11,31 @@ pub struct Outcome {
 }
 
 pub fn connector_bin() -> std::path::PathBuf {
-    // Next to the test executable's profile directory: target/<profile>/connector.
+    // target/<profile>/connector: beside a binary, or one up from a test in deps/.
     let exe = std::env::current_exe().expect("current_exe");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-    let bin = dir.join("connector");
-    assert!(bin.exists(), "{} not built (cargo builds it with the tests)", bin.display());
-    bin
+    let dir = exe.parent().expect("exe dir");
+    [dir.join("connector"), dir.join("../connector")]
+        .into_iter()
+        .find(|p| p.exists())
+        .unwrap_or_else(|| panic!("connector not built in {} (cargo builds it with the tests)", dir.display()))
 }
 
 /// `count` connects to each address in turn, from a process inside `cgroup`.
 pub fn connect_from(cgroup: &Path, addrs: &[SocketAddr], count: u32, timeout: Duration) -> Vec<Outcome> {
-    let out = Command::new(connector_bin())
+    run_connector(cgroup, addrs, count, timeout, false)
+}
+
+/// Benchmark loop: `count` blocking socket+connect+close iterations, each timed.
+pub fn raw_loop(cgroup: &Path, addr: SocketAddr, count: u32) -> Vec<Outcome> {
+    run_connector(cgroup, &[addr], count, Duration::from_secs(1), true)
+}
+
+fn run_connector(cgroup: &Path, addrs: &[SocketAddr], count: u32, timeout: Duration, raw: bool) -> Vec<Outcome> {
+    let mut cmd = Command::new(connector_bin());
+    if raw {
+        cmd.arg("--raw");
+    }
+    let out = cmd
         .arg("--cgroup")
         .arg(cgroup)
         .args(["--count", &count.to_string()])

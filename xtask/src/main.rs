@@ -73,7 +73,10 @@ fn main() -> Result<()> {
             build(&root)?;
             require_root("cargo xtask bench")?;
             let mut cmd = cargo(&root);
-            cmd.args(["run", "--release", "-p", "resilience-tests", "--bin", "bench", "--"])
+            cmd.args(["build", "--release", "-p", "resilience-tests", "--bins"]);
+            step::run_inherit("build benchmark and client", &mut cmd)?;
+            let mut cmd = Command::new(root.join("target/release/bench"));
+            cmd.env("RESILIENCE_BIN", root.join("target/release/resilience"))
                 .args(["--batch", &batch.to_string(), "--rounds", &rounds.to_string()])
                 .arg("--out")
                 .arg(root.join("bench/results.md"));
@@ -83,7 +86,8 @@ fn main() -> Result<()> {
 }
 
 fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    root.canonicalize().unwrap_or(root)
 }
 
 fn cargo(root: &PathBuf) -> Command {
