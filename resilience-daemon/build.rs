@@ -22,9 +22,15 @@ fn main() -> anyhow::Result<()> {
     });
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../resilience-ebpf");
     let root = root.canonicalize()?;
-    let root_dir = root.to_str().ok_or_else(|| anyhow::anyhow!("non-UTF-8 path"))?;
+    let root_dir = root
+        .to_str()
+        .ok_or_else(|| anyhow::anyhow!("non-UTF-8 path"))?;
     aya_build::build_ebpf(
-        [aya_build::Package { name: "resilience-ebpf", root_dir, ..Default::default() }],
+        [aya_build::Package {
+            name: "resilience-ebpf",
+            root_dir,
+            ..Default::default()
+        }],
         aya_build::Toolchain::Custom(&toolchain),
     )
 }

@@ -26,12 +26,20 @@ impl Endpoint {
         addr[13] = ip[1];
         addr[14] = ip[2];
         addr[15] = ip[3];
-        Self { addr, port, _pad: 0 }
+        Self {
+            addr,
+            port,
+            _pad: 0,
+        }
     }
 
     #[inline(always)]
     pub const fn v6(addr: [u8; 16], port: u16) -> Self {
-        Self { addr, port, _pad: 0 }
+        Self {
+            addr,
+            port,
+            _pad: 0,
+        }
     }
 
     pub fn is_v4(&self) -> bool {
@@ -56,7 +64,10 @@ pub const CIDR_PORT_BITS: u32 = 16;
 impl CidrData {
     #[inline(always)]
     pub const fn new(addr: [u8; 16], port: u16) -> Self {
-        Self { port: port.to_be_bytes(), addr }
+        Self {
+            port: port.to_be_bytes(),
+            addr,
+        }
     }
 
     /// The prefix length of a key for `addr_bits` bits of the (IPv6 or IPv4-mapped) address.

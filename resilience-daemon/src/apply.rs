@@ -36,7 +36,11 @@ pub fn apply(tables: &mut Tables, policy: &Policy) -> Result<Vec<Applied>> {
             taken.push((slot, p.name_id));
         }
     }
-    let names: Vec<&str> = policy.destinations.iter().map(|d| d.name.as_str()).collect();
+    let names: Vec<&str> = policy
+        .destinations
+        .iter()
+        .map(|d| d.name.as_str())
+        .collect();
     let plan = slots::plan(&taken, &names, MAX_SLOTS).map_err(anyhow::Error::msg)?;
     for &slot in &plan.fresh {
         tables.reset_counters(slot)?;
@@ -53,7 +57,10 @@ pub fn apply(tables: &mut Tables, policy: &Policy) -> Result<Vec<Applied>> {
                     exact.insert(*ep, slot);
                 }
                 MatchKind::Cidr { addr, bits, port } => {
-                    cidr.insert((CidrData::prefix_len(*bits), CidrData::new(*addr, *port)), slot);
+                    cidr.insert(
+                        (CidrData::prefix_len(*bits), CidrData::new(*addr, *port)),
+                        slot,
+                    );
                 }
                 MatchKind::Host { host, port } => {
                     for ep in resolve(host, *port) {
@@ -62,7 +69,10 @@ pub fn apply(tables: &mut Tables, policy: &Policy) -> Result<Vec<Applied>> {
                 }
             }
         }
-        applied.push(Applied { dest: dest.clone(), slot });
+        applied.push(Applied {
+            dest: dest.clone(),
+            slot,
+        });
     }
 
     for (ep, slot) in &exact {
@@ -98,7 +108,10 @@ pub fn apply(tables: &mut Tables, policy: &Policy) -> Result<Vec<Applied>> {
     }
     let control = tables.control()?;
     tables
-        .set_control(resilience_common::Control { lookup_flags: flags, ..control })
+        .set_control(resilience_common::Control {
+            lookup_flags: flags,
+            ..control
+        })
         .context("publishing lookup flags")?;
     Ok(applied)
 }

@@ -82,10 +82,18 @@ fn parse_duration_arg(s: &str) -> Result<std::time::Duration, String> {
 pub fn dispatch(cli: Cli) -> Result<ExitCode> {
     init_logs(cli.log_format);
     match cli.command {
-        Cmd::Run { config: path, cgroup, socket, pin_dir, lease } => {
+        Cmd::Run {
+            config: path,
+            cgroup,
+            socket,
+            pin_dir,
+            lease,
+        } => {
             let mut policy = match &path {
                 Some(p) => config::load_file(p)?,
-                None => config::parse_str(DEFAULT_POLICY, std::path::Path::new("<built-in default>"))?,
+                None => {
+                    config::parse_str(DEFAULT_POLICY, std::path::Path::new("<built-in default>"))?
+                }
             };
             let d = &mut policy.daemon;
             d.cgroup = cgroup.or(d.cgroup.take());
@@ -102,7 +110,10 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
                 .enable_all()
                 .build()
                 .context("starting the runtime")?;
-            rt.block_on(daemon::run(daemon::RunOptions { config: path, policy }))?;
+            rt.block_on(daemon::run(daemon::RunOptions {
+                config: path,
+                policy,
+            }))?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Check { file, json } => match config::load_file(&file) {
@@ -133,7 +144,9 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
 fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("RESILIENCE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -168,7 +181,9 @@ fn print_policy(policy: &Policy, json: bool) {
     } else {
         println!(
             "daemon: cgroup={} socket={} pin_dir={} lease={:?}",
-            d.cgroup.as_ref().map_or("<cgroup2 root>".into(), |c| c.display().to_string()),
+            d.cgroup
+                .as_ref()
+                .map_or("<cgroup2 root>".into(), |c| c.display().to_string()),
             d.socket.display(),
             d.pin_dir.display(),
             d.lease
@@ -192,7 +207,17 @@ fn render_status(s: &Snapshot) -> String {
     let _ = writeln!(
         out,
         "{:<20} {:<12} {:<7} {:>9} {:>9} {:>8} {:>8} {:>8} {:>9} {:>7} {:>8}",
-        "DESTINATION", "MODE", "STATE", "ATTEMPTS", "SUCCESS", "REFUSED", "TIMEOUT", "UNREACH", "REJECTED", "ACTIVE", "P50 MS"
+        "DESTINATION",
+        "MODE",
+        "STATE",
+        "ATTEMPTS",
+        "SUCCESS",
+        "REFUSED",
+        "TIMEOUT",
+        "UNREACH",
+        "REJECTED",
+        "ACTIVE",
+        "P50 MS"
     );
     let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
     for d in &s.destinations {
@@ -200,9 +225,17 @@ fn render_status(s: &Snapshot) -> String {
         let _ = writeln!(
             out,
             "{:<20} {:<12} {:<7} {:>9} {:>9} {:>8} {:>8} {:>8} {:>9} {:>7} {:>8}",
-            d.name, d.mode, d.state, c.attempts, c.successes, c.failures.refused, c.failures.timeout,
-            c.failures.unreachable, c.rejected.breaker + c.rejected.rate_limit + c.rejected.bulkhead,
-            c.active, ms(c.latency_ms.p50)
+            d.name,
+            d.mode,
+            d.state,
+            c.attempts,
+            c.successes,
+            c.failures.refused,
+            c.failures.timeout,
+            c.failures.unreachable,
+            c.rejected.breaker + c.rejected.rate_limit + c.rejected.bulkhead,
+            c.active,
+            ms(c.latency_ms.p50)
         );
     }
     for o in s.observed.iter().take(20) {
@@ -210,8 +243,17 @@ fn render_status(s: &Snapshot) -> String {
         let _ = writeln!(
             out,
             "{:<20} {:<12} {:<7} {:>9} {:>9} {:>8} {:>8} {:>8} {:>9} {:>7} {:>8}",
-            o.address, "observed", "-", c.attempts, c.successes, c.failures.refused, c.failures.timeout,
-            c.failures.unreachable, 0, c.active, "-"
+            o.address,
+            "observed",
+            "-",
+            c.attempts,
+            c.successes,
+            c.failures.refused,
+            c.failures.timeout,
+            c.failures.unreachable,
+            0,
+            c.active,
+            "-"
         );
     }
     let k = &s.kernel;

@@ -30,12 +30,15 @@ pub fn bind(path: &Path) -> Result<UnixListener> {
     }
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            anyhow::bail!("{} is in use: is another resilience daemon running?", path.display());
+            anyhow::bail!(
+                "{} is in use: is another resilience daemon running?",
+                path.display()
+            );
         }
         std::fs::remove_file(path).with_context(|| format!("removing stale {}", path.display()))?;
     }
-    let listener =
-        UnixListener::bind(path).with_context(|| format!("binding control socket {}", path.display()))?;
+    let listener = UnixListener::bind(path)
+        .with_context(|| format!("binding control socket {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("chmod 0600 {}", path.display()))?;
     Ok(listener)
@@ -61,7 +64,11 @@ async fn client(stream: UnixStream, tx: mpsc::Sender<Command>) {
     let mut buf = Vec::new();
     loop {
         buf.clear();
-        let n = match (&mut lines).take(MAX_LINE as u64 + 1).read_until(b'\n', &mut buf).await {
+        let n = match (&mut lines)
+            .take(MAX_LINE as u64 + 1)
+            .read_until(b'\n', &mut buf)
+            .await
+        {
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
@@ -88,7 +95,9 @@ async fn answer(line: &[u8], tx: &mpsc::Sender<Command>) -> Value {
         return error("missing string field \"cmd\"".into());
     };
     match cmd {
-        "version" => json!({"v": PROTOCOL_VERSION, "ok": true, "version": env!("CARGO_PKG_VERSION")}),
+        "version" => {
+            json!({"v": PROTOCOL_VERSION, "ok": true, "version": env!("CARGO_PKG_VERSION")})
+        }
         "status" => {
             let (reply, rx) = oneshot::channel();
             if tx.send(Command::Status(reply)).await.is_err() {
@@ -111,7 +120,10 @@ fn error(message: String) -> Value {
 pub fn request(path: &Path, req: &Value) -> Result<Value> {
     use std::io::{BufRead, Write};
     let mut stream = std::os::unix::net::UnixStream::connect(path).with_context(|| {
-        format!("connecting to {} (is the daemon running? root needed)", path.display())
+        format!(
+            "connecting to {} (is the daemon running? root needed)",
+            path.display()
+        )
     })?;
     let mut line = req.to_string();
     line.push('\n');
@@ -120,7 +132,10 @@ pub fn request(path: &Path, req: &Value) -> Result<Value> {
     std::io::BufReader::new(stream).read_line(&mut reply)?;
     let v: Value = serde_json::from_str(&reply).context("daemon sent invalid JSON")?;
     if v.get("ok") != Some(&Value::Bool(true)) {
-        let msg = v.get("error").and_then(Value::as_str).unwrap_or("unknown error");
+        let msg = v
+            .get("error")
+            .and_then(Value::as_str)
+            .unwrap_or("unknown error");
         anyhow::bail!("daemon: {msg}");
     }
     Ok(v)

@@ -1,10 +1,6 @@
 //! `resilience run`: load, apply the policy, keep the lease, serve, reload, detach on exit.
 
-use std::{
-    collections::HashMap,
-    path::PathBuf,
-    time::Duration,
-};
+use std::{collections::HashMap, path::PathBuf, time::Duration};
 
 use anyhow::{Context, Result};
 use resilience_common::{
@@ -150,7 +146,11 @@ fn drain(state: &mut State, ring: &mut aya::maps::RingBuf<aya::maps::MapData>) {
         if let Some(ev) = parse_event(&item) {
             state.outcome_records += 1;
             if ev.outcome == OUTCOME_SUCCESS && ev.slot != SLOT_OBSERVED {
-                state.samples.entry(ev.slot).or_default().push(ev.latency_ns);
+                state
+                    .samples
+                    .entry(ev.slot)
+                    .or_default()
+                    .push(ev.latency_ns);
             }
         }
     }

@@ -54,7 +54,11 @@ pub fn plan(taken: &[(u32, u64)], names: &[&str], max_slots: u32) -> Result<Plan
         plan.fresh.push(next_free as u32);
     }
     plan.slots = slots.into_iter().flatten().collect();
-    plan.freed = taken.iter().map(|&(s, _)| s).filter(|s| !plan.slots.contains(s)).collect();
+    plan.freed = taken
+        .iter()
+        .map(|&(s, _)| s)
+        .filter(|s| !plan.slots.contains(s))
+        .collect();
     Ok(plan)
 }
 

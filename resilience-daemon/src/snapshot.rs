@@ -107,8 +107,7 @@ impl Counts {
             latency_ms: Latency {
                 p50: samples.and_then(|s| s.quantile_ms(0.50)),
                 p99: samples.and_then(|s| s.quantile_ms(0.99)),
-                mean: (c.successes > 0)
-                    .then(|| c.latency_sum_ns as f64 / c.successes as f64 / 1e6),
+                mean: (c.successes > 0).then(|| c.latency_sum_ns as f64 / c.successes as f64 / 1e6),
             },
         }
     }

@@ -28,7 +28,10 @@ const FULL_PREFIX: u32 = CIDR_PORT_BITS + 128;
 pub fn on_connect(ctx: &SockAddrContext, ep: Endpoint) -> i32 {
     let now = unsafe { bpf_ktime_get_ns() };
     let (lookup, lease_valid) = match CONTROL.get(0) {
-        Some(c) => (c.lookup_flags, now.wrapping_sub(c.heartbeat_ns) <= c.lease_ns),
+        Some(c) => (
+            c.lookup_flags,
+            now.wrapping_sub(c.heartbeat_ns) <= c.lease_ns,
+        ),
         // Cannot happen for an array; if it did, the guard fails open.
         None => (0, false),
     };

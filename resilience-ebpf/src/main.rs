@@ -47,7 +47,12 @@ pub fn connect6(ctx: SockAddrContext) -> i32 {
     }
     let w = sa.user_ip6;
     let mut addr = [0u8; 16];
-    let (a, b, c, d) = (w[0].to_ne_bytes(), w[1].to_ne_bytes(), w[2].to_ne_bytes(), w[3].to_ne_bytes());
+    let (a, b, c, d) = (
+        w[0].to_ne_bytes(),
+        w[1].to_ne_bytes(),
+        w[2].to_ne_bytes(),
+        w[3].to_ne_bytes(),
+    );
     addr[0..4].copy_from_slice(&a);
     addr[4..8].copy_from_slice(&b);
     addr[8..12].copy_from_slice(&c);

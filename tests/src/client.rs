@@ -17,11 +17,21 @@ pub fn connector_bin() -> std::path::PathBuf {
     [dir.join("connector"), dir.join("../connector")]
         .into_iter()
         .find(|p| p.exists())
-        .unwrap_or_else(|| panic!("connector not built in {} (cargo builds it with the tests)", dir.display()))
+        .unwrap_or_else(|| {
+            panic!(
+                "connector not built in {} (cargo builds it with the tests)",
+                dir.display()
+            )
+        })
 }
 
 /// `count` connects to each address in turn, from a process inside `cgroup`.
-pub fn connect_from(cgroup: &Path, addrs: &[SocketAddr], count: u32, timeout: Duration) -> Vec<Outcome> {
+pub fn connect_from(
+    cgroup: &Path,
+    addrs: &[SocketAddr],
+    count: u32,
+    timeout: Duration,
+) -> Vec<Outcome> {
     run_connector(cgroup, addrs, count, timeout, false)
 }
 
@@ -30,7 +40,13 @@ pub fn raw_loop(cgroup: &Path, addr: SocketAddr, count: u32) -> Vec<Outcome> {
     run_connector(cgroup, &[addr], count, Duration::from_secs(1), true)
 }
 
-fn run_connector(cgroup: &Path, addrs: &[SocketAddr], count: u32, timeout: Duration, raw: bool) -> Vec<Outcome> {
+fn run_connector(
+    cgroup: &Path,
+    addrs: &[SocketAddr],
+    count: u32,
+    timeout: Duration,
+    raw: bool,
+) -> Vec<Outcome> {
     let mut cmd = Command::new(connector_bin());
     if raw {
         cmd.arg("--raw");

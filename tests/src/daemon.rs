@@ -18,7 +18,10 @@ pub struct PinDir {
 
 impl PinDir {
     pub fn new(tag: &str) -> PinDir {
-        PinDir { path: PathBuf::from("/sys/fs/bpf").join(format!("resilience-test-{}", crate::unique(tag))) }
+        PinDir {
+            path: PathBuf::from("/sys/fs/bpf")
+                .join(format!("resilience-test-{}", crate::unique(tag))),
+        }
     }
 }
 
@@ -57,7 +60,12 @@ impl Daemon {
             "--lease".into(),
             lease.into(),
         ];
-        let mut d = Daemon { child: None, socket, log: dir.join("daemon.log"), args };
+        let mut d = Daemon {
+            child: None,
+            socket,
+            log: dir.join("daemon.log"),
+            args,
+        };
         d.spawn();
         d
     }
@@ -78,10 +86,17 @@ impl Daemon {
             }
             if let Some(c) = self.child.as_mut() {
                 if let Ok(Some(status)) = c.try_wait() {
-                    panic!("daemon exited ({status}) while starting:\n{}", self.log_text());
+                    panic!(
+                        "daemon exited ({status}) while starting:\n{}",
+                        self.log_text()
+                    );
                 }
             }
-            assert!(Instant::now() < deadline, "daemon did not answer within 20 s:\n{}", self.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not answer within 20 s:\n{}",
+                self.log_text()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -112,7 +127,11 @@ impl Daemon {
             let _ = nix::sys::signal::kill(Pid::from_raw(c.id() as i32), Signal::SIGCONT);
             let _ = nix::sys::signal::kill(Pid::from_raw(c.id() as i32), Signal::SIGTERM);
             let status = c.wait().expect("wait");
-            assert!(status.success(), "daemon exited with {status}:\n{}", self.log_text());
+            assert!(
+                status.success(),
+                "daemon exited with {status}:\n{}",
+                self.log_text()
+            );
         }
     }
 
@@ -132,7 +151,8 @@ impl Daemon {
 
     /// The daemon's snapshot (`resilience status --json`).
     pub fn status(&self) -> Value {
-        self.try_status().unwrap_or_else(|| panic!("status failed:\n{}", self.log_text()))
+        self.try_status()
+            .unwrap_or_else(|| panic!("status failed:\n{}", self.log_text()))
     }
 
     /// One destination's entry in the snapshot.

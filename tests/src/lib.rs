@@ -19,16 +19,21 @@ pub fn privileged(test: &str) -> bool {
         return true;
     }
     let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
-    assert!(!ci, "{test}: needs root to load eBPF programs, and CI forbids skipping");
+    assert!(
+        !ci,
+        "{test}: needs root to load eBPF programs, and CI forbids skipping"
+    );
     eprintln!("SKIPPED {test}: needs root (run `cargo xtask test` as root)");
     false
 }
 
 /// The daemon binary under test: $RESILIENCE_BIN, else target/release/resilience.
 pub fn daemon_bin() -> PathBuf {
-    let path = std::env::var_os("RESILIENCE_BIN").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/resilience")
-    });
+    let path = std::env::var_os("RESILIENCE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/resilience")
+        });
     assert!(
         path.exists(),
         "{} does not exist: build it with `cargo xtask build` (or set RESILIENCE_BIN)",
@@ -41,5 +46,9 @@ pub fn daemon_bin() -> PathBuf {
 pub fn unique(tag: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
-    format!("{tag}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }

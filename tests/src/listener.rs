@@ -43,7 +43,12 @@ impl Server {
                 }
             }
         });
-        Server { addr, accepted, stop, thread: Some(thread) }
+        Server {
+            addr,
+            accepted,
+            stop,
+            thread: Some(thread),
+        }
     }
 
     pub fn accepted(&self) -> u64 {
@@ -71,8 +76,13 @@ pub struct BlackHole {
 
 impl BlackHole {
     pub fn start(ip: &str) -> BlackHole {
-        let fd = socket(AddressFamily::Inet, SockType::Stream, SockFlag::empty(), None)
-            .expect("socket");
+        let fd = socket(
+            AddressFamily::Inet,
+            SockType::Stream,
+            SockFlag::empty(),
+            None,
+        )
+        .expect("socket");
         setsockopt(&fd, sockopt::ReuseAddr, &true).expect("SO_REUSEADDR");
         let want: SocketAddr = format!("{ip}:0").parse().expect("ip");
         bind(fd.as_raw_fd(), &SockaddrStorage::from(want)).expect("bind");
@@ -91,6 +101,10 @@ impl BlackHole {
                 Err(_) => break,
             }
         }
-        BlackHole { addr, _fd: fd, _queued: queued }
+        BlackHole {
+            addr,
+            _fd: fd,
+            _queued: queued,
+        }
     }
 }

@@ -24,14 +24,20 @@ fn check(text: &str) -> (bool, String, String) {
 fn check_prints_the_effective_policy() {
     let (ok, stdout, _) = check("[[destination]]\nname = \"db\"\nmatch = [\"10.0.0.0/8:5432\"]\n");
     assert!(ok);
-    assert!(stdout.contains("db: mode=enforce reject_errno=ECONNREFUSED match=[10.0.0.0/8:5432]"), "{stdout}");
+    assert!(
+        stdout.contains("db: mode=enforce reject_errno=ECONNREFUSED match=[10.0.0.0/8:5432]"),
+        "{stdout}"
+    );
 }
 
 #[test]
 fn check_names_file_line_and_column_and_exits_1() {
     let (ok, _, stderr) = check("[[destination]]\nname = \"db\"\nmatch = [\"10.0.0.0/33\"]\n");
     assert!(!ok);
-    assert_eq!(stderr.trim(), "FILE:3:10: \"10.0.0.0/33\": prefix length \"33\" is not in 0..=32");
+    assert_eq!(
+        stderr.trim(),
+        "FILE:3:10: \"10.0.0.0/33\": prefix length \"33\" is not in 0..=32"
+    );
 }
 
 #[test]

@@ -21,7 +21,10 @@ fn addr(s: &str) -> SocketAddr {
 
 fn forced_open(name: &str, matches: &[String]) -> String {
     let m: Vec<String> = matches.iter().map(|m| format!("{m:?}")).collect();
-    format!("[[destination]]\nname = {name:?}\nmatch = [{}]\nmode = \"forced-open\"\n", m.join(", "))
+    format!(
+        "[[destination]]\nname = {name:?}\nmatch = [{}]\nmode = \"forced-open\"\n",
+        m.join(", ")
+    )
 }
 
 #[test]
@@ -32,18 +35,32 @@ fn forced_open_rejects_inside_the_cgroup_only() {
     let server = Server::start("127.0.0.2:0");
     let cg = Cgroup::new("forced");
     let pins = PinDir::new("forced");
-    let d = Daemon::start("forced", cg.path(), &pins, &forced_open("blocked", &[server.addr.to_string()]), "2s");
+    let d = Daemon::start(
+        "forced",
+        cg.path(),
+        &pins,
+        &forced_open("blocked", &[server.addr.to_string()]),
+        "2s",
+    );
 
     let got = connect_from(cg.path(), &[server.addr], 50, SECOND);
     assert_eq!(got.len(), 50);
-    assert!(got.iter().all(|o| !o.ok && o.errno == ECONNREFUSED), "{got:?}");
+    assert!(
+        got.iter().all(|o| !o.ok && o.errno == ECONNREFUSED),
+        "{got:?}"
+    );
     // Rejected by the hook before any SYN: well under a millisecond, versus a connect timeout.
     let m = median(&got);
     assert!(m < Duration::from_millis(1), "median rejection took {m:?}");
-    assert_eq!(server.accepted(), 0, "a rejected connect reached the listener");
+    assert_eq!(
+        server.accepted(),
+        0,
+        "a rejected connect reached the listener"
+    );
 
     // This test process is outside the guarded cgroup: the same address works.
-    std::net::TcpStream::connect_timeout(&server.addr, SECOND).expect("connect from outside the cgroup");
+    std::net::TcpStream::connect_timeout(&server.addr, SECOND)
+        .expect("connect from outside the cgroup");
 
     let dest = d.dest("blocked");
     assert_eq!(dest["mode"], "forced-open");
@@ -91,7 +108,7 @@ mode = "enforce"
         (format!("127.0.2.9:{pa}"), Some(libc::EHOSTUNREACH)), // CIDR on any port
         (format!("127.0.2.9:{pb}"), None),               // exact ip:port wins over the CIDR
         (format!("127.0.2.10:{pb}"), Some(libc::EHOSTUNREACH)),
-        (format!("127.0.3.5:{pa}"), None),               // no policy: observed, never rejected
+        (format!("127.0.3.5:{pa}"), None), // no policy: observed, never rejected
     ];
     for (target, want) in &cases {
         let got = &connect_from(cg.path(), &[addr(target)], 1, SECOND)[0];
@@ -101,11 +118,26 @@ mode = "enforce"
         }
     }
     let net1 = d.dest("net1-on-a");
-    assert_eq!((net1["attempts"].as_u64(), net1["rejected"]["breaker"].as_u64()), (Some(1), Some(1)));
+    assert_eq!(
+        (
+            net1["attempts"].as_u64(),
+            net1["rejected"]["breaker"].as_u64()
+        ),
+        (Some(1), Some(1))
+    );
     let net2 = d.dest("net2-any");
-    assert_eq!((net2["attempts"].as_u64(), net2["rejected"]["breaker"].as_u64()), (Some(2), Some(1 + 1)));
+    assert_eq!(
+        (
+            net2["attempts"].as_u64(),
+            net2["rejected"]["breaker"].as_u64()
+        ),
+        (Some(2), Some(1 + 1))
+    );
     let exc = d.wait_dest("net2-exception", |v| v["successes"] == 1);
-    assert_eq!((exc["attempts"].as_u64(), exc["successes"].as_u64()), (Some(1), Some(1)));
+    assert_eq!(
+        (exc["attempts"].as_u64(), exc["successes"].as_u64()),
+        (Some(1), Some(1))
+    );
 
     let status = d.status();
     let observed: Vec<&str> = status["observed"]
@@ -115,7 +147,10 @@ mode = "enforce"
         .filter_map(|o| o["address"].as_str())
         .collect();
     for unmatched in [format!("127.0.1.7:{pb}"), format!("127.0.3.5:{pa}")] {
-        assert!(observed.contains(&unmatched.as_str()), "{unmatched} not observed in {observed:?}");
+        assert!(
+            observed.contains(&unmatched.as_str()),
+            "{unmatched} not observed in {observed:?}"
+        );
     }
     assert_eq!(a.accepted() + b.accepted(), 3);
 }
@@ -138,7 +173,10 @@ fn ipv6_loopback_and_v4_mapped() {
 
     let mapped = addr(&format!("[::ffff:127.0.0.3]:{}", v4.addr.port()));
     let got = connect_from(cg.path(), &[v6.addr, mapped], 1, SECOND);
-    assert!(got.iter().all(|o| !o.ok && o.errno == ECONNREFUSED), "{got:?}");
+    assert!(
+        got.iter().all(|o| !o.ok && o.errno == ECONNREFUSED),
+        "{got:?}"
+    );
     assert_eq!(d.dest("v6")["rejected"]["breaker"], 1);
     // connect6 to ::ffff:127.0.0.3 is the IPv4 destination.
     assert_eq!(d.dest("v4")["rejected"]["breaker"], 1);
@@ -157,7 +195,10 @@ fn outcome_counters_are_exact() {
     let ok = Server::start("127.0.0.4:0");
     let hole = BlackHole::start("127.0.0.4");
     // A closed port: bind, learn the port, close.
-    let closed = std::net::TcpListener::bind("127.0.0.4:0").expect("bind").local_addr().expect("addr");
+    let closed = std::net::TcpListener::bind("127.0.0.4:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr");
     let policy = "[[destination]]\nname = \"svc\"\nmatch = [\"127.0.0.4\"]\nmode = \"enforce\"\n";
     let cg = Cgroup::new("outcomes");
     let pins = PinDir::new("outcomes");
@@ -166,9 +207,15 @@ fn outcome_counters_are_exact() {
     let good = connect_from(cg.path(), &[ok.addr], 20, SECOND);
     assert!(good.iter().all(|o| o.ok), "{good:?}");
     let refused = connect_from(cg.path(), &[closed], 7, SECOND);
-    assert!(refused.iter().all(|o| o.errno == ECONNREFUSED), "{refused:?}");
+    assert!(
+        refused.iter().all(|o| o.errno == ECONNREFUSED),
+        "{refused:?}"
+    );
     let timed_out = connect_from(cg.path(), &[hole.addr], 3, Duration::from_millis(300));
-    assert!(timed_out.iter().all(|o| o.errno == libc::ETIMEDOUT), "{timed_out:?}");
+    assert!(
+        timed_out.iter().all(|o| o.errno == libc::ETIMEDOUT),
+        "{timed_out:?}"
+    );
 
     let v = d.wait_dest("svc", |v| v["closed"] == 20 && v["active"] == 0);
     assert_eq!(v["attempts"], 30, "{v:#}");
@@ -179,7 +226,10 @@ fn outcome_counters_are_exact() {
     assert_eq!(v["failures"]["reset"], 0, "{v:#}");
     assert_eq!(v["closed"], 20, "{v:#}");
     assert_eq!(v["active"], 0, "{v:#}");
-    assert!(v["latency_ms"]["p50"].as_f64().is_some_and(|ms| ms > 0.0), "{v:#}");
+    assert!(
+        v["latency_ms"]["p50"].as_f64().is_some_and(|ms| ms > 0.0),
+        "{v:#}"
+    );
     assert_eq!(ok.accepted(), 20);
     let k = &d.status()["kernel"];
     assert_eq!(k["ringbuf_lost"], 0);
@@ -195,7 +245,13 @@ fn sigkill_fails_open_and_restart_continues_counters() {
     let server = Server::start("127.0.0.5:0");
     let cg = Cgroup::new("restart");
     let pins = PinDir::new("restart");
-    let mut d = Daemon::start("restart", cg.path(), &pins, &forced_open("p", &[server.addr.to_string()]), "2s");
+    let mut d = Daemon::start(
+        "restart",
+        cg.path(),
+        &pins,
+        &forced_open("p", &[server.addr.to_string()]),
+        "2s",
+    );
     let got = connect_from(cg.path(), &[server.addr], 3, SECOND);
     assert!(got.iter().all(|o| o.errno == ECONNREFUSED), "{got:?}");
 
@@ -206,7 +262,10 @@ fn sigkill_fails_open_and_restart_continues_counters() {
 
     d.restart();
     let v = d.dest("p");
-    assert_eq!(v["rejected"]["breaker"], 3, "counters did not survive the restart: {v:#}");
+    assert_eq!(
+        v["rejected"]["breaker"], 3,
+        "counters did not survive the restart: {v:#}"
+    );
     let got = connect_from(cg.path(), &[server.addr], 1, SECOND);
     assert_eq!(got[0].errno, ECONNREFUSED, "{got:?}");
     assert_eq!(d.dest("p")["rejected"]["breaker"], 4);
@@ -221,19 +280,34 @@ fn hung_daemon_fails_open_after_its_lease() {
     let server = Server::start("127.0.0.6:0");
     let cg = Cgroup::new("lease");
     let pins = PinDir::new("lease");
-    let d = Daemon::start("lease", cg.path(), &pins, &forced_open("p", &[server.addr.to_string()]), "300ms");
-    assert_eq!(connect_from(cg.path(), &[server.addr], 1, SECOND)[0].errno, ECONNREFUSED);
+    let d = Daemon::start(
+        "lease",
+        cg.path(),
+        &pins,
+        &forced_open("p", &[server.addr.to_string()]),
+        "300ms",
+    );
+    assert_eq!(
+        connect_from(cg.path(), &[server.addr], 1, SECOND)[0].errno,
+        ECONNREFUSED
+    );
 
     // A stopped daemon keeps its programs attached but renews nothing.
     d.signal(Signal::SIGSTOP);
     std::thread::sleep(Duration::from_millis(800));
     let got = connect_from(cg.path(), &[server.addr], 2, SECOND);
     d.signal(Signal::SIGCONT);
-    assert!(got.iter().all(|o| o.ok), "connects while the lease was expired: {got:?}");
+    assert!(
+        got.iter().all(|o| o.ok),
+        "connects while the lease was expired: {got:?}"
+    );
 
     // Renewed: enforcing again.
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(connect_from(cg.path(), &[server.addr], 1, SECOND)[0].errno, ECONNREFUSED);
+    assert_eq!(
+        connect_from(cg.path(), &[server.addr], 1, SECOND)[0].errno,
+        ECONNREFUSED
+    );
     let v = d.dest("p");
     assert_eq!(v["fail_open"], 2, "{v:#}");
     assert_eq!(v["rejected"]["breaker"], 2, "{v:#}");

@@ -38,13 +38,22 @@ pub fn setup() -> Result<()> {
         ensure_bpf_linker(Some("/usr/lib/llvm-22"))?;
         ensure_toolchain_link()?;
     }
-    say(&format!("setup: complete in {:.1}s", start.elapsed().as_secs_f64()));
+    say(&format!(
+        "setup: complete in {:.1}s",
+        start.elapsed().as_secs_f64()
+    ));
     Ok(())
 }
 
 fn nightly_has_rust_src() -> bool {
-    output(Command::new("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]))
-        .is_some_and(|o| o.lines().any(|l| l.starts_with("rust-src")))
+    output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))
+    .is_some_and(|o| o.lines().any(|l| l.starts_with("rust-src")))
 }
 
 fn ensure_apt_packages() -> Result<()> {
@@ -88,7 +97,9 @@ fn ensure_apt_packages() -> Result<()> {
 fn ensure_bpf_linker(llvm_prefix: Option<&str>) -> Result<()> {
     let have = output(Command::new("bpf-linker").arg("--version")).unwrap_or_default();
     if have.contains(BPF_LINKER_VERSION) {
-        say(&format!("setup: bpf-linker {BPF_LINKER_VERSION}: already installed"));
+        say(&format!(
+            "setup: bpf-linker {BPF_LINKER_VERSION}: already installed"
+        ));
         return Ok(());
     }
     let mut cmd = Command::new("cargo");
@@ -96,7 +107,8 @@ fn ensure_bpf_linker(llvm_prefix: Option<&str>) -> Result<()> {
     // Run from a neutral directory: the workspace's .cargo/config.toml is not for this build.
     cmd.current_dir(std::env::temp_dir());
     if let Some(prefix) = llvm_prefix {
-        cmd.args(["--no-default-features", "--features", "llvm-22"]).env("LLVM_PREFIX", prefix);
+        cmd.args(["--no-default-features", "--features", "llvm-22"])
+            .env("LLVM_PREFIX", prefix);
     }
     run_inherit(
         &format!("setup: compiling bpf-linker {BPF_LINKER_VERSION} (several minutes on 2 cores)"),
@@ -115,15 +127,22 @@ fn ensure_toolchain_link() -> Result<()> {
         symlink(&PathBuf::from("/usr/bin").join(tool), &bin.join(tool))?;
     }
     symlink(&PathBuf::from("/usr/lib"), &dir.join("lib"))?;
-    let linked = output(Command::new("rustup").args(["toolchain", "list"]))
-        .is_some_and(|o| o.lines().any(|l| l.split_whitespace().next() == Some(TOOLCHAIN)));
+    let linked = output(Command::new("rustup").args(["toolchain", "list"])).is_some_and(|o| {
+        o.lines()
+            .any(|l| l.split_whitespace().next() == Some(TOOLCHAIN))
+    });
     if linked {
-        say(&format!("setup: rustup toolchain {TOOLCHAIN}: already linked"));
+        say(&format!(
+            "setup: rustup toolchain {TOOLCHAIN}: already linked"
+        ));
         return Ok(());
     }
     let mut cmd = Command::new("rustup");
     cmd.args(["toolchain", "link", TOOLCHAIN]).arg(&dir);
-    run_inherit(&format!("setup: linking Debian's rustc as rustup toolchain {TOOLCHAIN}"), &mut cmd)
+    run_inherit(
+        &format!("setup: linking Debian's rustc as rustup toolchain {TOOLCHAIN}"),
+        &mut cmd,
+    )
 }
 
 fn symlink(target: &PathBuf, link: &PathBuf) -> Result<()> {

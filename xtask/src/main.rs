@@ -10,7 +10,10 @@ use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", about = "Set up, build, run, test and benchmark resilience")]
+#[command(
+    name = "cargo xtask",
+    about = "Set up, build, run, test and benchmark resilience"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -77,7 +80,12 @@ fn main() -> Result<()> {
             step::run_inherit("build benchmark and client", &mut cmd)?;
             let mut cmd = Command::new(root.join("target/release/bench"));
             cmd.env("RESILIENCE_BIN", root.join("target/release/resilience"))
-                .args(["--batch", &batch.to_string(), "--rounds", &rounds.to_string()])
+                .args([
+                    "--batch",
+                    &batch.to_string(),
+                    "--rounds",
+                    &rounds.to_string(),
+                ])
                 .arg("--out")
                 .arg(root.join("bench/results.md"));
             step::run_inherit("benchmark", &mut cmd)
@@ -99,7 +107,10 @@ fn cargo(root: &PathBuf) -> Command {
 fn build(root: &PathBuf) -> Result<()> {
     let mut cmd = cargo(root);
     cmd.args(["build", "--release", "-p", "resilience-daemon"]);
-    step::run_inherit("build target/release/resilience (kernel object included)", &mut cmd)
+    step::run_inherit(
+        "build target/release/resilience (kernel object included)",
+        &mut cmd,
+    )
 }
 
 fn test(root: &PathBuf) -> Result<()> {
@@ -116,9 +127,19 @@ fn test(root: &PathBuf) -> Result<()> {
         return Ok(());
     }
     let mut it = cargo(root);
-    it.args(["test", "--release", "-p", "resilience-tests", "--", "--test-threads=1"])
-        .env("RESILIENCE_BIN", root.join("target/release/resilience"));
-    step::run_inherit("privileged eBPF integration tests (real kernel, child cgroups, loopback)", &mut it)
+    it.args([
+        "test",
+        "--release",
+        "-p",
+        "resilience-tests",
+        "--",
+        "--test-threads=1",
+    ])
+    .env("RESILIENCE_BIN", root.join("target/release/resilience"));
+    step::run_inherit(
+        "privileged eBPF integration tests (real kernel, child cgroups, loopback)",
+        &mut it,
+    )
 }
 
 fn require_root(what: &str) -> Result<()> {

@@ -12,16 +12,23 @@ pub fn say(msg: &str) {
 pub fn run_inherit(what: &str, cmd: &mut Command) -> Result<()> {
     say(&format!("{what} ..."));
     let start = Instant::now();
-    let status = cmd.status().with_context(|| format!("{what}: cannot start {cmd:?}"))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("{what}: cannot start {cmd:?}"))?;
     if !status.success() {
         bail!("{what} failed ({status})");
     }
-    say(&format!("{what}: done in {:.1}s", start.elapsed().as_secs_f64()));
+    say(&format!(
+        "{what}: done in {:.1}s",
+        start.elapsed().as_secs_f64()
+    ));
     Ok(())
 }
 
 /// Run `cmd` quietly and return its stdout; `None` if it cannot run or fails.
 pub fn output(cmd: &mut Command) -> Option<String> {
     let out = cmd.output().ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }

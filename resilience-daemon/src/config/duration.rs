@@ -15,7 +15,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "s" => value,
         "m" => value * 60.0,
         "h" => value * 3600.0,
-        _ => return Err(format!("duration {s:?} has unknown unit {unit:?} (ms, s, m or h)")),
+        _ => {
+            return Err(format!(
+                "duration {s:?} has unknown unit {unit:?} (ms, s, m or h)"
+            ))
+        }
     };
     if !secs.is_finite() || secs > 1e9 {
         return Err(format!("duration {s:?} is out of range"));

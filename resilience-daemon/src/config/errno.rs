@@ -35,6 +35,9 @@ impl Errno {
     }
 
     pub fn name(self) -> &'static str {
-        NAMES.iter().find(|(_, v)| *v == self.0).map_or("?", |(n, _)| n)
+        NAMES
+            .iter()
+            .find(|(_, v)| *v == self.0)
+            .map_or("?", |(n, _)| n)
     }
 }

@@ -18,7 +18,11 @@ pub enum MatchKind {
     Exact(Endpoint),
     /// A prefix of the IPv6 (or IPv4-mapped) address space, on one port or any (`port` 0).
     /// `bits` counts IPv6 bits: an IPv4 /24 is 96 + 24.
-    Cidr { addr: [u8; 16], bits: u32, port: u16 },
+    Cidr {
+        addr: [u8; 16],
+        bits: u32,
+        port: u16,
+    },
     /// A DNS name on one port, resolved by the daemon.
     Host { host: String, port: u16 },
 }
@@ -26,7 +30,10 @@ pub enum MatchKind {
 impl Match {
     pub fn parse(text: &str) -> Result<Match, String> {
         let kind = parse_kind(text.trim())?;
-        Ok(Match { text: text.to_string(), kind })
+        Ok(Match {
+            text: text.to_string(),
+            kind,
+        })
     }
 }
 
@@ -41,9 +48,11 @@ fn parse_kind(s: &str) -> Result<MatchKind, String> {
             .ok_or_else(|| format!("{s:?}: missing ']'"))?;
         let port = match after {
             "" => 0,
-            p => parse_port(s, p.strip_prefix(':').ok_or_else(|| {
-                format!("{s:?}: expected ':port' after ']'")
-            })?)?,
+            p => parse_port(
+                s,
+                p.strip_prefix(':')
+                    .ok_or_else(|| format!("{s:?}: expected ':port' after ']'"))?,
+            )?,
         };
         return addr_or_cidr(s, inside, port);
     }
@@ -66,12 +75,17 @@ fn parse_kind(s: &str) -> Result<MatchKind, String> {
     if port == 0 {
         return Err(format!("{s:?}: a DNS name needs a port (\"{host}:443\")"));
     }
-    Ok(MatchKind::Host { host: host.to_ascii_lowercase(), port })
+    Ok(MatchKind::Host {
+        host: host.to_ascii_lowercase(),
+        port,
+    })
 }
 
 fn parse_port(whole: &str, p: &str) -> Result<u16, String> {
     match p.parse::<u16>() {
-        Ok(0) => Err(format!("{whole:?}: port 0 is not a port; leave the port out to match any")),
+        Ok(0) => Err(format!(
+            "{whole:?}: port 0 is not a port; leave the port out to match any"
+        )),
         Ok(port) => Ok(port),
         Err(_) => Err(format!("{whole:?}: {p:?} is not a port (1-65535)")),
     }
@@ -93,7 +107,11 @@ fn addr_or_cidr(whole: &str, s: &str, port: u16) -> Result<MatchKind, String> {
         None => max,
         Some(l) => match l.parse::<u32>() {
             Ok(n) if n <= max => n,
-            _ => return Err(format!("{whole:?}: prefix length {l:?} is not in 0..={max}")),
+            _ => {
+                return Err(format!(
+                    "{whole:?}: prefix length {l:?} is not in 0..={max}"
+                ))
+            }
         },
     };
     let bits = offset + len;
@@ -103,10 +121,16 @@ fn addr_or_cidr(whole: &str, s: &str, port: u16) -> Result<MatchKind, String> {
             IpAddr::V4(_) => format!("{}.{}.{}.{}/{len}", net[12], net[13], net[14], net[15]),
             IpAddr::V6(_) => format!("{}/{len}", Ipv6Addr::from(net)),
         };
-        return Err(format!("{whole:?}: host bits are set; did you mean {shown}?"));
+        return Err(format!(
+            "{whole:?}: host bits are set; did you mean {shown}?"
+        ));
     }
     if len == max && port != 0 {
-        return Ok(MatchKind::Exact(Endpoint { addr, port, _pad: 0 }));
+        return Ok(MatchKind::Exact(Endpoint {
+            addr,
+            port,
+            _pad: 0,
+        }));
     }
     Ok(MatchKind::Cidr { addr, bits, port })
 }
@@ -137,7 +161,9 @@ fn validate_hostname(whole: &str, host: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!("{whole:?}: {host:?} is neither an IP address, a CIDR nor a DNS name"))
+        Err(format!(
+            "{whole:?}: {host:?} is neither an IP address, a CIDR nor a DNS name"
+        ))
     }
 }
 
@@ -151,7 +177,10 @@ mod tests {
 
     #[test]
     fn exact_v4_and_v6() {
-        assert_eq!(kind("127.0.0.2:80"), MatchKind::Exact(Endpoint::v4([127, 0, 0, 2], 80)));
+        assert_eq!(
+            kind("127.0.0.2:80"),
+            MatchKind::Exact(Endpoint::v4([127, 0, 0, 2], 80))
+        );
         let mut one = [0u8; 16];
         one[15] = 1;
         assert_eq!(kind("[::1]:443"), MatchKind::Exact(Endpoint::v6(one, 443)));
@@ -162,28 +191,73 @@ mod tests {
     #[test]
     fn bare_ip_is_a_full_length_cidr_on_any_port() {
         let addr = Endpoint::v4([10, 1, 2, 3], 0).addr;
-        assert_eq!(kind("10.1.2.3"), MatchKind::Cidr { addr, bits: 128, port: 0 });
+        assert_eq!(
+            kind("10.1.2.3"),
+            MatchKind::Cidr {
+                addr,
+                bits: 128,
+                port: 0
+            }
+        );
         let mut one = [0u8; 16];
         one[15] = 1;
-        assert_eq!(kind("::1"), MatchKind::Cidr { addr: one, bits: 128, port: 0 });
+        assert_eq!(
+            kind("::1"),
+            MatchKind::Cidr {
+                addr: one,
+                bits: 128,
+                port: 0
+            }
+        );
     }
 
     #[test]
     fn cidrs() {
         let addr = Endpoint::v4([10, 0, 0, 0], 0).addr;
-        assert_eq!(kind("10.0.0.0/8"), MatchKind::Cidr { addr, bits: 104, port: 0 });
-        assert_eq!(kind("10.0.0.0/8:443"), MatchKind::Cidr { addr, bits: 104, port: 443 });
+        assert_eq!(
+            kind("10.0.0.0/8"),
+            MatchKind::Cidr {
+                addr,
+                bits: 104,
+                port: 0
+            }
+        );
+        assert_eq!(
+            kind("10.0.0.0/8:443"),
+            MatchKind::Cidr {
+                addr,
+                bits: 104,
+                port: 443
+            }
+        );
         let mut fd = [0u8; 16];
         fd[0] = 0xfd;
-        assert_eq!(kind("fd00::/8"), MatchKind::Cidr { addr: fd, bits: 8, port: 0 });
-        assert_eq!(kind("[fd00::/8]:5432"), MatchKind::Cidr { addr: fd, bits: 8, port: 5432 });
+        assert_eq!(
+            kind("fd00::/8"),
+            MatchKind::Cidr {
+                addr: fd,
+                bits: 8,
+                port: 0
+            }
+        );
+        assert_eq!(
+            kind("[fd00::/8]:5432"),
+            MatchKind::Cidr {
+                addr: fd,
+                bits: 8,
+                port: 5432
+            }
+        );
     }
 
     #[test]
     fn hosts() {
         assert_eq!(
             kind("API.example.com:443"),
-            MatchKind::Host { host: "api.example.com".into(), port: 443 }
+            MatchKind::Host {
+                host: "api.example.com".into(),
+                port: 443
+            }
         );
     }
 

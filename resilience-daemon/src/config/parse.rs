@@ -11,8 +11,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{
-    duration::parse_duration, errno::Errno, matcher::Match, DaemonSettings, Destination,
-    MatchKind, Mode, Policy,
+    duration::parse_duration, errno::Errno, matcher::Match, DaemonSettings, Destination, MatchKind,
+    Mode, Policy,
 };
 
 /// A policy file that cannot be used, with the place that makes it so.
@@ -26,7 +26,11 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: {}", self.file, self.line, self.col, self.message)
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file, self.line, self.col, self.message
+        )
     }
 }
 
@@ -72,7 +76,12 @@ pub fn parse_str(text: &str, path: &Path) -> Result<Policy, ConfigError> {
     let raw: RawFile = toml::from_str(text).map_err(|e| {
         let start = e.span().map_or(0, |s| s.start);
         // toml's message repeats the location and the source line; keep the first line.
-        let message = e.message().lines().next().unwrap_or("invalid TOML").to_string();
+        let message = e
+            .message()
+            .lines()
+            .next()
+            .unwrap_or("invalid TOML")
+            .to_string();
         locate(text, path, start, message)
     })?;
 
@@ -102,13 +111,22 @@ pub fn parse_str(text: &str, path: &Path) -> Result<Policy, ConfigError> {
         let d = d.into_inner();
         let name = d.name.get_ref().trim().to_string();
         if name.is_empty() || name.len() > 64 || name.chars().any(|c| c.is_control()) {
-            return Err(at(d.name.span(), "name must be 1 to 64 printable characters".into()));
+            return Err(at(
+                d.name.span(),
+                "name must be 1 to 64 printable characters".into(),
+            ));
         }
         if names.insert(name.clone(), span.start).is_some() {
-            return Err(at(d.name.span(), format!("destination {name:?} is defined twice")));
+            return Err(at(
+                d.name.span(),
+                format!("destination {name:?} is defined twice"),
+            ));
         }
         if d.matches.get_ref().is_empty() {
-            return Err(at(d.matches.span(), "match needs at least one address".into()));
+            return Err(at(
+                d.matches.span(),
+                "match needs at least one address".into(),
+            ));
         }
         let mut matches = Vec::new();
         for m in d.matches.into_inner() {
@@ -117,7 +135,10 @@ pub fn parse_str(text: &str, path: &Path) -> Result<Policy, ConfigError> {
                 let msg = if other == name {
                     format!("{:?} is listed twice", m.get_ref())
                 } else {
-                    format!("{:?} is already matched by destination {other:?}", m.get_ref())
+                    format!(
+                        "{:?} is already matched by destination {other:?}",
+                        m.get_ref()
+                    )
                 };
                 return Err(at(m.span(), msg));
             }
@@ -144,9 +165,17 @@ pub fn parse_str(text: &str, path: &Path) -> Result<Policy, ConfigError> {
             None => Errno::default(),
             Some(e) => Errno::from_name(e.get_ref()).map_err(|m| at(e.span(), m))?,
         };
-        destinations.push(Destination { name, matches, mode, reject_errno });
+        destinations.push(Destination {
+            name,
+            matches,
+            mode,
+            reject_errno,
+        });
     }
-    Ok(Policy { daemon, destinations })
+    Ok(Policy {
+        daemon,
+        destinations,
+    })
 }
 
 /// 1-based line and column (in characters) of a byte offset.
@@ -156,7 +185,12 @@ fn locate(text: &str, path: &Path, offset: usize, message: String) -> ConfigErro
     let line = before.matches('\n').count() + 1;
     let line_start = before.rfind('\n').map_or(0, |i| i + 1);
     let col = text[line_start..offset].chars().count() + 1;
-    ConfigError { file: path.display().to_string(), line, col, message }
+    ConfigError {
+        file: path.display().to_string(),
+        line,
+        col,
+        message,
+    }
 }
 
 #[cfg(test)]

@@ -26,17 +26,24 @@ impl Btf {
     pub fn from_sys_fs() -> Result<Btf> {
         let path = Path::new("/sys/kernel/btf/vmlinux");
         let data = std::fs::read(path).with_context(|| {
-            format!("kernel BTF ({}) is needed (CONFIG_DEBUG_INFO_BTF=y)", path.display())
+            format!(
+                "kernel BTF ({}) is needed (CONFIG_DEBUG_INFO_BTF=y)",
+                path.display()
+            )
         })?;
         Btf::parse(&data).with_context(|| format!("parsing {}", path.display()))
     }
 
     pub fn parse(data: &[u8]) -> Result<Btf> {
         let u16_at = |o: usize| -> Result<u16> {
-            Ok(u16::from_le_bytes(data.get(o..o + 2).context("truncated")?.try_into()?))
+            Ok(u16::from_le_bytes(
+                data.get(o..o + 2).context("truncated")?.try_into()?,
+            ))
         };
         let u32_at = |o: usize| -> Result<u32> {
-            Ok(u32::from_le_bytes(data.get(o..o + 4).context("truncated")?.try_into()?))
+            Ok(u32::from_le_bytes(
+                data.get(o..o + 4).context("truncated")?.try_into()?,
+            ))
         };
         if u16_at(0)? != 0xeb9f {
             bail!("not little-endian BTF");
@@ -60,8 +67,8 @@ impl Btf {
             o += 12;
             let mut members = Vec::new();
             let extra = match kind {
-                1 | 14 | 17 => 4,                     // INT, VAR, DECL_TAG
-                3 => 12,                              // ARRAY
+                1 | 14 | 17 => 4, // INT, VAR, DECL_TAG
+                3 => 12,          // ARRAY
                 KIND_STRUCT | KIND_UNION => {
                     for i in 0..vlen {
                         let m = o + i * 12;
@@ -69,13 +76,18 @@ impl Btf {
                     }
                     vlen * 12
                 }
-                6 | 13 => vlen * 8,                   // ENUM, FUNC_PROTO
-                15 | 19 => vlen * 12,                 // DATASEC, ENUM64
+                6 | 13 => vlen * 8,   // ENUM, FUNC_PROTO
+                15 | 19 => vlen * 12, // DATASEC, ENUM64
                 2 | 7 | 8 | 9 | 10 | 11 | 12 | 16 | 18 => 0,
                 k => bail!("unknown BTF kind {k}"),
             };
             o += extra;
-            types.push(Type { name_off, kind, kind_flag, members });
+            types.push(Type {
+                name_off,
+                kind,
+                kind_flag,
+                members,
+            });
         }
         Ok(Btf { types, strings })
     }
@@ -99,7 +111,11 @@ impl Btf {
 
     fn find_member(&self, t: &Type, member: &[u8], base_bits: u32) -> Option<u32> {
         for &(name_off, type_id, offset) in &t.members {
-            let bits = if t.kind_flag { offset & 0x00ff_ffff } else { offset };
+            let bits = if t.kind_flag {
+                offset & 0x00ff_ffff
+            } else {
+                offset
+            };
             let name = self.name(name_off);
             if name == member {
                 return Some((base_bits + bits) / 8);

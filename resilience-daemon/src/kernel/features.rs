@@ -26,7 +26,10 @@ pub fn check() -> Result<()> {
         missing.push("BPF LPM trie maps (Linux 4.11+)");
     }
     if !missing.is_empty() {
-        bail!("this kernel lacks what resilience needs:\n  - {}", missing.join("\n  - "));
+        bail!(
+            "this kernel lacks what resilience needs:\n  - {}",
+            missing.join("\n  - ")
+        );
     }
     Ok(())
 }

@@ -44,8 +44,14 @@ pub fn ensure_pin_dir(pin_dir: &Path) -> Result<()> {
             );
         }
         std::fs::create_dir_all(default).ok();
-        mount(Some("bpf"), default, Some("bpf"), MsFlags::empty(), None::<&str>)
-            .context("mounting bpffs at /sys/fs/bpf")?;
+        mount(
+            Some("bpf"),
+            default,
+            Some("bpf"),
+            MsFlags::empty(),
+            None::<&str>,
+        )
+        .context("mounting bpffs at /sys/fs/bpf")?;
         tracing::info!("mounted bpffs at /sys/fs/bpf");
     }
     std::fs::create_dir_all(pin_dir)

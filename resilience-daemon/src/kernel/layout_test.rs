@@ -8,7 +8,10 @@ use resilience_common::maps::{self, LAYOUT};
 fn map_sizes_match_the_shared_types() {
     let obj = Object::parse(super::OBJECT).expect("parsing the embedded object");
     for &(name, key, value) in LAYOUT {
-        let map = obj.maps.get(name).unwrap_or_else(|| panic!("map {name} missing from the object"));
+        let map = obj
+            .maps
+            .get(name)
+            .unwrap_or_else(|| panic!("map {name} missing from the object"));
         assert_eq!(map.key_size() as usize, key, "key size of {name}");
         assert_eq!(map.value_size() as usize, value, "value size of {name}");
     }
@@ -16,8 +19,13 @@ fn map_sizes_match_the_shared_types() {
     assert_eq!(ring.max_entries(), maps::EVENTS_BYTES);
     // Every map in the object is accounted for.
     for name in obj.maps.keys() {
-        let known = LAYOUT.iter().any(|(n, _, _)| n == name) || name == maps::EVENTS || name.starts_with('.');
-        assert!(known, "map {name} is not in resilience_common::maps::LAYOUT");
+        let known = LAYOUT.iter().any(|(n, _, _)| n == name)
+            || name == maps::EVENTS
+            || name.starts_with('.');
+        assert!(
+            known,
+            "map {name} is not in resilience_common::maps::LAYOUT"
+        );
     }
 }
 

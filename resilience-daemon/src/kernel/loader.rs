@@ -41,7 +41,9 @@ impl Kernel {
             .load(OBJECT)
             .context("loading the eBPF object")?;
 
-        let events = ebpf.take_map(maps::EVENTS).context("map EVENTS missing from the object")?;
+        let events = ebpf
+            .take_map(maps::EVENTS)
+            .context("map EVENTS missing from the object")?;
         let events = RingBuf::try_from(events).context("map EVENTS")?;
         let mut tables = Tables::from_source(&mut ebpf)?;
         // A fresh lease before the hooks can see a connect.
@@ -57,21 +59,33 @@ impl Kernel {
             .program_mut("sock_state")
             .context("program sock_state missing")?
             .try_into()?;
-        tp.load("inet_sock_set_state", &btf).context("loading program sock_state (tp_btf/inet_sock_set_state)")?;
+        tp.load("inet_sock_set_state", &btf)
+            .context("loading program sock_state (tp_btf/inet_sock_set_state)")?;
         tp.attach().context("attaching program sock_state")?;
 
         let cgroup = File::open(&opts.cgroup)
             .with_context(|| format!("opening cgroup {}", opts.cgroup.display()))?;
         for name in ["connect4", "connect6"] {
-            let prog: &mut CgroupSockAddr =
-                ebpf.program_mut(name).with_context(|| format!("program {name} missing"))?.try_into()?;
-            prog.load().with_context(|| format!("loading program {name}"))?;
+            let prog: &mut CgroupSockAddr = ebpf
+                .program_mut(name)
+                .with_context(|| format!("program {name} missing"))?
+                .try_into()?;
+            prog.load()
+                .with_context(|| format!("loading program {name}"))?;
             // A bpf_link attach always coexists with other programs on the cgroup; the kernel
             // refuses the legacy BPF_F_ALLOW_MULTI flag on links, so the mode is "Single" (0).
-            prog.attach(&cgroup, CgroupAttachMode::Single).with_context(|| {
-                format!("attaching program {name} to cgroup {}", opts.cgroup.display())
-            })?;
+            prog.attach(&cgroup, CgroupAttachMode::Single)
+                .with_context(|| {
+                    format!(
+                        "attaching program {name} to cgroup {}",
+                        opts.cgroup.display()
+                    )
+                })?;
         }
-        Ok(Kernel { _ebpf: ebpf, tables, events: Some(events) })
+        Ok(Kernel {
+            _ebpf: ebpf,
+            tables,
+            events: Some(events),
+        })
     }
 }

@@ -29,7 +29,8 @@ pub trait MapSource {
 
 impl MapSource for aya::Ebpf {
     fn take(&mut self, name: &'static str) -> Result<Map> {
-        self.take_map(name).with_context(|| format!("map {name} missing from the object"))
+        self.take_map(name)
+            .with_context(|| format!("map {name} missing from the object"))
     }
 }
 
@@ -72,15 +73,21 @@ impl Tables {
     }
 
     pub fn policy(&self, slot: u32) -> Result<DestPolicy> {
-        self.policy.get(&slot, 0).with_context(|| format!("reading map POLICY[{slot}]"))
+        self.policy
+            .get(&slot, 0)
+            .with_context(|| format!("reading map POLICY[{slot}]"))
     }
 
     pub fn set_policy(&mut self, slot: u32, p: DestPolicy) -> Result<()> {
-        self.policy.set(slot, p, 0).with_context(|| format!("writing map POLICY[{slot}]"))
+        self.policy
+            .set(slot, p, 0)
+            .with_context(|| format!("writing map POLICY[{slot}]"))
     }
 
     pub fn counters(&self, slot: u32) -> Result<DestCounters> {
-        self.counters.get(&slot, 0).with_context(|| format!("reading map COUNTERS[{slot}]"))
+        self.counters
+            .get(&slot, 0)
+            .with_context(|| format!("reading map COUNTERS[{slot}]"))
     }
 
     pub fn reset_counters(&mut self, slot: u32) -> Result<()> {
@@ -128,7 +135,9 @@ pub fn check_pinned_layout(pin_dir: &Path) -> Result<()> {
         }
         let data = MapData::from_pin(&path)
             .with_context(|| format!("opening pinned map {}", path.display()))?;
-        let info = data.info().with_context(|| format!("map {}", path.display()))?;
+        let info = data
+            .info()
+            .with_context(|| format!("map {}", path.display()))?;
         if info.key_size() as usize != key || info.value_size() as usize != value {
             anyhow::bail!(
                 "pinned map {} has key/value size {}/{} but this build uses {key}/{value}; \

@@ -50,13 +50,23 @@ impl Cond {
 
 fn main() {
     let args = Args::parse();
-    assert!(resilience_tests::privileged("bench"), "the benchmark needs root");
+    assert!(
+        resilience_tests::privileged("bench"),
+        "the benchmark needs root"
+    );
     let server = Server::start("127.0.0.7:0");
     let cg = Cgroup::new("bench");
     let pins = PinDir::new("bench");
-    let policy_observed = "[[destination]]\nname = \"elsewhere\"\nmatch = [\"127.0.0.8:1\"]\n".to_string();
-    let policy_named = format!("[[destination]]\nname = \"svc\"\nmatch = [\"{}\"]\nmode = \"enforce\"\n", server.addr);
-    let policy_rejected = format!("[[destination]]\nname = \"svc\"\nmatch = [\"{}\"]\nmode = \"forced-open\"\n", server.addr);
+    let policy_observed =
+        "[[destination]]\nname = \"elsewhere\"\nmatch = [\"127.0.0.8:1\"]\n".to_string();
+    let policy_named = format!(
+        "[[destination]]\nname = \"svc\"\nmatch = [\"{}\"]\nmode = \"enforce\"\n",
+        server.addr
+    );
+    let policy_rejected = format!(
+        "[[destination]]\nname = \"svc\"\nmatch = [\"{}\"]\nmode = \"forced-open\"\n",
+        server.addr
+    );
 
     let mut samples: Vec<Vec<u64>> = vec![Vec::new(); CONDS.len()];
     let mut round_medians: Vec<Vec<u64>> = vec![Vec::new(); CONDS.len()];
@@ -68,15 +78,38 @@ fn main() {
             let cond = CONDS[i];
             let daemon = match cond {
                 Cond::Off => None,
-                Cond::Observed => Some(Daemon::start("bench", cg.path(), &pins, &policy_observed, "2s")),
-                Cond::Named => Some(Daemon::start("bench", cg.path(), &pins, &policy_named, "2s")),
-                Cond::Rejected => Some(Daemon::start("bench", cg.path(), &pins, &policy_rejected, "2s")),
+                Cond::Observed => Some(Daemon::start(
+                    "bench",
+                    cg.path(),
+                    &pins,
+                    &policy_observed,
+                    "2s",
+                )),
+                Cond::Named => Some(Daemon::start(
+                    "bench",
+                    cg.path(),
+                    &pins,
+                    &policy_named,
+                    "2s",
+                )),
+                Cond::Rejected => Some(Daemon::start(
+                    "bench",
+                    cg.path(),
+                    &pins,
+                    &policy_rejected,
+                    "2s",
+                )),
             };
             let got = raw_loop(cg.path(), server.addr, args.batch);
             drop(daemon);
             let want_ok = cond != Cond::Rejected;
             let bad = got.iter().filter(|o| o.ok != want_ok).count();
-            assert_eq!(bad, 0, "{}: {bad} connects had the wrong outcome", cond.label());
+            assert_eq!(
+                bad,
+                0,
+                "{}: {bad} connects had the wrong outcome",
+                cond.label()
+            );
             let mut ns: Vec<u64> = got.iter().map(|o| o.elapsed.as_nanos() as u64).collect();
             ns.sort_unstable();
             round_medians[i].push(ns[ns.len() / 2]);
@@ -119,7 +152,9 @@ fn main() {
             delta / off * 100.0
         ));
     }
-    report.push_str("\nTarget (issue 2): hook overhead on the allowed path <= 2% of a loopback connect.\n");
+    report.push_str(
+        "\nTarget (issue 2): hook overhead on the allowed path <= 2% of a loopback connect.\n",
+    );
     print!("{report}");
     if let Some(path) = &args.out {
         if let Some(dir) = path.parent() {
@@ -131,5 +166,6 @@ fn main() {
 }
 
 fn kernel_release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease").map_or_else(|_| "?".into(), |s| s.trim().to_string())
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map_or_else(|_| "?".into(), |s| s.trim().to_string())
 }

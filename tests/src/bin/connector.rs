@@ -69,10 +69,15 @@ fn raw_connect(addr: &SocketAddr) -> (bool, i32, u64) {
     let sin = libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,
         sin_port: v4.port().to_be(),
-        sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(v4.ip().octets()) },
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(v4.ip().octets()),
+        },
         sin_zero: [0; 8],
     };
-    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
     let start = Instant::now();
     // SAFETY: plain syscalls on a socket this function owns.
     let (ok, errno) = unsafe {
@@ -85,7 +90,11 @@ fn raw_connect(addr: &SocketAddr) -> (bool, i32, u64) {
             (&sin as *const libc::sockaddr_in).cast(),
             std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
         );
-        let errno = if rc == 0 { 0 } else { *libc::__errno_location() };
+        let errno = if rc == 0 {
+            0
+        } else {
+            *libc::__errno_location()
+        };
         libc::setsockopt(
             fd,
             libc::SOL_SOCKET,
