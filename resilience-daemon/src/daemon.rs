@@ -173,7 +173,7 @@ fn snapshot(state: &State) -> Result<Snapshot> {
         destinations.push(snapshot::destination(a, &c, state.samples.get(&a.slot)));
     }
     let mut observed: Vec<_> = tables.observed();
-    observed.sort_by(|a, b| b.1.attempts.cmp(&a.1.attempts));
+    observed.sort_by_key(|o| std::cmp::Reverse(o.1.attempts));
     let observed = observed
         .iter()
         .map(|(ep, c)| snapshot::ObservedStatus {

@@ -99,7 +99,7 @@ fn observe(ctx: &SockAddrContext, ep: &Endpoint, now: u64) {
     let mut counters = OBSERVED.get_ptr_mut(ep);
     if counters.is_none() {
         // BPF_NOEXIST: when two CPUs race to create it, the loser just uses the winner's entry.
-        let _ = OBSERVED.insert(ep, &DestCounters::default(), 1);
+        let _ = OBSERVED.insert(ep, DestCounters::default(), 1);
         counters = OBSERVED.get_ptr_mut(ep);
     }
     if let Some(c) = counters {
@@ -119,7 +119,7 @@ fn track(ctx: &SockAddrContext, ep: &Endpoint, slot: u32, now: u64) {
         state: CONN_CONNECTING,
         _pad: 0,
     };
-    if CONNS.insert(&cookie, &conn, 0).is_err() {
+    if CONNS.insert(cookie, conn, 0).is_err() {
         if let Some(s) = stats() {
             unsafe { (*s).untracked += 1 };
         }

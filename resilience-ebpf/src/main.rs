@@ -3,8 +3,9 @@
 //!
 //! Data path: `connect4`/`connect6` -> `guard::on_connect` (lookup, verdict, counters, CONNS)
 //! -> `sock_state` (outcomes, counters, EVENTS ring buffer) -> the daemon.
-#![no_std]
-#![no_main]
+// Built for bpfel-unknown-none; on the host (`cargo clippy --workspace`) it is an empty program.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
 
@@ -69,7 +70,10 @@ pub fn sock_state(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
-#[cfg(not(test))]
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}
+
+#[cfg(target_arch = "bpf")]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}

@@ -39,7 +39,7 @@ pub fn on_state_change(ctx: &BtfTracePointContext) {
     }
     // SAFETY: `sk` is the tracepoint's BTF-typed socket pointer.
     let cookie = unsafe { bpf_get_socket_cookie(sk as *mut c_void) };
-    let Some(conn) = CONNS.get_ptr_mut(&cookie) else {
+    let Some(conn) = CONNS.get_ptr_mut(cookie) else {
         // Not a connect this hook allowed (another cgroup, a listener's socket, ...).
         return;
     };
@@ -65,7 +65,7 @@ pub fn on_state_change(ctx: &BtfTracePointContext) {
     }
 
     // CLOSE. Whoever deletes the entry counts the outcome, so it is counted exactly once.
-    if CONNS.remove(&cookie).is_err() {
+    if CONNS.remove(cookie).is_err() {
         return;
     }
     let err = sk_err(sk);
@@ -104,7 +104,7 @@ pub fn on_state_change(ctx: &BtfTracePointContext) {
 #[inline(always)]
 fn counters_for(c: &ConnTrack) -> Option<*mut DestCounters> {
     if c.slot == SLOT_OBSERVED {
-        OBSERVED.get_ptr_mut(&c.endpoint)
+        OBSERVED.get_ptr_mut(c.endpoint)
     } else {
         COUNTERS.get_ptr_mut(c.slot)
     }
