@@ -19,8 +19,19 @@ pub struct ConnTrack {
     pub slot: u32,
     /// `CONN_*`.
     pub state: u32,
+    /// `TRACK_*`.
+    pub flags: u32,
+    /// `DestPolicy::generation` when admitted.
+    pub generation: u32,
     pub _pad: u32,
 }
+
+/// The connection holds a bulkhead place (given back when it closes or fails).
+pub const TRACK_HELD: u32 = 1 << 0;
+/// The connection is a half-open probe.
+pub const TRACK_PROBE: u32 = 1 << 1;
+/// (Records only) a success at least `slow_ns` slow.
+pub const TRACK_SLOW: u32 = 1 << 2;
 
 pub const OUTCOME_SUCCESS: u32 = 0;
 pub const OUTCOME_REFUSED: u32 = 1;
@@ -42,5 +53,6 @@ pub struct OutcomeEvent {
     pub outcome: u32,
     /// The socket's error (positive errno) when it closed, 0 if none.
     pub sk_err: u32,
-    pub _pad: u32,
+    /// `TRACK_*`.
+    pub flags: u32,
 }

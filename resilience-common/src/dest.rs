@@ -4,9 +4,15 @@
 pub const ACTION_ALLOW: u32 = 0;
 /// Reject the connect with `DestPolicy::errno` (forced-open, or an open breaker).
 pub const ACTION_REJECT: u32 = 1;
+/// Half-open: admit while the slot's probe budget (`PROBES[slot]`) lasts, reject the rest.
+pub const ACTION_PROBE: u32 = 2;
 
 /// Count what would have been rejected, reject nothing.
 pub const FLAG_DRY_RUN: u32 = 1 << 0;
+/// Apply the token bucket (`ns_per_token`, `burst`).
+pub const FLAG_RATE_LIMIT: u32 = 1 << 1;
+/// Apply the bulkhead (`max_concurrent`).
+pub const FLAG_BULKHEAD: u32 = 1 << 2;
 
 /// Index of a rejection reason in `DestCounters::rejected`.
 pub const REJECT_BREAKER: usize = 0;
@@ -28,10 +34,38 @@ pub struct DestPolicy {
     pub errno: u32,
     /// `FLAG_*`.
     pub flags: u32,
-    pub _pad: u32,
+    /// Bulkhead size: connections admitted and not yet closed.
+    pub max_concurrent: u32,
     /// Hash of the destination's name; 0 marks a free slot. Not read by the hook: it lets a
     /// restarted daemon give each destination back its slot, and with it its counters.
     pub name_id: u64,
+    /// Token bucket refill: one token per this many nanoseconds (rounded up, so the rate is
+    /// never exceeded).
+    pub ns_per_token: u64,
+    /// Token bucket size.
+    pub burst: u64,
+    /// A success that took at least this long is slow (0: no slow-call detection).
+    pub slow_ns: u64,
+    /// Changes when the slot changes owner: a connection admitted under another generation
+    /// gives nothing back to this one.
+    pub generation: u32,
+    pub _pad: u32,
+}
+
+/// Token bucket state, updated by the hook with atomic adds only.
+///
+/// Why this design: tokens granted since `base_ns` are `burst + (now - base_ns) / ns_per_token`;
+/// each connect reserves one with a fetch-and-add on `taken` and keeps it only if its ticket is
+/// below the grant, else hands it back. Reservations are totally ordered by the atomic, so no
+/// two CPUs can both take the last token, and the grant is monotonic in time: never more than
+/// `burst + rate * t` admitted in any interval `t`. Idle time would let the grant run ahead of
+/// `taken` by more than `burst`; the hook pulls `taken` up first (a racing double pull-up only
+/// admits less, never more). No locks, no CAS loops, no refill timer.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct Bucket {
+    pub base_ns: u64,
+    pub taken: u64,
 }
 
 /// Counters for one destination. The kernel adds to them atomically; the daemon only reads.
@@ -42,12 +76,14 @@ pub struct DestCounters {
     pub attempts: u64,
     /// Connects rejected, by `REJECT_*` reason.
     pub rejected: [u64; REJECT_REASONS],
-    /// Connects a dry-run destination would have rejected.
-    pub would_reject: u64,
+    /// Connects a dry-run destination would have rejected, by `REJECT_*` reason.
+    pub would_reject: [u64; REJECT_REASONS],
     /// Connects let through because the daemon's lease had expired (fail-open).
     pub fail_open: u64,
     /// SYN_SENT -> ESTABLISHED.
     pub successes: u64,
+    /// Successes at least `slow_ns` slow.
+    pub slow: u64,
     /// SYN_SENT -> CLOSE on a reset (ECONNREFUSED).
     pub refused: u64,
     /// SYN_SENT -> CLOSE on ETIMEDOUT, or given up by the application.
@@ -68,9 +104,10 @@ impl Default for DestCounters {
         Self {
             attempts: 0,
             rejected: [0; REJECT_REASONS],
-            would_reject: 0,
+            would_reject: [0; REJECT_REASONS],
             fail_open: 0,
             successes: 0,
+            slow: 0,
             refused: 0,
             timeout: 0,
             unreachable: 0,

@@ -13,7 +13,7 @@ pub mod maps;
 
 pub use conn::{ConnTrack, OutcomeEvent};
 pub use control::{Control, Stats};
-pub use dest::{DestCounters, DestPolicy};
+pub use dest::{Bucket, DestCounters, DestPolicy};
 pub use endpoint::{CidrData, Endpoint};
 
 #[cfg(feature = "user")]
@@ -23,6 +23,7 @@ mod pod {
     unsafe impl aya::Pod for super::CidrData {}
     unsafe impl aya::Pod for super::DestPolicy {}
     unsafe impl aya::Pod for super::DestCounters {}
+    unsafe impl aya::Pod for super::Bucket {}
     unsafe impl aya::Pod for super::ConnTrack {}
     unsafe impl aya::Pod for super::OutcomeEvent {}
     unsafe impl aya::Pod for super::Control {}

@@ -3,7 +3,7 @@
 use core::mem::size_of;
 
 use crate::{
-    CidrData, ConnTrack, Control, DestCounters, DestPolicy, Endpoint, OutcomeEvent, Stats,
+    Bucket, CidrData, ConnTrack, Control, DestCounters, DestPolicy, Endpoint, OutcomeEvent, Stats,
 };
 
 /// ip:port (or ip with port 0) -> destination slot.
@@ -14,6 +14,12 @@ pub const CIDR: &str = "CIDR";
 pub const POLICY: &str = "POLICY";
 /// slot -> counters.
 pub const COUNTERS: &str = "COUNTERS";
+/// slot -> connections admitted and not yet closed (the bulkhead's count).
+pub const ACTIVE: &str = "ACTIVE";
+/// slot -> half-open probes left (signed; below zero once spent).
+pub const PROBES: &str = "PROBES";
+/// slot -> token bucket.
+pub const BUCKETS: &str = "BUCKETS";
 /// Endpoint no policy names -> counters (LRU).
 pub const OBSERVED: &str = "OBSERVED";
 /// Socket cookie -> connection in flight or established (LRU).
@@ -46,6 +52,9 @@ pub const LAYOUT: &[(&str, usize, usize)] = &[
     (CIDR, CIDR_KEY_SIZE, size_of::<u32>()),
     (POLICY, size_of::<u32>(), size_of::<DestPolicy>()),
     (COUNTERS, size_of::<u32>(), size_of::<DestCounters>()),
+    (ACTIVE, size_of::<u32>(), size_of::<u64>()),
+    (PROBES, size_of::<u32>(), size_of::<u64>()),
+    (BUCKETS, size_of::<u32>(), size_of::<Bucket>()),
     (OBSERVED, size_of::<Endpoint>(), size_of::<DestCounters>()),
     (CONNS, size_of::<u64>(), size_of::<ConnTrack>()),
     (CONTROL, size_of::<u32>(), size_of::<Control>()),

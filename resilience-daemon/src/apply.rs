@@ -1,5 +1,5 @@
-//! Write a policy into the kernel maps: slots, verdicts, and the keys that lead to them.
-//! New keys go in before stale ones come out, so a destination never loses its entry midway.
+//! Write a policy into the kernel maps: slots, verdicts, guards, and the keys that lead to
+//! them. New keys go in before stale ones come out, so a destination never loses its entry.
 
 use std::{
     collections::HashMap,
@@ -10,14 +10,17 @@ use anyhow::{Context, Result};
 use aya::maps::lpm_trie::Key;
 use resilience_common::{
     control::{LOOKUP_CIDR_ANY, LOOKUP_CIDR_PORT, LOOKUP_EXACT},
-    dest::{ACTION_ALLOW, ACTION_REJECT, FLAG_DRY_RUN},
+    dest::{
+        ACTION_ALLOW, ACTION_PROBE, ACTION_REJECT, FLAG_BULKHEAD, FLAG_DRY_RUN, FLAG_RATE_LIMIT,
+    },
     maps::MAX_SLOTS,
-    CidrData, DestPolicy, Endpoint,
+    Bucket, CidrData, DestPolicy, Endpoint,
 };
 
 use crate::{
     config::{Destination, MatchKind, Mode, Policy},
-    kernel::Tables,
+    engine::Verdict,
+    kernel::{monotonic_ns, Tables},
     slots,
 };
 
@@ -26,15 +29,26 @@ use crate::{
 pub struct Applied {
     pub dest: Destination,
     pub slot: u32,
+    /// Addresses its DNS names resolved to (empty when it has none, or none resolved).
+    pub resolved: Vec<Endpoint>,
 }
 
-pub fn apply(tables: &mut Tables, policy: &Policy) -> Result<Vec<Applied>> {
+/// `verdict(dest)`: the breaker verdict to publish for each destination (a kept breaker may be
+/// open across a reload).
+pub fn apply(
+    tables: &mut Tables,
+    policy: &Policy,
+    previous: &[Applied],
+    verdict: impl Fn(&Destination) -> Verdict,
+) -> Result<Vec<Applied>> {
     let mut taken = Vec::new();
+    let mut generation = HashMap::new();
     for slot in 0..MAX_SLOTS {
         let p = tables.policy(slot)?;
         if p.name_id != 0 {
             taken.push((slot, p.name_id));
         }
+        generation.insert(slot, p.generation);
     }
     let names: Vec<&str> = policy
         .destinations
@@ -44,13 +58,30 @@ pub fn apply(tables: &mut Tables, policy: &Policy) -> Result<Vec<Applied>> {
     let plan = slots::plan(&taken, &names, MAX_SLOTS).map_err(anyhow::Error::msg)?;
     for &slot in &plan.fresh {
         tables.reset_counters(slot)?;
+        tables.reset_active(slot)?;
     }
 
     let mut exact: HashMap<Endpoint, u32> = HashMap::new();
     let mut cidr: HashMap<(u32, CidrData), u32> = HashMap::new();
     let mut applied = Vec::new();
     for (dest, &slot) in policy.destinations.iter().zip(&plan.slots) {
-        tables.set_policy(slot, verdict(dest))?;
+        let fresh = plan.fresh.contains(&slot);
+        let gen = generation.get(&slot).copied().unwrap_or(0);
+        let gen = if fresh { gen.wrapping_add(1) } else { gen };
+        let before = previous.iter().find(|a| a.slot == slot && !fresh);
+        let rate_changed = before.is_none_or(|b| b.dest.rate_limit != dest.rate_limit);
+        if dest.rate_limit.is_some() && (rate_changed || fresh) {
+            // A full bucket from now on.
+            tables.set_bucket(
+                slot,
+                Bucket {
+                    base_ns: monotonic_ns(),
+                    taken: 0,
+                },
+            )?;
+        }
+        publish(tables, slot, dest, gen, verdict(dest))?;
+        let mut resolved = Vec::new();
         for m in &dest.matches {
             match &m.kind {
                 MatchKind::Exact(ep) => {
@@ -65,6 +96,7 @@ pub fn apply(tables: &mut Tables, policy: &Policy) -> Result<Vec<Applied>> {
                 MatchKind::Host { host, port } => {
                     for ep in resolve(host, *port) {
                         exact.entry(ep).or_insert(slot);
+                        resolved.push(ep);
                     }
                 }
             }
@@ -72,6 +104,7 @@ pub fn apply(tables: &mut Tables, policy: &Policy) -> Result<Vec<Applied>> {
         applied.push(Applied {
             dest: dest.clone(),
             slot,
+            resolved,
         });
     }
 
@@ -92,7 +125,14 @@ pub fn apply(tables: &mut Tables, policy: &Policy) -> Result<Vec<Applied>> {
         }
     }
     for &slot in &plan.freed {
-        tables.set_policy(slot, DestPolicy::default())?;
+        let gen = generation.get(&slot).copied().unwrap_or(0);
+        tables.set_policy(
+            slot,
+            DestPolicy {
+                generation: gen,
+                ..DestPolicy::default()
+            },
+        )?;
         tables.reset_counters(slot)?;
     }
 
@@ -116,21 +156,71 @@ pub fn apply(tables: &mut Tables, policy: &Policy) -> Result<Vec<Applied>> {
     Ok(applied)
 }
 
-/// The kernel verdict for a destination's mode. Breakers arrive with the policy engine; until
-/// then only forced-open rejects.
-pub fn verdict(dest: &Destination) -> DestPolicy {
-    let (action, flags) = match dest.mode {
-        Mode::ForcedOpen => (ACTION_REJECT, 0),
-        Mode::DryRun => (ACTION_ALLOW, FLAG_DRY_RUN),
-        Mode::Enforce | Mode::Disabled => (ACTION_ALLOW, 0),
+/// Publish a destination's verdict. For half-open the probe budget goes in first, so that the
+/// hook never sees PROBE with last time's budget.
+pub fn publish(
+    tables: &mut Tables,
+    slot: u32,
+    dest: &Destination,
+    generation: u32,
+    v: Verdict,
+) -> Result<()> {
+    let action = match v {
+        Verdict::Allow => ACTION_ALLOW,
+        Verdict::Reject => ACTION_REJECT,
+        Verdict::Probe(n) => {
+            if tables.policy(slot)?.action != ACTION_PROBE {
+                tables.set_probes(slot, n)?;
+            }
+            ACTION_PROBE
+        }
+    };
+    tables.set_policy(slot, kernel_policy(dest, action, generation))
+}
+
+pub fn kernel_policy(dest: &Destination, action: u32, generation: u32) -> DestPolicy {
+    let mut flags = 0;
+    if dest.mode == Mode::DryRun {
+        flags |= FLAG_DRY_RUN;
+    }
+    let (ns_per_token, burst) = match dest.rate_limit {
+        Some(r) => {
+            flags |= FLAG_RATE_LIMIT;
+            // Rounded up: the bucket never refills faster than the configured rate.
+            ((1e9 / r.rate).ceil().max(1.0) as u64, u64::from(r.burst))
+        }
+        None => (0, 0),
+    };
+    let max_concurrent = match dest.bulkhead {
+        Some(b) => {
+            flags |= FLAG_BULKHEAD;
+            b.max_concurrent
+        }
+        None => 0,
+    };
+    let slow_ns = match dest.mode {
+        Mode::Enforce | Mode::DryRun => dest.breaker.slow_call_duration.as_nanos() as u64,
+        Mode::Disabled | Mode::ForcedOpen => 0,
     };
     DestPolicy {
         action,
         errno: dest.reject_errno.0 as u32,
         flags,
-        _pad: 0,
+        max_concurrent,
         name_id: slots::name_id(&dest.name),
+        ns_per_token,
+        burst,
+        slow_ns,
+        generation,
+        _pad: 0,
     }
+}
+
+/// Tokens left in a bucket now, as the hook would compute them.
+pub fn tokens_left(policy: &DestPolicy, b: &Bucket, now_ns: u64) -> u64 {
+    let npt = policy.ns_per_token.max(1);
+    let granted = policy.burst + now_ns.saturating_sub(b.base_ns) / npt;
+    granted.saturating_sub(b.taken).min(policy.burst)
 }
 
 /// Addresses of a DNS name through the system resolver; none (and a warning) if it fails.
@@ -148,5 +238,31 @@ pub fn endpoint(a: &SocketAddr) -> Endpoint {
     match a {
         SocketAddr::V4(v4) => Endpoint::v4(v4.ip().octets(), v4.port()),
         SocketAddr::V6(v6) => Endpoint::v6(v6.ip().octets(), v6.port()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_left_matches_the_hook() {
+        let p = DestPolicy {
+            ns_per_token: 100,
+            burst: 5,
+            ..DestPolicy::default()
+        };
+        let b = Bucket {
+            base_ns: 1000,
+            taken: 3,
+        };
+        assert_eq!(tokens_left(&p, &b, 1000), 2);
+        assert_eq!(tokens_left(&p, &b, 1100), 3);
+        assert_eq!(tokens_left(&p, &b, 100_000), 5);
+        let b = Bucket {
+            base_ns: 1000,
+            taken: 9,
+        };
+        assert_eq!(tokens_left(&p, &b, 1000), 0);
     }
 }

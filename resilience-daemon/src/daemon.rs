@@ -1,13 +1,10 @@
-//! `resilience run`: load, apply the policy, keep the lease, serve, reload, detach on exit.
+//! `resilience run`: load, apply the policy, keep the lease, run the breakers on the kernel's
+//! outcome records, serve the control socket, reload, detach on exit.
 
-use std::{collections::HashMap, path::PathBuf, time::Duration};
+use std::{collections::HashMap, collections::VecDeque, path::PathBuf, time::Duration};
 
 use anyhow::{Context, Result};
-use resilience_common::{
-    conn::{OUTCOME_SUCCESS, SLOT_OBSERVED},
-    maps::MAX_SLOTS,
-    OutcomeEvent,
-};
+use resilience_common::{conn, maps::MAX_SLOTS, OutcomeEvent};
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{signal, SignalKind},
@@ -15,12 +12,13 @@ use tokio::{
 };
 
 use crate::{
-    apply::{apply, Applied},
-    config::{self, Policy},
+    apply::{self, apply, Applied},
+    config::{self, Destination, Policy},
     control::{self, Command},
-    kernel::{Kernel, LoadOptions},
+    engine::{Breaker, Outcome, Transition, XorShift},
+    kernel::{monotonic_ns, Kernel, LoadOptions},
     latency::Samples,
-    snapshot::{self, Snapshot},
+    snapshot::{self, EventRecord, Snapshot},
 };
 
 pub struct RunOptions {
@@ -28,13 +26,30 @@ pub struct RunOptions {
     pub policy: Policy,
 }
 
-struct State {
-    kernel: Kernel,
-    applied: Vec<Applied>,
-    samples: HashMap<u32, Samples>,
-    outcome_records: u64,
-    lease: Duration,
+/// A destination being guarded.
+pub struct Running {
+    pub applied: Applied,
+    pub breaker: Breaker,
+    pub samples: Samples,
+    pub generation: u32,
 }
+
+pub struct State {
+    kernel: Kernel,
+    pub dests: Vec<Running>,
+    by_slot: HashMap<u32, usize>,
+    pub outcome_records: u64,
+    pub lease: Duration,
+    pub events: VecDeque<EventRecord>,
+    jitter: XorShift,
+}
+
+/// State changes, reloads and errors kept for the control socket.
+const EVENTS_KEPT: usize = 1000;
+/// How often breakers are checked for open -> half-open, and records drained.
+const TICK: Duration = Duration::from_millis(50);
+/// How often DNS names are resolved again.
+const RESOLVE_EVERY: Duration = Duration::from_secs(30);
 
 pub async fn run(opts: RunOptions) -> Result<()> {
     let settings = opts.policy.daemon.clone();
@@ -42,34 +57,37 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         Some(c) => c.clone(),
         None => crate::kernel::fs::cgroup2_root()?,
     };
-    let kernel = Kernel::load(&LoadOptions {
+    let mut kernel = Kernel::load(&LoadOptions {
         cgroup: cgroup.clone(),
         pin_dir: settings.pin_dir.clone(),
         lease_ns: settings.lease.as_nanos() as u64,
     })?;
-    let listener = control::bind(&settings.socket)?;
-    let mut kernel = kernel;
     let ring = kernel.events.take().context("map EVENTS already taken")?;
+    let listener = control::bind(&settings.socket)?;
     let mut state = State {
         kernel,
-        applied: Vec::new(),
-        samples: HashMap::new(),
+        dests: Vec::new(),
+        by_slot: HashMap::new(),
         outcome_records: 0,
         lease: settings.lease,
+        events: VecDeque::new(),
+        jitter: XorShift(monotonic_ns() | 1),
     };
-    state.applied = apply(&mut state.kernel.tables, &opts.policy).context("applying the policy")?;
+    install(&mut state, &opts.policy).context("applying the policy")?;
     tracing::info!(
         cgroup = %cgroup.display(),
         pins = %settings.pin_dir.display(),
         socket = %settings.socket.display(),
-        destinations = state.applied.len(),
+        destinations = state.dests.len(),
         "resilience is guarding outbound connects"
     );
 
     let (tx, mut rx) = mpsc::channel(64);
     let server = tokio::spawn(control::serve(listener, tx));
     let mut heartbeat = tokio::time::interval(settings.lease / 4);
-    let mut drain_tick = tokio::time::interval(Duration::from_millis(100));
+    let mut tick = tokio::time::interval(TICK);
+    let mut resolve = tokio::time::interval(RESOLVE_EVERY);
+    resolve.tick().await;
     let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
@@ -90,8 +108,25 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                 drain(&mut state, guard.get_inner_mut());
                 guard.clear_ready();
             }
-            // The kernel wakes us only when records pile up; the rest is read on this tick.
-            _ = drain_tick.tick() => drain(&mut state, events.get_mut()),
+            // The kernel wakes us at once for failures, probes and slow calls; the rest of the
+            // records are read here.
+            _ = tick.tick() => {
+                drain(&mut state, events.get_mut());
+                let now = monotonic_ns();
+                for i in 0..state.dests.len() {
+                    if let Some(t) = state.dests[i].breaker.on_tick(now) {
+                        transition(&mut state, i, t);
+                    }
+                }
+            }
+            _ = resolve.tick() => {
+                if state.dests.iter().any(|d| has_hosts(&d.applied.dest)) {
+                    let policy = current_policy(&state, &opts.policy);
+                    if let Err(e) = install(&mut state, &policy) {
+                        tracing::error!(error = %format!("{e:#}"), "re-resolving DNS names failed");
+                    }
+                }
+            }
             Some(cmd) = rx.recv() => match cmd {
                 Command::Status(reply) => {
                     drain(&mut state, events.get_mut());
@@ -113,11 +148,76 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     Ok(())
 }
 
+fn has_hosts(d: &Destination) -> bool {
+    d.matches
+        .iter()
+        .any(|m| matches!(m.kind, config::MatchKind::Host { .. }))
+}
+
+fn current_policy(state: &State, initial: &Policy) -> Policy {
+    Policy {
+        daemon: initial.daemon.clone(),
+        destinations: state.dests.iter().map(|d| d.applied.dest.clone()).collect(),
+    }
+}
+
+/// Apply `policy`, keeping the breaker of every destination whose definition did not change.
+fn install(state: &mut State, policy: &Policy) -> Result<()> {
+    let now = monotonic_ns();
+    let mut kept: HashMap<String, Running> = state
+        .dests
+        .drain(..)
+        .map(|r| (r.applied.dest.name.clone(), r))
+        .collect();
+    let breakers: HashMap<String, Breaker> = policy
+        .destinations
+        .iter()
+        .map(|d| {
+            let b = match kept.get(&d.name) {
+                Some(r) if r.applied.dest == *d => r.breaker.clone(),
+                _ => Breaker::new(d.breaker.clone(), d.mode, now),
+            };
+            (d.name.clone(), b)
+        })
+        .collect();
+    let previous: Vec<Applied> = kept.values().map(|r| r.applied.clone()).collect();
+    let applied = apply(&mut state.kernel.tables, policy, &previous, |d| {
+        breakers
+            .get(&d.name)
+            .map_or(crate::engine::Verdict::Allow, Breaker::verdict)
+    })?;
+    let mut breakers = breakers;
+    for a in applied {
+        let generation = state.kernel.tables.policy(a.slot)?.generation;
+        let old = kept.remove(&a.dest.name);
+        let breaker = breakers
+            .remove(&a.dest.name)
+            .unwrap_or_else(|| Breaker::new(a.dest.breaker.clone(), a.dest.mode, now));
+        let samples = old
+            .filter(|o| o.applied.slot == a.slot)
+            .map(|o| o.samples)
+            .unwrap_or_default();
+        state.dests.push(Running {
+            applied: a,
+            breaker,
+            samples,
+            generation,
+        });
+    }
+    state.by_slot = state
+        .dests
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (d.applied.slot, i))
+        .collect();
+    Ok(())
+}
+
 fn renew_lease(state: &mut State) -> Result<()> {
     let tables = &mut state.kernel.tables;
     let c = tables.control()?;
     tables.set_control(resilience_common::Control {
-        heartbeat_ns: crate::kernel::monotonic_ns(),
+        heartbeat_ns: monotonic_ns(),
         lease_ns: state.lease.as_nanos() as u64,
         ..c
     })
@@ -128,32 +228,105 @@ fn reload(state: &mut State, path: Option<&std::path::Path>) {
         tracing::warn!("SIGHUP: running the built-in default policy, nothing to reload");
         return;
     };
-    match config::load_file(path) {
-        Err(e) => tracing::error!("reload rejected, the running policy stays: {e}"),
-        Ok(policy) => match apply(&mut state.kernel.tables, &policy) {
-            Ok(applied) => {
-                tracing::info!(destinations = applied.len(), "policy reloaded");
-                state.applied = applied;
+    let result = config::load_file(path)
+        .map_err(|e| e.to_string())
+        .and_then(|policy| {
+            install(state, &policy).map_err(|e| format!("{e:#}"))?;
+            Ok(policy.destinations.len())
+        });
+    let message = match result {
+        Ok(n) => {
+            tracing::info!(destinations = n, "policy reloaded");
+            format!("policy reloaded from {}: {n} destinations", path.display())
+        }
+        Err(e) => {
+            tracing::error!("reload rejected, the running policy stays: {e}");
+            format!("reload rejected, the running policy stays: {e}")
+        }
+    };
+    push_event(state, EventRecord::note("reload", message));
+}
+
+/// Read every pending outcome record and feed the breakers.
+fn drain(state: &mut State, ring: &mut aya::maps::RingBuf<aya::maps::MapData>) {
+    let mut records = Vec::new();
+    while let Some(item) = ring.next() {
+        if let Some(ev) = parse_event(&item) {
+            records.push(ev);
+        }
+    }
+    for ev in records {
+        state.outcome_records += 1;
+        let Some(&i) = state.by_slot.get(&ev.slot) else {
+            continue;
+        };
+        let probe = ev.flags & conn::TRACK_PROBE != 0;
+        let d = &mut state.dests[i];
+        let f = d.applied.dest.breaker.failures;
+        let outcome = match ev.outcome {
+            conn::OUTCOME_SUCCESS => {
+                d.samples.push(ev.latency_ns);
+                Outcome::Success {
+                    latency_ns: ev.latency_ns,
+                    probe,
+                }
             }
-            Err(e) => tracing::error!(error = %format!("{e:#}"), "reload failed"),
-        },
+            conn::OUTCOME_REFUSED => Outcome::Failure {
+                class: "refused",
+                counted: f.refused,
+                probe,
+            },
+            conn::OUTCOME_TIMEOUT => Outcome::Failure {
+                class: "timeout",
+                counted: f.timeout,
+                probe,
+            },
+            conn::OUTCOME_UNREACHABLE => Outcome::Failure {
+                class: "unreachable",
+                counted: f.unreachable,
+                probe,
+            },
+            conn::OUTCOME_RESET => Outcome::Failure {
+                class: "reset",
+                counted: f.reset,
+                probe,
+            },
+            _ => continue,
+        };
+        if let Some(t) = d.breaker.on_outcome(ev.ts_ns, outcome, &mut state.jitter) {
+            transition(state, i, t);
+        }
     }
 }
 
-/// Read every pending outcome record.
-fn drain(state: &mut State, ring: &mut aya::maps::RingBuf<aya::maps::MapData>) {
-    while let Some(item) = ring.next() {
-        if let Some(ev) = parse_event(&item) {
-            state.outcome_records += 1;
-            if ev.outcome == OUTCOME_SUCCESS && ev.slot != SLOT_OBSERVED {
-                state
-                    .samples
-                    .entry(ev.slot)
-                    .or_default()
-                    .push(ev.latency_ns);
-            }
-        }
+/// Publish a breaker's new verdict and record why.
+fn transition(state: &mut State, i: usize, t: Transition) {
+    let d = &state.dests[i];
+    let name = d.applied.dest.name.clone();
+    let result = apply::publish(
+        &mut state.kernel.tables,
+        d.applied.slot,
+        &d.applied.dest,
+        d.generation,
+        d.breaker.verdict(),
+    );
+    if let Err(e) = result {
+        tracing::error!(destination = %name, error = %format!("{e:#}"), "cannot publish verdict");
     }
+    tracing::info!(
+        "{name}: {} -> {}: {}",
+        t.from.as_str(),
+        t.to.as_str(),
+        t.reason
+    );
+    push_event(state, EventRecord::transition(&name, &t));
+}
+
+fn push_event(state: &mut State, e: EventRecord) {
+    if state.events.len() == EVENTS_KEPT {
+        state.events.pop_front();
+    }
+    state.events.push_back(e);
 }
 
 fn parse_event(bytes: &[u8]) -> Option<OutcomeEvent> {
@@ -166,11 +339,23 @@ fn parse_event(bytes: &[u8]) -> Option<OutcomeEvent> {
 
 fn snapshot(state: &State) -> Result<Snapshot> {
     let tables = &state.kernel.tables;
+    let now = monotonic_ns();
     let mut destinations = Vec::new();
-    for a in &state.applied {
-        debug_assert!(a.slot < MAX_SLOTS);
-        let c = tables.counters(a.slot)?;
-        destinations.push(snapshot::destination(a, &c, state.samples.get(&a.slot)));
+    for d in &state.dests {
+        let slot = d.applied.slot;
+        debug_assert!(slot < MAX_SLOTS);
+        let c = tables.counters(slot)?;
+        let policy = tables.policy(slot)?;
+        let tokens = match d.applied.dest.rate_limit {
+            Some(_) => Some(apply::tokens_left(&policy, &tables.bucket(slot)?, now)),
+            None => None,
+        };
+        let live = snapshot::Live {
+            active: tables.active(slot)?,
+            tokens,
+            now_ns: now,
+        };
+        destinations.push(snapshot::destination(d, &c, &live));
     }
     let mut observed: Vec<_> = tables.observed();
     observed.sort_by_key(|o| std::cmp::Reverse(o.1.attempts));
@@ -178,7 +363,7 @@ fn snapshot(state: &State) -> Result<Snapshot> {
         .iter()
         .map(|(ep, c)| snapshot::ObservedStatus {
             address: snapshot::show_endpoint(ep),
-            counts: snapshot::Counts::new(c, None),
+            counts: snapshot::Counts::new(c, None, c.active()),
         })
         .collect();
     Ok(Snapshot {
@@ -187,5 +372,6 @@ fn snapshot(state: &State) -> Result<Snapshot> {
         destinations,
         observed,
         kernel: snapshot::kernel_stats(&tables.stats()?, state.outcome_records),
+        events: state.events.iter().rev().take(100).rev().cloned().collect(),
     })
 }

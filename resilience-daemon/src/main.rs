@@ -5,6 +5,7 @@ mod cli;
 mod config;
 mod control;
 mod daemon;
+mod engine;
 mod kernel;
 mod latency;
 mod slots;

@@ -3,10 +3,13 @@
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
-use resilience_common::{dest::REJECT_BREAKER, DestCounters, Endpoint, Stats};
+use resilience_common::{
+    dest::{REJECT_BREAKER, REJECT_BULKHEAD, REJECT_RATE_LIMIT},
+    DestCounters, Endpoint, Stats,
+};
 use serde::{Deserialize, Serialize};
 
-use crate::{apply::Applied, config::Mode, latency::Samples};
+use crate::{config::Mode, daemon::Running, engine::Transition, latency::Samples};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Snapshot {
@@ -16,6 +19,53 @@ pub struct Snapshot {
     /// Destinations no policy names, busiest first.
     pub observed: Vec<ObservedStatus>,
     pub kernel: KernelStats,
+    /// The most recent state changes, reloads and errors, oldest first.
+    #[serde(default)]
+    pub events: Vec<EventRecord>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EventRecord {
+    /// Seconds since the Unix epoch.
+    pub time: f64,
+    /// A destination's name, or "reload".
+    pub name: String,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub message: String,
+}
+
+fn epoch_secs() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+impl EventRecord {
+    pub fn transition(name: &str, t: &Transition) -> EventRecord {
+        EventRecord {
+            time: epoch_secs(),
+            name: name.to_string(),
+            from: Some(t.from.as_str().to_string()),
+            to: Some(t.to.as_str().to_string()),
+            message: format!(
+                "{name}: {} -> {}: {}",
+                t.from.as_str(),
+                t.to.as_str(),
+                t.reason
+            ),
+        }
+    }
+
+    pub fn note(name: &str, message: String) -> EventRecord {
+        EventRecord {
+            time: epoch_secs(),
+            name: name.to_string(),
+            from: None,
+            to: None,
+            message,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -25,9 +75,22 @@ pub struct DestinationStatus {
     pub matches: Vec<String>,
     pub mode: String,
     pub state: String,
+    /// Seconds in the current state.
+    pub since: f64,
     pub reject_errno: String,
+    /// Tokens left in the bucket; null without a rate limit.
+    pub tokens: Option<u64>,
+    pub burst: Option<u32>,
+    pub max_concurrent: Option<u32>,
     #[serde(flatten)]
     pub counts: Counts,
+}
+
+/// Kernel values read for the snapshot.
+pub struct Live {
+    pub active: u64,
+    pub tokens: Option<u64>,
+    pub now_ns: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -41,9 +104,11 @@ pub struct ObservedStatus {
 pub struct Counts {
     pub attempts: u64,
     pub successes: u64,
+    pub slow: u64,
     pub failures: Failures,
     pub rejected: Rejected,
-    pub would_reject: u64,
+    /// Dry-run: what would have been rejected, by reason.
+    pub would_reject: Rejected,
     pub fail_open: u64,
     pub active: u64,
     pub closed: u64,
@@ -84,25 +149,26 @@ pub struct KernelStats {
 }
 
 impl Counts {
-    pub fn new(c: &DestCounters, samples: Option<&Samples>) -> Counts {
-        use resilience_common::dest::{REJECT_BULKHEAD, REJECT_RATE_LIMIT};
+    pub fn new(c: &DestCounters, samples: Option<&Samples>, active: u64) -> Counts {
+        let by_reason = |r: &[u64; 3]| Rejected {
+            breaker: r[REJECT_BREAKER],
+            rate_limit: r[REJECT_RATE_LIMIT],
+            bulkhead: r[REJECT_BULKHEAD],
+        };
         Counts {
             attempts: c.attempts,
             successes: c.successes,
+            slow: c.slow,
             failures: Failures {
                 refused: c.refused,
                 timeout: c.timeout,
                 unreachable: c.unreachable,
                 reset: c.reset,
             },
-            rejected: Rejected {
-                breaker: c.rejected[REJECT_BREAKER],
-                rate_limit: c.rejected[REJECT_RATE_LIMIT],
-                bulkhead: c.rejected[REJECT_BULKHEAD],
-            },
-            would_reject: c.would_reject,
+            rejected: by_reason(&c.rejected),
+            would_reject: by_reason(&c.would_reject),
             fail_open: c.fail_open,
-            active: c.active(),
+            active,
             closed: c.closed,
             latency_ms: Latency {
                 p50: samples.and_then(|s| s.quantile_ms(0.50)),
@@ -113,18 +179,24 @@ impl Counts {
     }
 }
 
-pub fn destination(a: &Applied, c: &DestCounters, samples: Option<&Samples>) -> DestinationStatus {
-    let state = match a.dest.mode {
+pub fn destination(d: &Running, c: &DestCounters, live: &Live) -> DestinationStatus {
+    let dest = &d.applied.dest;
+    // What applications see: a forced-open destination is open whatever its breaker says.
+    let state = match dest.mode {
         Mode::ForcedOpen => "open",
-        _ => "closed",
+        _ => d.breaker.state().as_str(),
     };
     DestinationStatus {
-        name: a.dest.name.clone(),
-        matches: a.dest.matches.iter().map(|m| m.text.clone()).collect(),
-        mode: a.dest.mode.as_str().to_string(),
+        name: dest.name.clone(),
+        matches: dest.matches.iter().map(|m| m.text.clone()).collect(),
+        mode: dest.mode.as_str().to_string(),
         state: state.to_string(),
-        reject_errno: a.dest.reject_errno.name().to_string(),
-        counts: Counts::new(c, samples),
+        since: live.now_ns.saturating_sub(d.breaker.since_ns()) as f64 / 1e9,
+        reject_errno: dest.reject_errno.name().to_string(),
+        tokens: live.tokens,
+        burst: dest.rate_limit.map(|r| r.burst),
+        max_concurrent: dest.bulkhead.map(|b| b.max_concurrent),
+        counts: Counts::new(c, Some(&d.samples), live.active),
     }
 }
 

@@ -1,5 +1,6 @@
-//! Atomic add on shared counters. `AtomicU64::fetch_add` is missing from `core` for bpfel; the
-//! intrinsic compiles to a BPF atomic add (BPF_ADD | BPF_FETCH-free `lock xadd`).
+//! Atomics on shared counters. `AtomicU64` is unusable on bpfel in `core`; these intrinsics
+//! compile to BPF atomic instructions (BPF_ADD, with BPF_FETCH when the old value is used,
+//! which needs ISA v3: see build.rs).
 
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
@@ -9,4 +10,11 @@ pub fn add(p: *mut u64, v: u64) {
     unsafe {
         atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(p, v);
     }
+}
+
+/// Adds `v` (two's complement for a subtraction) and returns the previous value.
+#[inline(always)]
+pub fn fetch_add(p: *mut u64, v: u64) -> u64 {
+    // SAFETY: as above.
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(p, v) }
 }

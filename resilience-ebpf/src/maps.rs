@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use resilience_common::{
     maps::{EVENTS_BYTES, MAX_CIDR, MAX_CONNS, MAX_EXACT, MAX_OBSERVED, MAX_SLOTS},
-    CidrData, ConnTrack, Control, DestCounters, DestPolicy, Endpoint, Stats,
+    Bucket, CidrData, ConnTrack, Control, DestCounters, DestPolicy, Endpoint, Stats,
 };
 
 // Pinned (by name, under the daemon's pin directory): a restarted daemon finds the same
@@ -20,6 +20,14 @@ pub static CIDR: LpmTrie<CidrData, u32> = LpmTrie::pinned(MAX_CIDR, 0);
 pub static POLICY: Array<DestPolicy> = Array::pinned(MAX_SLOTS, 0);
 #[map]
 pub static COUNTERS: Array<DestCounters> = Array::pinned(MAX_SLOTS, 0);
+// Each in its own array: the daemon writes PROBES and BUCKETS whole, and must never overwrite
+// ACTIVE, which only the hooks change.
+#[map]
+pub static ACTIVE: Array<u64> = Array::pinned(MAX_SLOTS, 0);
+#[map]
+pub static PROBES: Array<u64> = Array::pinned(MAX_SLOTS, 0);
+#[map]
+pub static BUCKETS: Array<Bucket> = Array::pinned(MAX_SLOTS, 0);
 // LRU: a destination seen once, or a connection whose close was never seen (say, while no
 // daemon ran), ages out instead of filling the map. Per-CPU LRU lists: no shared lock on the
 // connect path. (Measured alternatives for CONNS: socket-local storage costs about twice as

@@ -9,7 +9,8 @@ use core::ffi::c_void;
 use resilience_common::{
     conn::{
         CONN_CONNECTING, CONN_ESTABLISHED, OUTCOME_CLOSED, OUTCOME_REFUSED, OUTCOME_RESET,
-        OUTCOME_SUCCESS, OUTCOME_TIMEOUT, OUTCOME_UNREACHABLE, SLOT_OBSERVED,
+        OUTCOME_SUCCESS, OUTCOME_TIMEOUT, OUTCOME_UNREACHABLE, SLOT_OBSERVED, TRACK_HELD,
+        TRACK_PROBE, TRACK_SLOW,
     },
     dest::latency_bucket,
     ConnTrack, DestCounters, OutcomeEvent,
@@ -17,7 +18,7 @@ use resilience_common::{
 
 use crate::{
     atomic::add,
-    maps::{stats, CONNS, COUNTERS, EVENTS, OBSERVED, SK_ERR_OFFSET},
+    maps::{stats, ACTIVE, CONNS, COUNTERS, EVENTS, OBSERVED, POLICY, SK_ERR_OFFSET},
 };
 
 const TCP_ESTABLISHED: i32 = 1;
@@ -50,9 +51,18 @@ pub fn on_state_change(ctx: &BtfTracePointContext) {
 
     if connected {
         unsafe { (*conn).state = CONN_ESTABLISHED };
+        let mut flags = c.flags & TRACK_PROBE;
+        if let Some(p) = POLICY.get(c.slot) {
+            if p.slow_ns != 0 && elapsed >= p.slow_ns && c.slot != SLOT_OBSERVED {
+                flags |= TRACK_SLOW;
+            }
+        }
         if let Some(counters) = counters_for(&c) {
             unsafe {
                 add(&raw mut (*counters).successes, 1);
+                if flags & TRACK_SLOW != 0 {
+                    add(&raw mut (*counters).slow, 1);
+                }
                 add(&raw mut (*counters).latency_sum_ns, elapsed);
                 let b = latency_bucket(elapsed);
                 if b < (*counters).latency_log2_us.len() {
@@ -60,13 +70,17 @@ pub fn on_state_change(ctx: &BtfTracePointContext) {
                 }
             }
         }
-        emit(now, elapsed, &c, OUTCOME_SUCCESS, 0);
+        // The breaker acts on probes and slow calls: wake the daemon for them.
+        emit(now, elapsed, &c, OUTCOME_SUCCESS, 0, flags, flags != 0);
         return;
     }
 
     // CLOSE. Whoever deletes the entry counts the outcome, so it is counted exactly once.
     if CONNS.remove(cookie).is_err() {
         return;
+    }
+    if c.flags & TRACK_HELD != 0 {
+        release(&c);
     }
     let err = sk_err(sk);
     let outcome = if c.state == CONN_CONNECTING {
@@ -95,9 +109,31 @@ pub fn on_state_change(ctx: &BtfTracePointContext) {
             }
         }
     }
-    // A plain close is in the counters; records are for connect outcomes and resets.
+    // A plain close is in the counters; records are for connect outcomes and resets. A
+    // failure of a named destination may trip its breaker: wake the daemon at once.
     if outcome != OUTCOME_CLOSED {
-        emit(now, elapsed, &c, outcome, err);
+        let urgent = c.slot != SLOT_OBSERVED;
+        emit(
+            now,
+            elapsed,
+            &c,
+            outcome,
+            err,
+            c.flags & TRACK_PROBE,
+            urgent,
+        );
+    }
+}
+
+/// Give the bulkhead place back, unless the slot changed owner since (its count restarted).
+#[inline(always)]
+fn release(c: &ConnTrack) {
+    let Some(p) = POLICY.get(c.slot) else { return };
+    if p.generation != c.generation {
+        return;
+    }
+    if let Some(active) = ACTIVE.get_ptr_mut(c.slot) {
+        add(active, u64::MAX);
     }
 }
 
@@ -133,7 +169,7 @@ const BPF_RB_AVAIL_DATA: u64 = 0;
 const WAKEUP_BYTES: u64 = 64 * 1024;
 
 #[inline(always)]
-fn emit(now: u64, elapsed: u64, c: &ConnTrack, outcome: u32, err: u32) {
+fn emit(now: u64, elapsed: u64, c: &ConnTrack, outcome: u32, err: u32, flags: u32, urgent: bool) {
     match EVENTS.reserve::<OutcomeEvent>(0) {
         Some(mut entry) => {
             entry.write(OutcomeEvent {
@@ -143,14 +179,14 @@ fn emit(now: u64, elapsed: u64, c: &ConnTrack, outcome: u32, err: u32) {
                 slot: c.slot,
                 outcome,
                 sk_err: err,
-                _pad: 0,
+                flags,
             });
-            let flags = if EVENTS.query(BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES {
+            let wake = if urgent || EVENTS.query(BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES {
                 BPF_RB_FORCE_WAKEUP
             } else {
                 BPF_RB_NO_WAKEUP
             };
-            entry.submit(flags);
+            entry.submit(wake);
         }
         None => {
             if let Some(s) = stats() {

@@ -199,7 +199,8 @@ fn outcome_counters_are_exact() {
         .expect("bind")
         .local_addr()
         .expect("addr");
-    let policy = "[[destination]]\nname = \"svc\"\nmatch = [\"127.0.0.4\"]\nmode = \"enforce\"\n";
+    // Disabled: outcomes are counted, the breaker never acts.
+    let policy = "[[destination]]\nname = \"svc\"\nmatch = [\"127.0.0.4\"]\nmode = \"disabled\"\n";
     let cg = Cgroup::new("outcomes");
     let pins = PinDir::new("outcomes");
     let d = Daemon::start("outcomes", cg.path(), &pins, policy, "2s");

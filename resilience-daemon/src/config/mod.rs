@@ -2,11 +2,15 @@
 
 mod duration;
 mod errno;
+mod guards;
 mod matcher;
 mod parse;
 
 pub use duration::parse_duration;
 pub use errno::Errno;
+#[cfg(test)]
+pub use guards::FailureClasses;
+pub use guards::{BreakerConfig, Bulkhead, RateLimit, Window};
 pub use matcher::{Match, MatchKind};
 pub use parse::{load_file, parse_str};
 
@@ -75,4 +79,7 @@ pub struct Destination {
     pub matches: Vec<Match>,
     pub mode: Mode,
     pub reject_errno: Errno,
+    pub breaker: BreakerConfig,
+    pub rate_limit: Option<RateLimit>,
+    pub bulkhead: Option<Bulkhead>,
 }

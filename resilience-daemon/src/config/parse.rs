@@ -11,8 +11,11 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{
-    duration::parse_duration, errno::Errno, matcher::Match, DaemonSettings, Destination, MatchKind,
-    Mode, Policy,
+    duration::parse_duration,
+    errno::Errno,
+    guards::{RawBreaker, RawBulkhead, RawRateLimit},
+    matcher::Match,
+    DaemonSettings, Destination, MatchKind, Mode, Policy,
 };
 
 /// A policy file that cannot be used, with the place that makes it so.
@@ -38,8 +41,21 @@ impl fmt::Display for ConfigError {
 #[serde(deny_unknown_fields)]
 struct RawFile {
     daemon: Option<RawDaemon>,
+    defaults: Option<RawDefaults>,
     #[serde(default)]
     destination: Vec<Spanned<RawDestination>>,
+}
+
+/// Applies to every destination; each key can be overridden per destination.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDefaults {
+    mode: Option<Spanned<String>>,
+    reject_errno: Option<Spanned<String>>,
+    #[serde(default)]
+    breaker: RawBreaker,
+    rate_limit: Option<Spanned<RawRateLimit>>,
+    bulkhead: Option<Spanned<RawBulkhead>>,
 }
 
 #[derive(Deserialize)]
@@ -59,6 +75,24 @@ struct RawDestination {
     matches: Spanned<Vec<Spanned<String>>>,
     mode: Option<Spanned<String>>,
     reject_errno: Option<Spanned<String>>,
+    #[serde(default)]
+    breaker: RawBreaker,
+    rate_limit: Option<Spanned<RawRateLimit>>,
+    bulkhead: Option<Spanned<RawBulkhead>>,
+}
+
+/// A destination's table over the defaults' one, keeping the span of whichever was written.
+fn table_over<T: Clone>(
+    own: &Option<Spanned<T>>,
+    defaults: &Option<Spanned<T>>,
+    over: impl Fn(&T, &T) -> T,
+) -> Option<(Range<usize>, T)> {
+    match (own, defaults) {
+        (Some(o), Some(d)) => Some((o.span(), over(o.get_ref(), d.get_ref()))),
+        (Some(o), None) => Some((o.span(), o.get_ref().clone())),
+        (None, Some(d)) => Some((d.span(), d.get_ref().clone())),
+        (None, None) => None,
+    }
 }
 
 pub fn load_file(path: &Path) -> Result<Policy, ConfigError> {
@@ -103,6 +137,8 @@ pub fn parse_str(text: &str, path: &Path) -> Result<Policy, ConfigError> {
         }
     }
 
+    let defaults = raw.defaults.unwrap_or_default();
+    let located = |(span, m): (Range<usize>, String)| at(span, m);
     let mut destinations = Vec::new();
     let mut names: HashMap<String, usize> = HashMap::new();
     let mut owners: HashMap<MatchKind, String> = HashMap::new();
@@ -144,7 +180,7 @@ pub fn parse_str(text: &str, path: &Path) -> Result<Policy, ConfigError> {
             }
             matches.push(parsed);
         }
-        let mode = match &d.mode {
+        let mode = match d.mode.as_ref().or(defaults.mode.as_ref()) {
             None => Mode::Enforce,
             Some(m) => match m.get_ref().as_str() {
                 "enforce" => Mode::Enforce,
@@ -161,15 +197,27 @@ pub fn parse_str(text: &str, path: &Path) -> Result<Policy, ConfigError> {
                 }
             },
         };
-        let reject_errno = match &d.reject_errno {
+        let reject_errno = match d.reject_errno.as_ref().or(defaults.reject_errno.as_ref()) {
             None => Errno::default(),
             Some(e) => Errno::from_name(e.get_ref()).map_err(|m| at(e.span(), m))?,
         };
+        let breaker = d.breaker.over(&defaults.breaker).build().map_err(located)?;
+        let rate_limit = table_over(&d.rate_limit, &defaults.rate_limit, RawRateLimit::over)
+            .map(|(span, r)| r.build(span))
+            .transpose()
+            .map_err(located)?;
+        let bulkhead = table_over(&d.bulkhead, &defaults.bulkhead, RawBulkhead::over)
+            .map(|(span, b)| b.build(span))
+            .transpose()
+            .map_err(located)?;
         destinations.push(Destination {
             name,
             matches,
             mode,
             reject_errno,
+            breaker,
+            rate_limit,
+            bulkhead,
         });
     }
     Ok(Policy {
@@ -237,7 +285,7 @@ mod tests {
             ("[daemon]\nlease = 5\n", "p.toml:2:9: invalid type: integer `5`, expected a string"),
             ("[daemon]\nlease = \"5\"\n", "p.toml:2:9: duration \"5\" needs a unit: ms, s, m or h"),
             ("[daemon]\nlease = \"0s\"\n", "p.toml:2:9: lease must be longer than 0"),
-            ("[deamon]\n", "p.toml:1:2: unknown field `deamon`, expected `daemon` or `destination`"),
+            ("[deamon]\n", "p.toml:1:2: unknown field `deamon`, expected one of `daemon`, `defaults`, `destination`"),
             (
                 "[[destination]]\nname = \"a\"\nmatch = [\"10.1.0.0/8\"]\n",
                 "p.toml:3:10: \"10.1.0.0/8\": host bits are set; did you mean 10.0.0.0/8?",

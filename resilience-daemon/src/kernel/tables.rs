@@ -9,7 +9,7 @@ use aya::maps::{
 };
 use resilience_common::{
     maps::{self, LAYOUT},
-    CidrData, Control, DestCounters, DestPolicy, Endpoint, Stats,
+    Bucket, CidrData, Control, DestCounters, DestPolicy, Endpoint, Stats,
 };
 
 pub struct Tables {
@@ -17,6 +17,9 @@ pub struct Tables {
     pub cidr: LpmTrie<MapData, CidrData, u32>,
     pub policy: Array<MapData, DestPolicy>,
     pub counters: Array<MapData, DestCounters>,
+    pub active: Array<MapData, u64>,
+    pub probes: Array<MapData, u64>,
+    pub buckets: Array<MapData, Bucket>,
     pub observed: HashMap<MapData, Endpoint, DestCounters>,
     pub control: Array<MapData, Control>,
     pub stats: PerCpuArray<MapData, Stats>,
@@ -47,6 +50,9 @@ impl Tables {
             cidr: typed(src, maps::CIDR)?,
             policy: typed(src, maps::POLICY)?,
             counters: typed(src, maps::COUNTERS)?,
+            active: typed(src, maps::ACTIVE)?,
+            probes: typed(src, maps::PROBES)?,
+            buckets: typed(src, maps::BUCKETS)?,
             observed: typed(src, maps::OBSERVED)?,
             control: typed(src, maps::CONTROL)?,
             stats: typed(src, maps::STATS)?,
@@ -94,6 +100,39 @@ impl Tables {
         self.counters
             .set(slot, DestCounters::default(), 0)
             .with_context(|| format!("writing map COUNTERS[{slot}]"))
+    }
+
+    /// Connections admitted and not yet closed.
+    pub fn active(&self, slot: u32) -> Result<u64> {
+        self.active
+            .get(&slot, 0)
+            .with_context(|| format!("reading map ACTIVE[{slot}]"))
+    }
+
+    /// Only for a slot nobody can be holding places of (a fresh owner: see generations).
+    pub fn reset_active(&mut self, slot: u32) -> Result<()> {
+        self.active
+            .set(slot, 0, 0)
+            .with_context(|| format!("writing map ACTIVE[{slot}]"))
+    }
+
+    /// Write the half-open budget (only while the slot's action is not PROBE).
+    pub fn set_probes(&mut self, slot: u32, n: u32) -> Result<()> {
+        self.probes
+            .set(slot, u64::from(n), 0)
+            .with_context(|| format!("writing map PROBES[{slot}]"))
+    }
+
+    pub fn bucket(&self, slot: u32) -> Result<Bucket> {
+        self.buckets
+            .get(&slot, 0)
+            .with_context(|| format!("reading map BUCKETS[{slot}]"))
+    }
+
+    pub fn set_bucket(&mut self, slot: u32, b: Bucket) -> Result<()> {
+        self.buckets
+            .set(slot, b, 0)
+            .with_context(|| format!("writing map BUCKETS[{slot}]"))
     }
 
     pub fn observed(&self) -> Vec<(Endpoint, DestCounters)> {

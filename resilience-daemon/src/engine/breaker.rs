@@ -1,0 +1,617 @@
+//! One destination's circuit breaker: closed -> open on a failure or slow-call rate over the
+//! window (once `minimum_calls` are in), or on a streak of consecutive failures; open ->
+//! half-open when the open time has passed (no traffic needed); half-open admits exactly
+//! `half_open_probes` connects (the kernel enforces the count) and closes when they all succeed,
+//! or opens again, for longer, on the first failure.
+
+use super::{
+    window::{Call, CallWindow},
+    Jitter,
+};
+use crate::config::{BreakerConfig, Mode};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Closed,
+    Open,
+    HalfOpen,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Closed => "closed",
+            State::Open => "open",
+            State::HalfOpen => "half_open",
+        }
+    }
+}
+
+/// A connect's result, as the kernel reported it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Success {
+        latency_ns: u64,
+        probe: bool,
+    },
+    /// `counted`: its class is one of the breaker's `failures`.
+    Failure {
+        class: &'static str,
+        counted: bool,
+        probe: bool,
+    },
+}
+
+/// What the kernel should do with new connects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Allow,
+    Reject,
+    /// Admit this many, reject the rest.
+    Probe(u32),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transition {
+    pub from: State,
+    pub to: State,
+    pub reason: String,
+    pub at_ns: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Breaker {
+    cfg: BreakerConfig,
+    mode: Mode,
+    state: State,
+    since_ns: u64,
+    window: CallWindow,
+    streak: u32,
+    /// Trips since the breaker last closed: each one doubles the open time.
+    trips: u32,
+    open_until_ns: u64,
+    probes_ok: u32,
+}
+
+impl Breaker {
+    pub fn new(cfg: BreakerConfig, mode: Mode, now_ns: u64) -> Breaker {
+        Breaker {
+            window: CallWindow::new(cfg.window),
+            cfg,
+            mode,
+            state: State::Closed,
+            since_ns: now_ns,
+            streak: 0,
+            trips: 0,
+            open_until_ns: 0,
+            probes_ok: 0,
+        }
+    }
+
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    pub fn since_ns(&self) -> u64 {
+        self.since_ns
+    }
+
+    pub fn open_until_ns(&self) -> Option<u64> {
+        (self.state == State::Open).then_some(self.open_until_ns)
+    }
+
+    /// What the kernel enforces. Dry-run publishes the breaker's verdict too: the kernel counts
+    /// what it would reject and rejects nothing.
+    pub fn verdict(&self) -> Verdict {
+        match self.mode {
+            Mode::ForcedOpen => Verdict::Reject,
+            Mode::Disabled => Verdict::Allow,
+            Mode::Enforce | Mode::DryRun => match self.state {
+                State::Closed => Verdict::Allow,
+                State::Open => Verdict::Reject,
+                State::HalfOpen => Verdict::Probe(self.cfg.half_open_probes),
+            },
+        }
+    }
+
+    pub fn on_outcome(
+        &mut self,
+        now_ns: u64,
+        outcome: Outcome,
+        jitter: &mut impl Jitter,
+    ) -> Option<Transition> {
+        if self.mode == Mode::Disabled || self.mode == Mode::ForcedOpen {
+            return None;
+        }
+        let (call, probe) = match outcome {
+            Outcome::Success { latency_ns, probe } => {
+                let slow = latency_ns >= self.cfg.slow_call_duration.as_nanos() as u64;
+                (
+                    Call {
+                        failure: false,
+                        slow,
+                    },
+                    probe,
+                )
+            }
+            Outcome::Failure { counted: false, .. } => return None,
+            Outcome::Failure { probe, .. } => (
+                Call {
+                    failure: true,
+                    slow: false,
+                },
+                probe,
+            ),
+        };
+        match self.state {
+            State::Closed => self.closed_call(now_ns, call, outcome, jitter),
+            // Connects admitted before the breaker opened finish late; only probes count.
+            State::Open => None,
+            State::HalfOpen if !probe => None,
+            State::HalfOpen => {
+                if call.failure || call.slow {
+                    let what = describe(outcome, call);
+                    self.open(now_ns, format!("probe {what}"), jitter)
+                } else {
+                    self.probes_ok += 1;
+                    if self.probes_ok >= self.cfg.half_open_probes {
+                        let n = self.probes_ok;
+                        Some(self.close(now_ns, format!("{n} of {n} probes succeeded")))
+                    } else {
+                        None
+                    }
+                }
+            }
+        }
+    }
+
+    fn closed_call(
+        &mut self,
+        now_ns: u64,
+        call: Call,
+        outcome: Outcome,
+        jitter: &mut impl Jitter,
+    ) -> Option<Transition> {
+        self.window.record(now_ns, call);
+        self.streak = if call.failure { self.streak + 1 } else { 0 };
+        let cf = self.cfg.consecutive_failures;
+        if cf > 0 && self.streak >= cf {
+            let what = describe(outcome, call);
+            return self.open(
+                now_ns,
+                format!("{cf} consecutive failures (last: {what})"),
+                jitter,
+            );
+        }
+        let t = self.window.totals(now_ns);
+        if t.calls == 0 || t.calls < self.window.minimum(self.cfg.minimum_calls) {
+            return None;
+        }
+        let failure_rate = f64::from(t.failures) * 100.0 / f64::from(t.calls);
+        if failure_rate >= self.cfg.failure_rate {
+            let reason = format!(
+                "failure rate {}% >= {}% over {} calls",
+                pct(failure_rate),
+                pct(self.cfg.failure_rate),
+                t.calls
+            );
+            return self.open(now_ns, reason, jitter);
+        }
+        let slow_rate = f64::from(t.slow) * 100.0 / f64::from(t.calls);
+        if slow_rate >= self.cfg.slow_call_rate {
+            let reason = format!(
+                "slow-call rate {}% >= {}% over {} calls (slow: >= {:?})",
+                pct(slow_rate),
+                pct(self.cfg.slow_call_rate),
+                t.calls,
+                self.cfg.slow_call_duration
+            );
+            return self.open(now_ns, reason, jitter);
+        }
+        None
+    }
+
+    /// Open -> half-open once the open time has passed.
+    pub fn on_tick(&mut self, now_ns: u64) -> Option<Transition> {
+        if self.state == State::Open && now_ns >= self.open_until_ns && self.mode_runs() {
+            self.probes_ok = 0;
+            let waited = std::time::Duration::from_nanos(now_ns.saturating_sub(self.since_ns));
+            return Some(self.to(
+                State::HalfOpen,
+                now_ns,
+                format!("open for {}", secs(waited)),
+            ));
+        }
+        None
+    }
+
+    /// Operator's trip: open now, as if the breaker had tripped.
+    pub fn trip(&mut self, now_ns: u64, jitter: &mut impl Jitter) -> Option<Transition> {
+        if self.state == State::Open {
+            return None;
+        }
+        self.open(now_ns, "tripped by operator".into(), jitter)
+    }
+
+    /// Operator's reset: closed, with an empty window.
+    pub fn reset(&mut self, now_ns: u64) -> Option<Transition> {
+        let was_closed = self.state == State::Closed;
+        let t = self.close(now_ns, "reset by operator".into());
+        (!was_closed).then_some(t)
+    }
+
+    fn mode_runs(&self) -> bool {
+        matches!(self.mode, Mode::Enforce | Mode::DryRun)
+    }
+
+    fn open(
+        &mut self,
+        now_ns: u64,
+        reason: String,
+        jitter: &mut impl Jitter,
+    ) -> Option<Transition> {
+        self.trips += 1;
+        let base = self.cfg.open_duration.as_secs_f64();
+        let max = self.cfg.open_duration_max.as_secs_f64();
+        let mut secs_open = base * 2f64.powi(self.trips.saturating_sub(1).min(30) as i32);
+        if self.trips > 1 {
+            // +-10% so that hosts that tripped together do not probe together.
+            secs_open *= 0.9 + 0.2 * jitter.unit();
+        }
+        let secs_open = secs_open.min(max);
+        self.open_until_ns = now_ns + (secs_open * 1e9) as u64;
+        let reason = format!(
+            "{reason}; open for {}",
+            secs(std::time::Duration::from_secs_f64(secs_open))
+        );
+        Some(self.to(State::Open, now_ns, reason))
+    }
+
+    fn close(&mut self, now_ns: u64, reason: String) -> Transition {
+        self.trips = 0;
+        self.to(State::Closed, now_ns, reason)
+    }
+
+    fn to(&mut self, to: State, now_ns: u64, reason: String) -> Transition {
+        let from = self.state;
+        self.state = to;
+        self.since_ns = now_ns;
+        self.window.clear();
+        self.streak = 0;
+        self.probes_ok = 0;
+        Transition {
+            from,
+            to,
+            reason,
+            at_ns: now_ns,
+        }
+    }
+}
+
+fn describe(outcome: Outcome, call: Call) -> String {
+    match outcome {
+        Outcome::Failure { class, .. } => class.to_string(),
+        Outcome::Success { latency_ns, .. } if call.slow => {
+            format!(
+                "slow ({})",
+                secs(std::time::Duration::from_nanos(latency_ns))
+            )
+        }
+        Outcome::Success { .. } => "success".into(),
+    }
+}
+
+/// 80 or 66.7.
+fn pct(v: f64) -> String {
+    let r = (v * 10.0).round() / 10.0;
+    if r.fract() == 0.0 {
+        format!("{r:.0}")
+    } else {
+        format!("{r:.1}")
+    }
+}
+
+fn secs(d: std::time::Duration) -> String {
+    let s = d.as_secs_f64();
+    if s >= 1.0 {
+        format!("{}s", pct(s))
+    } else {
+        format!("{}ms", pct(s * 1000.0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::{FailureClasses, Window};
+
+    const MS: u64 = 1_000_000;
+    const S: u64 = 1_000_000_000;
+
+    struct Fixed(f64);
+    impl Jitter for Fixed {
+        fn unit(&mut self) -> f64 {
+            self.0
+        }
+    }
+
+    fn ok() -> Outcome {
+        Outcome::Success {
+            latency_ns: MS,
+            probe: false,
+        }
+    }
+    fn refused() -> Outcome {
+        Outcome::Failure {
+            class: "refused",
+            counted: true,
+            probe: false,
+        }
+    }
+    fn probe_ok() -> Outcome {
+        Outcome::Success {
+            latency_ns: MS,
+            probe: true,
+        }
+    }
+    fn probe_failed() -> Outcome {
+        Outcome::Failure {
+            class: "timeout",
+            counted: true,
+            probe: true,
+        }
+    }
+
+    fn cfg() -> BreakerConfig {
+        BreakerConfig {
+            window: Window::Count(10),
+            minimum_calls: 5,
+            failure_rate: 60.0,
+            slow_call_duration: Duration::from_secs(1),
+            slow_call_rate: 100.0,
+            consecutive_failures: 0,
+            open_duration: Duration::from_secs(30),
+            open_duration_max: Duration::from_secs(30),
+            half_open_probes: 3,
+            failures: FailureClasses::default(),
+        }
+    }
+
+    /// Feed outcomes at 1 ms intervals; return the transitions.
+    fn feed(b: &mut Breaker, start: u64, outcomes: &[Outcome]) -> Vec<Transition> {
+        let mut j = Fixed(0.5);
+        outcomes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, o)| b.on_outcome(start + i as u64 * MS, *o, &mut j))
+            .collect()
+    }
+
+    #[test]
+    fn trips_on_failure_rate_once_minimum_calls_are_in() {
+        let mut b = Breaker::new(cfg(), Mode::Enforce, 0);
+        // 4 failures: below minimum_calls, stays closed.
+        assert!(feed(&mut b, 0, &[refused(); 4]).is_empty());
+        assert_eq!(b.verdict(), Verdict::Allow);
+        let t = feed(&mut b, 10 * MS, &[refused()]);
+        assert_eq!(t.len(), 1);
+        assert_eq!((t[0].from, t[0].to), (State::Closed, State::Open));
+        assert_eq!(
+            t[0].reason,
+            "failure rate 100% >= 60% over 5 calls; open for 30s"
+        );
+        assert_eq!(b.verdict(), Verdict::Reject);
+    }
+
+    #[test]
+    fn failure_rate_below_threshold_stays_closed() {
+        let mut b = Breaker::new(cfg(), Mode::Enforce, 0);
+        // Never at or above 60% from the 5th call on: 2/5, 3/6, 3/7, 4/8, 4/9, 5/10.
+        let seq = [
+            ok(),
+            refused(),
+            ok(),
+            refused(),
+            ok(),
+            refused(),
+            ok(),
+            refused(),
+            ok(),
+            refused(),
+        ];
+        assert!(feed(&mut b, 0, &seq).is_empty());
+        // One more failure pushes out the oldest call (a success): 6 of 10.
+        let t = feed(&mut b, 30 * MS, &[refused()]);
+        assert_eq!(
+            t[0].reason,
+            "failure rate 60% >= 60% over 10 calls; open for 30s"
+        );
+    }
+
+    #[test]
+    fn uncounted_failure_classes_are_ignored() {
+        let mut b = Breaker::new(cfg(), Mode::Enforce, 0);
+        let reset = Outcome::Failure {
+            class: "reset",
+            counted: false,
+            probe: false,
+        };
+        assert!(feed(&mut b, 0, &[reset; 20]).is_empty());
+        assert_eq!(b.state(), State::Closed);
+    }
+
+    #[test]
+    fn consecutive_failures_trip_regardless_of_the_window() {
+        let mut c = cfg();
+        c.consecutive_failures = 3;
+        c.minimum_calls = 100;
+        c.window = Window::Count(100);
+        let mut b = Breaker::new(c, Mode::Enforce, 0);
+        assert!(feed(
+            &mut b,
+            0,
+            &[ok(), ok(), refused(), refused(), ok(), refused(), refused()]
+        )
+        .is_empty());
+        let t = feed(&mut b, 10 * MS, &[refused()]);
+        assert_eq!(
+            t[0].reason,
+            "3 consecutive failures (last: refused); open for 30s"
+        );
+    }
+
+    #[test]
+    fn slow_calls_trip_on_slow_rate() {
+        let mut c = cfg();
+        c.slow_call_rate = 50.0;
+        let mut b = Breaker::new(c, Mode::Enforce, 0);
+        let slow = Outcome::Success {
+            latency_ns: S + 10 * MS,
+            probe: false,
+        };
+        assert!(feed(&mut b, 0, &[ok(), ok(), ok(), slow]).is_empty());
+        let t = feed(&mut b, 10 * MS, &[slow, slow]);
+        assert_eq!(
+            t[0].reason,
+            "slow-call rate 50% >= 50% over 6 calls (slow: >= 1s); open for 30s"
+        );
+    }
+
+    #[test]
+    fn time_window_counts_only_recent_calls() {
+        let mut c = cfg();
+        c.window = Window::Time(Duration::from_secs(2));
+        c.minimum_calls = 3;
+        let mut b = Breaker::new(c, Mode::Enforce, 0);
+        let mut j = Fixed(0.5);
+        assert!(b.on_outcome(0, refused(), &mut j).is_none());
+        assert!(b.on_outcome(MS, refused(), &mut j).is_none());
+        // 5 s later the two failures have left the window: 1 call, below the minimum.
+        assert!(b.on_outcome(5 * S, refused(), &mut j).is_none());
+        assert!(b.on_outcome(5 * S + MS, refused(), &mut j).is_none());
+        let t = b
+            .on_outcome(5 * S + 2 * MS, refused(), &mut j)
+            .expect("trip");
+        assert_eq!(
+            t.reason,
+            "failure rate 100% >= 60% over 3 calls; open for 30s"
+        );
+    }
+
+    #[test]
+    fn open_goes_half_open_after_the_open_time_without_traffic() {
+        let mut b = Breaker::new(cfg(), Mode::Enforce, 0);
+        feed(&mut b, 0, &[refused(); 5]);
+        let opened = 4 * MS;
+        assert_eq!(b.open_until_ns(), Some(opened + 30 * S));
+        assert!(b.on_tick(opened + 30 * S - 1).is_none());
+        let t = b.on_tick(opened + 30 * S).expect("half-open");
+        assert_eq!((t.from, t.to), (State::Open, State::HalfOpen));
+        assert_eq!(t.reason, "open for 30s");
+        assert_eq!(b.verdict(), Verdict::Probe(3));
+    }
+
+    #[test]
+    fn half_open_closes_when_every_probe_succeeds() {
+        let mut b = Breaker::new(cfg(), Mode::Enforce, 0);
+        feed(&mut b, 0, &[refused(); 5]);
+        b.on_tick(31 * S);
+        // Late results of connects admitted before the trip do not count.
+        assert!(feed(&mut b, 31 * S, &[ok(), refused()]).is_empty());
+        assert!(feed(&mut b, 32 * S, &[probe_ok(), probe_ok()]).is_empty());
+        let t = feed(&mut b, 33 * S, &[probe_ok()]);
+        assert_eq!((t[0].from, t[0].to), (State::HalfOpen, State::Closed));
+        assert_eq!(t[0].reason, "3 of 3 probes succeeded");
+        assert_eq!(b.verdict(), Verdict::Allow);
+        // The window starts empty: 4 failures are below the minimum again.
+        assert!(feed(&mut b, 34 * S, &[refused(); 4]).is_empty());
+    }
+
+    #[test]
+    fn a_failed_probe_reopens_for_longer_with_jitter_up_to_the_max() {
+        let mut c = cfg();
+        c.open_duration = Duration::from_secs(10);
+        c.open_duration_max = Duration::from_secs(25);
+        let mut b = Breaker::new(c, Mode::Enforce, 0);
+        let mut j = Fixed(1.0); // the top of the +-10% band
+        for i in 0..5 {
+            b.on_outcome(i, refused(), &mut j);
+        }
+        assert_eq!(b.open_until_ns(), Some(4 + 10 * S));
+        b.on_tick(20 * S);
+        let t = b
+            .on_outcome(21 * S, probe_failed(), &mut j)
+            .expect("reopen");
+        assert_eq!(t.reason, "probe timeout; open for 22s");
+        assert_eq!(b.open_until_ns(), Some(21 * S + 22 * S));
+        b.on_tick(50 * S);
+        let t = b
+            .on_outcome(51 * S, probe_failed(), &mut j)
+            .expect("reopen");
+        // 10 * 4 * 1.1 = 44 s, capped at 25 s.
+        assert_eq!(t.reason, "probe timeout; open for 25s");
+        // Closing resets the backoff.
+        b.on_tick(80 * S);
+        for _ in 0..3 {
+            b.on_outcome(81 * S, probe_ok(), &mut j);
+        }
+        assert_eq!(b.state(), State::Closed);
+        for i in 0..5 {
+            b.on_outcome(90 * S + i, refused(), &mut j);
+        }
+        assert_eq!(b.open_until_ns(), Some(90 * S + 4 + 10 * S));
+    }
+
+    #[test]
+    fn a_slow_probe_counts_as_failed() {
+        let mut b = Breaker::new(cfg(), Mode::Enforce, 0);
+        feed(&mut b, 0, &[refused(); 5]);
+        b.on_tick(31 * S);
+        let slow_probe = Outcome::Success {
+            latency_ns: 2 * S,
+            probe: true,
+        };
+        let t = feed(&mut b, 32 * S, &[slow_probe]);
+        assert_eq!(t[0].to, State::Open);
+        assert!(
+            t[0].reason.starts_with("probe slow (2s)"),
+            "{}",
+            t[0].reason
+        );
+    }
+
+    #[test]
+    fn modes() {
+        for (mode, verdict_after_failures) in [
+            (Mode::Enforce, Verdict::Reject),
+            (Mode::DryRun, Verdict::Reject),
+            (Mode::Disabled, Verdict::Allow),
+            (Mode::ForcedOpen, Verdict::Reject),
+        ] {
+            let mut b = Breaker::new(cfg(), mode, 0);
+            feed(&mut b, 0, &[refused(); 10]);
+            assert_eq!(b.verdict(), verdict_after_failures, "{mode:?}");
+        }
+        // Forced-open never goes half-open.
+        let mut b = Breaker::new(cfg(), Mode::ForcedOpen, 0);
+        assert!(b.on_tick(100 * S).is_none());
+        assert_eq!(b.state(), State::Closed);
+    }
+
+    #[test]
+    fn operator_trip_and_reset() {
+        let mut b = Breaker::new(cfg(), Mode::Enforce, 0);
+        let mut j = Fixed(0.5);
+        let t = b.trip(S, &mut j).expect("trip");
+        assert_eq!(t.reason, "tripped by operator; open for 30s");
+        assert!(b.trip(2 * S, &mut j).is_none());
+        let t = b.reset(3 * S).expect("reset");
+        assert_eq!(
+            (t.from, t.to, t.reason.as_str()),
+            (State::Open, State::Closed, "reset by operator")
+        );
+        assert!(b.reset(4 * S).is_none());
+    }
+}
