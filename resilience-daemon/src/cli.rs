@@ -65,6 +65,23 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Open a destination's breaker now (until its open time passes, then half-open).
+    Trip {
+        name: String,
+        #[arg(long, default_value = config::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Close a destination's breaker now, with an empty window.
+    Reset {
+        name: String,
+        #[arg(long, default_value = config::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Reload the policy file (as SIGHUP); a bad file is refused and the running policy stays.
+    Reload {
+        #[arg(long, default_value = config::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
     /// Per-destination counters and state from the running daemon.
     Status {
         #[arg(long, default_value = config::DEFAULT_SOCKET)]
@@ -126,6 +143,13 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
                 Ok(ExitCode::FAILURE)
             }
         },
+        Cmd::Trip { name, socket } => {
+            act(&socket, serde_json::json!({"cmd": "trip", "name": name}))
+        }
+        Cmd::Reset { name, socket } => {
+            act(&socket, serde_json::json!({"cmd": "reset", "name": name}))
+        }
+        Cmd::Reload { socket } => act(&socket, serde_json::json!({"cmd": "reload"})),
         Cmd::Status { socket, json } => {
             let reply = control::request(&socket, &serde_json::json!({"cmd": "status"}))?;
             let status = reply.get("status").cloned().unwrap_or_default();
@@ -139,6 +163,19 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Send a command that changes something; print the daemon's answer.
+fn act(socket: &std::path::Path, req: serde_json::Value) -> Result<ExitCode> {
+    let reply = control::request(socket, &req)?;
+    println!(
+        "{}",
+        reply
+            .get("message")
+            .and_then(|m| m.as_str())
+            .unwrap_or("ok")
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn init_logs(format: LogFormat) {

@@ -2,7 +2,9 @@
 //!
 //! Protocol version 1. A request is one line, `{"cmd": "<command>", ...}`; the reply is one
 //! line, `{"v": 1, "ok": true, ...}` or `{"v": 1, "ok": false, "error": "..."}`.
-//! Commands: `status` (reply field `status`: a `Snapshot`), `version`.
+//! Commands: `status` (reply field `status`: a `Snapshot`), `version`, `trip` and `reset`
+//! (field `name`: a destination), `reload` (the policy file, as SIGHUP); these three reply
+//! with a `message`.
 
 use std::{os::unix::fs::PermissionsExt, path::Path};
 
@@ -21,6 +23,9 @@ const MAX_LINE: usize = 64 * 1024;
 /// A request the daemon's main loop answers.
 pub enum Command {
     Status(oneshot::Sender<Value>),
+    Trip(String, oneshot::Sender<Result<String, String>>),
+    Reset(String, oneshot::Sender<Result<String, String>>),
+    Reload(oneshot::Sender<Result<String, String>>),
 }
 
 pub fn bind(path: &Path) -> Result<UnixListener> {
@@ -108,7 +113,40 @@ async fn answer(line: &[u8], tx: &mpsc::Sender<Command>) -> Value {
                 Err(_) => error("daemon is shutting down".into()),
             }
         }
-        other => error(format!("unknown command {other:?}; known: status, version")),
+        "trip" | "reset" => {
+            let Some(name) = req.get("name").and_then(Value::as_str) else {
+                return error(format!("{cmd} needs a string field \"name\""));
+            };
+            let (reply, rx) = oneshot::channel();
+            let command = if cmd == "trip" {
+                Command::Trip(name.to_string(), reply)
+            } else {
+                Command::Reset(name.to_string(), reply)
+            };
+            acted(tx, command, rx).await
+        }
+        "reload" => {
+            let (reply, rx) = oneshot::channel();
+            acted(tx, Command::Reload(reply), rx).await
+        }
+        other => error(format!(
+            "unknown command {other:?}; known: status, version, trip, reset, reload"
+        )),
+    }
+}
+
+async fn acted(
+    tx: &mpsc::Sender<Command>,
+    command: Command,
+    rx: oneshot::Receiver<Result<String, String>>,
+) -> Value {
+    if tx.send(command).await.is_err() {
+        return error("daemon is shutting down".into());
+    }
+    match rx.await {
+        Ok(Ok(message)) => json!({"v": PROTOCOL_VERSION, "ok": true, "message": message}),
+        Ok(Err(e)) => error(e),
+        Err(_) => error("daemon is shutting down".into()),
     }
 }
 

@@ -136,8 +136,19 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                     };
                     let _ = reply.send(v);
                 }
+                Command::Trip(name, reply) => {
+                    let _ = reply.send(operate(&mut state, &name, true));
+                }
+                Command::Reset(name, reply) => {
+                    let _ = reply.send(operate(&mut state, &name, false));
+                }
+                Command::Reload(reply) => {
+                    let _ = reply.send(reload(&mut state, opts.config.as_deref()));
+                }
             },
-            _ = hup.recv() => reload(&mut state, opts.config.as_deref()),
+            _ = hup.recv() => {
+                let _ = reload(&mut state, opts.config.as_deref());
+            }
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
@@ -223,10 +234,36 @@ fn renew_lease(state: &mut State) -> Result<()> {
     })
 }
 
-fn reload(state: &mut State, path: Option<&std::path::Path>) {
+/// Trip (open) or reset (close) a destination's breaker by hand.
+fn operate(state: &mut State, name: &str, trip: bool) -> Result<String, String> {
+    let i = state
+        .dests
+        .iter()
+        .position(|d| d.applied.dest.name == name)
+        .ok_or_else(|| format!("no destination named {name:?}"))?;
+    let now = monotonic_ns();
+    let d = &mut state.dests[i];
+    let t = if trip {
+        d.breaker.trip(now, &mut state.jitter)
+    } else {
+        d.breaker.reset(now)
+    };
+    let state_now = d.breaker.state().as_str();
+    match t {
+        Some(t) => {
+            let message = format!("{name}: {} -> {}", t.from.as_str(), t.to.as_str());
+            transition(state, i, t);
+            Ok(message)
+        }
+        None => Ok(format!("{name}: already {state_now}")),
+    }
+}
+
+/// Reload the policy file: validated whole first; on any error the running policy stays.
+fn reload(state: &mut State, path: Option<&std::path::Path>) -> Result<String, String> {
     let Some(path) = path else {
-        tracing::warn!("SIGHUP: running the built-in default policy, nothing to reload");
-        return;
+        tracing::warn!("reload: running the built-in default policy, nothing to reload");
+        return Err("the daemon runs the built-in default policy: no file to reload".into());
     };
     let result = config::load_file(path)
         .map_err(|e| e.to_string())
@@ -234,17 +271,20 @@ fn reload(state: &mut State, path: Option<&std::path::Path>) {
             install(state, &policy).map_err(|e| format!("{e:#}"))?;
             Ok(policy.destinations.len())
         });
-    let message = match result {
+    let (message, out) = match result {
         Ok(n) => {
             tracing::info!(destinations = n, "policy reloaded");
-            format!("policy reloaded from {}: {n} destinations", path.display())
+            let m = format!("policy reloaded from {}: {n} destinations", path.display());
+            (m.clone(), Ok(m))
         }
         Err(e) => {
             tracing::error!("reload rejected, the running policy stays: {e}");
-            format!("reload rejected, the running policy stays: {e}")
+            let m = format!("reload rejected, the running policy stays: {e}");
+            (m.clone(), Err(m))
         }
     };
     push_event(state, EventRecord::note("reload", message));
+    out
 }
 
 /// Read every pending outcome record and feed the breakers.

@@ -77,6 +77,10 @@ pub struct DestinationStatus {
     pub state: String,
     /// Seconds in the current state.
     pub since: f64,
+    /// Open: seconds until it goes half-open.
+    pub retry_in: Option<f64>,
+    /// What its DNS names resolved to.
+    pub resolved: Vec<String>,
     pub reject_errno: String,
     /// Tokens left in the bucket; null without a rate limit.
     pub tokens: Option<u64>,
@@ -192,6 +196,12 @@ pub fn destination(d: &Running, c: &DestCounters, live: &Live) -> DestinationSta
         mode: dest.mode.as_str().to_string(),
         state: state.to_string(),
         since: live.now_ns.saturating_sub(d.breaker.since_ns()) as f64 / 1e9,
+        retry_in: d
+            .breaker
+            .open_until_ns()
+            .filter(|_| dest.mode != Mode::ForcedOpen)
+            .map(|t| t.saturating_sub(live.now_ns) as f64 / 1e9),
+        resolved: d.applied.resolved.iter().map(show_endpoint).collect(),
         reject_errno: dest.reject_errno.name().to_string(),
         tokens: live.tokens,
         burst: dest.rate_limit.map(|r| r.burst),

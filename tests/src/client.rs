@@ -7,7 +7,20 @@ pub struct Outcome {
     pub addr: String,
     pub ok: bool,
     pub errno: i32,
+    /// CLOCK_MONOTONIC nanoseconds when the connect started.
+    pub started_ns: u64,
     pub elapsed: Duration,
+}
+
+/// What to ask of the connector beyond addresses and count.
+#[derive(Debug, Clone, Default)]
+pub struct Opts {
+    pub timeout: Option<Duration>,
+    /// Keep connecting for this long (bounded by the count).
+    pub for_time: Option<Duration>,
+    /// Keep successful connections open this long after the last connect.
+    pub hold: Option<Duration>,
+    pub raw: bool,
 }
 
 pub fn connector_bin() -> std::path::PathBuf {
@@ -32,50 +45,78 @@ pub fn connect_from(
     count: u32,
     timeout: Duration,
 ) -> Vec<Outcome> {
-    run_connector(cgroup, addrs, count, timeout, false)
+    let opts = Opts {
+        timeout: Some(timeout),
+        ..Opts::default()
+    };
+    spawn(cgroup, addrs, count, &opts).wait()
 }
 
 /// Benchmark loop: `count` blocking socket+connect+close iterations, each timed.
 pub fn raw_loop(cgroup: &Path, addr: SocketAddr, count: u32) -> Vec<Outcome> {
-    run_connector(cgroup, &[addr], count, Duration::from_secs(1), true)
+    spawn(
+        cgroup,
+        &[addr],
+        count,
+        &Opts {
+            raw: true,
+            ..Opts::default()
+        },
+    )
+    .wait()
 }
 
-fn run_connector(
-    cgroup: &Path,
-    addrs: &[SocketAddr],
-    count: u32,
-    timeout: Duration,
-    raw: bool,
-) -> Vec<Outcome> {
+/// A connector running in the background.
+pub struct Running(std::process::Child);
+
+/// Start a connector; `wait()` for its outcomes. Several can run at once.
+pub fn spawn(cgroup: &Path, addrs: &[SocketAddr], count: u32, opts: &Opts) -> Running {
     let mut cmd = Command::new(connector_bin());
-    if raw {
+    if opts.raw {
         cmd.arg("--raw");
     }
-    let out = cmd
+    if let Some(t) = opts.for_time {
+        cmd.args(["--for-ms", &t.as_millis().to_string()]);
+    }
+    if let Some(h) = opts.hold {
+        cmd.args(["--hold-ms", &h.as_millis().to_string()]);
+    }
+    let timeout = opts.timeout.unwrap_or(Duration::from_secs(1));
+    let child = cmd
         .arg("--cgroup")
         .arg(cgroup)
         .args(["--count", &count.to_string()])
         .args(["--timeout-ms", &timeout.as_millis().to_string()])
         .args(addrs.iter().map(|a| a.to_string()))
-        .output()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .expect("running connector");
-    assert!(
-        out.status.success(),
-        "connector failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).expect("connector JSON");
-            Outcome {
-                addr: v["addr"].as_str().unwrap_or_default().to_string(),
-                ok: v["ok"].as_bool().unwrap_or(false),
-                errno: v["errno"].as_i64().unwrap_or(-1) as i32,
-                elapsed: Duration::from_nanos(v["ns"].as_u64().unwrap_or(0)),
-            }
-        })
-        .collect()
+    Running(child)
+}
+
+impl Running {
+    pub fn wait(self) -> Vec<Outcome> {
+        let out = self.0.wait_with_output().expect("waiting for connector");
+        assert!(
+            out.status.success(),
+            "connector failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).expect("connector JSON");
+                Outcome {
+                    addr: v["addr"].as_str().unwrap_or_default().to_string(),
+                    ok: v["ok"].as_bool().unwrap_or(false),
+                    errno: v["errno"].as_i64().unwrap_or(-1) as i32,
+                    started_ns: v["t"].as_u64().unwrap_or(0),
+                    elapsed: Duration::from_nanos(v["ns"].as_u64().unwrap_or(0)),
+                }
+            })
+            .collect()
+    }
 }
 
 /// The median of the elapsed times.

@@ -35,6 +35,8 @@ pub struct Daemon {
     child: Option<Child>,
     pub socket: PathBuf,
     pub log: PathBuf,
+    /// The policy file the daemon reads (and reloads).
+    pub config: PathBuf,
     args: Vec<String>,
 }
 
@@ -64,6 +66,7 @@ impl Daemon {
             child: None,
             socket,
             log: dir.join("daemon.log"),
+            config,
             args,
         };
         d.spawn();
@@ -140,13 +143,33 @@ impl Daemon {
     }
 
     fn try_status(&self) -> Option<Value> {
+        let v = self.request(&serde_json::json!({"cmd": "status"}))?;
+        (v["ok"] == Value::Bool(true)).then(|| v["status"].clone())
+    }
+
+    /// One request on the control socket; the whole reply.
+    pub fn request(&self, req: &Value) -> Option<Value> {
         let mut s = UnixStream::connect(&self.socket).ok()?;
         s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        s.write_all(b"{\"cmd\":\"status\"}\n").ok()?;
+        s.write_all(format!("{req}\n").as_bytes()).ok()?;
         let mut line = String::new();
         BufReader::new(s).read_line(&mut line).ok()?;
-        let v: Value = serde_json::from_str(&line).ok()?;
-        (v["ok"] == Value::Bool(true)).then(|| v["status"].clone())
+        serde_json::from_str(&line).ok()
+    }
+
+    /// Run `resilience ARGS --socket <this daemon's>`: (success, stdout, stderr).
+    pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(crate::daemon_bin())
+            .args(args)
+            .arg("--socket")
+            .arg(&self.socket)
+            .output()
+            .expect("running resilience");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     }
 
     /// The daemon's snapshot (`resilience status --json`).
@@ -168,7 +191,16 @@ impl Daemon {
     /// Poll `dest(name)` until `pred` holds; the last value otherwise. For counts the kernel
     /// updates asynchronously (a close completes after the peer's FIN).
     pub fn wait_dest(&self, name: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(5);
+        self.wait_dest_for(name, Duration::from_secs(5), pred)
+    }
+
+    pub fn wait_dest_for(
+        &self,
+        name: &str,
+        within: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + within;
         loop {
             let d = self.dest(name);
             if pred(&d) || Instant::now() > deadline {

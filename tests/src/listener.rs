@@ -54,6 +54,15 @@ impl Server {
     pub fn accepted(&self) -> u64 {
         self.accepted.load(Ordering::Relaxed)
     }
+
+    /// The accepted count once it reaches `n` (the accept thread polls), or after 5 s.
+    pub fn wait_accepted(&self, n: u64) -> u64 {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while self.accepted() < n && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        self.accepted()
+    }
 }
 
 impl Drop for Server {
@@ -70,7 +79,7 @@ impl Drop for Server {
 /// process, outside any guarded cgroup.
 pub struct BlackHole {
     pub addr: SocketAddr,
-    _fd: OwnedFd,
+    fd: OwnedFd,
     _queued: Vec<TcpStream>,
 }
 
@@ -103,8 +112,16 @@ impl BlackHole {
         }
         BlackHole {
             addr,
-            _fd: fd,
+            fd,
             _queued: queued,
         }
+    }
+
+    /// Accept one queued connection and close it: the queue has room again, so a client whose
+    /// SYN was dropped gets through with its retransmission (about 1 s after its first SYN).
+    pub fn accept_one(&self) {
+        let conn = nix::sys::socket::accept(self.fd.as_raw_fd()).expect("accept");
+        // SAFETY: accept returned a new descriptor that nothing else owns.
+        drop(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(conn) });
     }
 }

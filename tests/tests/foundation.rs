@@ -152,7 +152,7 @@ mode = "enforce"
             "{unmatched} not observed in {observed:?}"
         );
     }
-    assert_eq!(a.accepted() + b.accepted(), 3);
+    assert_eq!(a.wait_accepted(2) + b.wait_accepted(1), 3);
 }
 
 #[test]
@@ -231,7 +231,7 @@ fn outcome_counters_are_exact() {
         v["latency_ms"]["p50"].as_f64().is_some_and(|ms| ms > 0.0),
         "{v:#}"
     );
-    assert_eq!(ok.accepted(), 20);
+    assert_eq!(ok.wait_accepted(20), 20);
     let k = &d.status()["kernel"];
     assert_eq!(k["ringbuf_lost"], 0);
     // One record per connect outcome: 20 successes + 7 refused + 3 timeouts.

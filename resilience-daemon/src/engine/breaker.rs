@@ -214,13 +214,10 @@ impl Breaker {
     /// Open -> half-open once the open time has passed.
     pub fn on_tick(&mut self, now_ns: u64) -> Option<Transition> {
         if self.state == State::Open && now_ns >= self.open_until_ns && self.mode_runs() {
-            self.probes_ok = 0;
-            let waited = std::time::Duration::from_nanos(now_ns.saturating_sub(self.since_ns));
-            return Some(self.to(
-                State::HalfOpen,
-                now_ns,
-                format!("open for {}", secs(waited)),
-            ));
+            let planned =
+                std::time::Duration::from_nanos(self.open_until_ns.saturating_sub(self.since_ns));
+            let reason = format!("open time of {} over", secs(planned));
+            return Some(self.to(State::HalfOpen, now_ns, reason));
         }
         None
     }
@@ -509,7 +506,7 @@ mod tests {
         assert!(b.on_tick(opened + 30 * S - 1).is_none());
         let t = b.on_tick(opened + 30 * S).expect("half-open");
         assert_eq!((t.from, t.to), (State::Open, State::HalfOpen));
-        assert_eq!(t.reason, "open for 30s");
+        assert_eq!(t.reason, "open time of 30s over");
         assert_eq!(b.verdict(), Verdict::Probe(3));
     }
 

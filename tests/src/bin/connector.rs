@@ -17,15 +17,29 @@ struct Args {
     /// Give up on a connect after this long (the socket is then closed, SYN_SENT -> CLOSE).
     #[arg(long, default_value_t = 2000)]
     timeout_ms: u64,
-    /// How many times to connect to each address.
+    /// How many times to connect to each address (at most, with --for-ms).
     #[arg(long, default_value_t = 1)]
     count: u32,
+    /// Keep connecting to each address for this long (bounded by --count too).
+    #[arg(long)]
+    for_ms: Option<u64>,
+    /// Keep the connections that succeeded open this long after the last connect, then close.
+    #[arg(long, default_value_t = 0)]
+    hold_ms: u64,
     /// Benchmark mode: blocking socket() + connect() + close() with SO_LINGER 0 (no TIME_WAIT
     /// pile-up), timed as one iteration; the minimal syscall path, IPv4 only.
     #[arg(long)]
     raw: bool,
     /// Addresses, in order.
     addrs: Vec<SocketAddr>,
+}
+
+/// One connect: did it succeed, its errno, when it started (CLOCK_MONOTONIC ns), how long.
+struct Record {
+    ok: bool,
+    errno: i32,
+    t: u64,
+    ns: u64,
 }
 
 fn main() {
@@ -36,32 +50,67 @@ fn main() {
         std::process::exit(2);
     }
     let timeout = Duration::from_millis(args.timeout_ms);
+    let mut held = Vec::new();
+    // Results are printed at the end: a pipe write per connect would wake the reader and
+    // disturb the timing.
+    let mut out: Vec<(SocketAddr, Record)> = Vec::new();
     for addr in &args.addrs {
-        if args.raw {
-            // Results are printed after the loop: a pipe write per connect would wake the
-            // reader and disturb the timing.
-            let results: Vec<_> = (0..args.count).map(|_| raw_connect(addr)).collect();
-            for (ok, errno, ns) in results {
-                println!(r#"{{"addr":"{addr}","ok":{ok},"errno":{errno},"ns":{ns}}}"#);
-            }
-            continue;
-        }
+        let until = args
+            .for_ms
+            .map(|ms| Instant::now() + Duration::from_millis(ms));
         for _ in 0..args.count {
+            if until.is_some_and(|u| Instant::now() >= u) {
+                break;
+            }
+            let t = monotonic_ns();
             let start = Instant::now();
-            let result = TcpStream::connect_timeout(addr, timeout);
-            let ns = start.elapsed().as_nanos() as u64;
-            let (ok, errno) = match &result {
-                Ok(_) => (true, 0),
-                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => (false, libc::ETIMEDOUT),
-                Err(e) => (false, e.raw_os_error().unwrap_or(-1)),
+            let record = if args.raw {
+                let (ok, errno) = raw_connect(addr);
+                Record {
+                    ok,
+                    errno,
+                    t,
+                    ns: start.elapsed().as_nanos() as u64,
+                }
+            } else {
+                let result = TcpStream::connect_timeout(addr, timeout);
+                let ns = start.elapsed().as_nanos() as u64;
+                let (ok, errno) = match &result {
+                    Ok(_) => (true, 0),
+                    Err(e) if e.kind() == std::io::ErrorKind::TimedOut => (false, libc::ETIMEDOUT),
+                    Err(e) => (false, e.raw_os_error().unwrap_or(-1)),
+                };
+                if let (Ok(stream), true) = (result, args.hold_ms > 0) {
+                    held.push(stream);
+                }
+                Record { ok, errno, t, ns }
             };
-            drop(result);
-            println!(r#"{{"addr":"{addr}","ok":{ok},"errno":{errno},"ns":{ns}}}"#);
+            out.push((*addr, record));
         }
+    }
+    if !held.is_empty() {
+        std::thread::sleep(Duration::from_millis(args.hold_ms));
+        drop(held);
+    }
+    for (addr, r) in out {
+        println!(
+            r#"{{"addr":"{addr}","ok":{},"errno":{},"t":{},"ns":{}}}"#,
+            r.ok, r.errno, r.t, r.ns
+        );
     }
 }
 
-fn raw_connect(addr: &SocketAddr) -> (bool, i32, u64) {
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn raw_connect(addr: &SocketAddr) -> (bool, i32) {
     let SocketAddr::V4(v4) = addr else {
         eprintln!("connector: --raw takes IPv4 addresses");
         std::process::exit(2);
@@ -78,12 +127,11 @@ fn raw_connect(addr: &SocketAddr) -> (bool, i32, u64) {
         l_onoff: 1,
         l_linger: 0,
     };
-    let start = Instant::now();
     // SAFETY: plain syscalls on a socket this function owns.
     let (ok, errno) = unsafe {
         let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
         if fd < 0 {
-            return (false, *libc::__errno_location(), 0);
+            return (false, *libc::__errno_location());
         }
         let rc = libc::connect(
             fd,
@@ -105,5 +153,5 @@ fn raw_connect(addr: &SocketAddr) -> (bool, i32, u64) {
         libc::close(fd);
         (rc == 0, errno)
     };
-    (ok, errno, start.elapsed().as_nanos() as u64)
+    (ok, errno)
 }

@@ -1,0 +1,452 @@
+//! Privileged: breakers, token buckets, bulkheads, dry-run and reloads, against the real
+//! daemon and kernel (child cgroup per test, loopback only).
+
+use std::{net::SocketAddr, time::Duration};
+
+use resilience_tests::{
+    cgroup::Cgroup,
+    client::{connect_from, spawn, Opts},
+    daemon::{Daemon, PinDir},
+    listener::{BlackHole, Server},
+    privileged,
+};
+use serde_json::Value;
+
+const SECOND: Duration = Duration::from_secs(1);
+const HOOK_ERRNO: i32 = libc::EHOSTUNREACH;
+
+fn closed_port(ip: &str) -> SocketAddr {
+    std::net::TcpListener::bind(format!("{ip}:0"))
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+}
+
+fn state_is(want: &'static str) -> impl Fn(&Value) -> bool {
+    move |v| v["state"] == want
+}
+
+fn events(d: &Daemon) -> Vec<String> {
+    d.status()["events"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|e| e["message"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn breaker_opens_on_refusals_and_rejects_without_reaching_the_destination() {
+    if !privileged("breaker_opens_on_refusals") {
+        return;
+    }
+    let target = closed_port("127.0.0.10");
+    let policy = format!(
+        r#"
+[[destination]]
+name = "svc"
+match = ["{target}"]
+reject_errno = "EHOSTUNREACH"
+[destination.breaker]
+minimum_calls = 4
+failure_rate = 50
+open_duration = "30s"
+"#
+    );
+    let cg = Cgroup::new("trip");
+    let pins = PinDir::new("trip");
+    let d = Daemon::start("trip", cg.path(), &pins, &policy, "2s");
+
+    let got = connect_from(cg.path(), &[target], 4, SECOND);
+    assert!(got.iter().all(|o| o.errno == libc::ECONNREFUSED), "{got:?}");
+    let v = d.wait_dest("svc", state_is("open"));
+    assert_eq!(v["state"], "open", "{v:#}");
+    assert_eq!(v["failures"]["refused"], 4);
+
+    // Now something listens there; the breaker keeps connects from reaching it.
+    let server = Server::start(&target.to_string());
+    let got = connect_from(cg.path(), &[target], 20, SECOND);
+    assert!(got.iter().all(|o| o.errno == HOOK_ERRNO), "{got:?}");
+    let m = resilience_tests::client::median(&got);
+    assert!(m < Duration::from_millis(1), "median rejection took {m:?}");
+    assert_eq!(server.accepted(), 0);
+    let v = d.dest("svc");
+    assert_eq!(v["rejected"]["breaker"], 20);
+    assert!(
+        v["retry_in"]
+            .as_f64()
+            .is_some_and(|s| s > 20.0 && s <= 30.0),
+        "{v:#}"
+    );
+    assert!(
+        events(&d).iter().any(
+            |e| e == "svc: closed -> open: failure rate 100% >= 50% over 4 calls; open for 30s"
+        ),
+        "{:#?}",
+        events(&d)
+    );
+}
+
+#[test]
+fn open_goes_half_open_without_traffic_and_closes_after_good_probes() {
+    if !privileged("half_open_then_closed") {
+        return;
+    }
+    let server = Server::start("127.0.0.11:0");
+    let policy = format!(
+        "[[destination]]\nname = \"svc\"\nmatch = [\"{}\"]\n[destination.breaker]\nopen_duration = \"500ms\"\nhalf_open_probes = 2\n",
+        server.addr
+    );
+    let cg = Cgroup::new("halfopen");
+    let pins = PinDir::new("halfopen");
+    let d = Daemon::start("halfopen", cg.path(), &pins, &policy, "2s");
+    let (ok, out, err) = d.cli(&["trip", "svc"]);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "svc: closed -> open");
+    // No connect at all: the open time passing is enough.
+    let v = d.wait_dest_for("svc", 3 * SECOND, state_is("half_open"));
+    assert_eq!(v["state"], "half_open", "{v:#}");
+
+    let got = connect_from(cg.path(), &[server.addr], 2, SECOND);
+    assert!(got.iter().all(|o| o.ok), "{got:?}");
+    let v = d.wait_dest("svc", state_is("closed"));
+    assert_eq!(v["state"], "closed", "{v:#}");
+    let ev = events(&d);
+    assert!(
+        ev.iter()
+            .any(|e| e == "svc: open -> half_open: open time of 500ms over"),
+        "{ev:#?}"
+    );
+    assert!(
+        ev.iter()
+            .any(|e| e == "svc: half_open -> closed: 2 of 2 probes succeeded"),
+        "{ev:#?}"
+    );
+    // Closed: everything passes again.
+    assert!(connect_from(cg.path(), &[server.addr], 5, SECOND)
+        .iter()
+        .all(|o| o.ok));
+}
+
+#[test]
+fn half_open_admits_exactly_the_probes_and_a_failed_probe_reopens_for_longer() {
+    if !privileged("probes_exact") {
+        return;
+    }
+    // Probes to a black hole hang until the client gives up: none completes during the burst.
+    let hole = BlackHole::start("127.0.0.12");
+    let policy = format!(
+        r#"
+[[destination]]
+name = "svc"
+match = ["{}"]
+reject_errno = "EHOSTUNREACH"
+[destination.breaker]
+open_duration = "400ms"
+open_duration_max = "10s"
+half_open_probes = 3
+"#,
+        hole.addr
+    );
+    let cg = Cgroup::new("probes");
+    let pins = PinDir::new("probes");
+    let d = Daemon::start("probes", cg.path(), &pins, &policy, "2s");
+    assert!(d.cli(&["trip", "svc"]).0);
+    d.wait_dest_for("svc", 3 * SECOND, state_is("half_open"));
+
+    // 8 processes x 10 connects, all at once.
+    let opts = Opts {
+        timeout: Some(Duration::from_millis(500)),
+        ..Opts::default()
+    };
+    let clients: Vec<_> = (0..8)
+        .map(|_| spawn(cg.path(), &[hole.addr], 10, &opts))
+        .collect();
+    let got: Vec<_> = clients.into_iter().flat_map(|c| c.wait()).collect();
+    let admitted = got.iter().filter(|o| o.errno == libc::ETIMEDOUT).count();
+    let rejected = got.iter().filter(|o| o.errno == HOOK_ERRNO).count();
+    assert_eq!((admitted, rejected), (3, 77), "{got:?}");
+
+    // The probes timed out: open again, for 2 x 400 ms, +-10%.
+    let v = d.wait_dest("svc", state_is("open"));
+    assert_eq!(v["state"], "open", "{v:#}");
+    let reopen = events(&d)
+        .into_iter()
+        .find(|e| e.starts_with("svc: half_open -> open: probe timeout; open for "));
+    let reopen = reopen.unwrap_or_else(|| panic!("no reopen event in {:#?}", events(&d)));
+    let ms: f64 = reopen
+        .rsplit(' ')
+        .next()
+        .and_then(|t| t.strip_suffix("ms"))
+        .and_then(|t| t.parse().ok())
+        .expect("ms");
+    assert!((720.0..=880.0).contains(&ms), "{reopen}");
+    assert_eq!(v["rejected"]["breaker"], 77);
+}
+
+#[test]
+fn slow_connects_trip_the_breaker() {
+    if !privileged("slow_calls") {
+        return;
+    }
+    let hole = BlackHole::start("127.0.0.13");
+    let policy = format!(
+        r#"
+[[destination]]
+name = "slow"
+match = ["{}"]
+[destination.breaker]
+minimum_calls = 1
+slow_call_duration = "500ms"
+slow_call_rate = 50
+"#,
+        hole.addr
+    );
+    let cg = Cgroup::new("slow");
+    let pins = PinDir::new("slow");
+    let d = Daemon::start("slow", cg.path(), &pins, &policy, "2s");
+    let opts = Opts {
+        timeout: Some(3 * SECOND),
+        ..Opts::default()
+    };
+    let client = spawn(cg.path(), &[hole.addr], 1, &opts);
+    // Let the first SYN be dropped, then make room: the retransmitted SYN gets through.
+    std::thread::sleep(Duration::from_millis(300));
+    hole.accept_one();
+    let got = client.wait();
+    assert!(got[0].ok, "{got:?}");
+    assert!(got[0].elapsed >= Duration::from_millis(900), "{got:?}");
+    let v = d.wait_dest("slow", state_is("open"));
+    assert_eq!(v["state"], "open", "{v:#}");
+    assert_eq!(v["slow"], 1);
+    assert!(
+        events(&d).iter().any(|e| e.starts_with(
+            "slow: closed -> open: slow-call rate 100% >= 50% over 1 calls (slow: >= 500ms)"
+        )),
+        "{:#?}",
+        events(&d)
+    );
+}
+
+#[test]
+fn token_bucket_is_exact_when_saturated_from_two_processes() {
+    if !privileged("token_bucket") {
+        return;
+    }
+    let server = Server::start("127.0.0.14:0");
+    let (rate, burst) = (200.0, 20.0);
+    let policy = format!(
+        "[[destination]]\nname = \"api\"\nmatch = [\"{}\"]\nreject_errno = \"EAGAIN\"\n[destination.rate_limit]\nrate = {rate}\nburst = {burst}\n",
+        server.addr
+    );
+    let cg = Cgroup::new("bucket");
+    let pins = PinDir::new("bucket");
+    let d = Daemon::start("bucket", cg.path(), &pins, &policy, "2s");
+    assert_eq!(d.dest("api")["tokens"], 20);
+
+    let opts = Opts {
+        raw: true,
+        for_time: Some(Duration::from_millis(1500)),
+        ..Opts::default()
+    };
+    let a = spawn(cg.path(), &[server.addr], 1_000_000, &opts);
+    let b = spawn(cg.path(), &[server.addr], 1_000_000, &opts);
+    let mut got = a.wait();
+    got.extend(b.wait());
+    let admitted = got.iter().filter(|o| o.ok).count() as f64;
+    let rejected = got.iter().filter(|o| o.errno == libc::EAGAIN).count() as f64;
+    assert_eq!(admitted + rejected, got.len() as f64, "unexpected errors");
+    let first = got.iter().map(|o| o.started_ns).min().expect("connects");
+    let last = got.iter().map(|o| o.started_ns).max().expect("connects");
+    let t = (last - first) as f64 / 1e9;
+    let bound = burst + rate * t;
+    assert!(
+        rejected > admitted,
+        "not saturated: {admitted} admitted, {rejected} rejected"
+    );
+    assert!(
+        admitted <= bound + 1.0,
+        "{admitted} admitted > burst + rate*t = {bound:.1} (t = {t:.3}s)"
+    );
+    assert!(
+        admitted >= 0.95 * bound,
+        "{admitted} admitted < 95% of {bound:.1} (t = {t:.3}s)"
+    );
+    let v = d.dest("api");
+    assert_eq!(
+        v["rejected"]["rate_limit"].as_f64(),
+        Some(rejected),
+        "{v:#}"
+    );
+}
+
+#[test]
+fn bulkhead_rejects_the_extra_connect_and_frees_the_place_on_close() {
+    if !privileged("bulkhead") {
+        return;
+    }
+    let server = Server::start("127.0.0.15:0");
+    let policy = format!(
+        "[[destination]]\nname = \"db\"\nmatch = [\"{}\"]\nreject_errno = \"EAGAIN\"\n[destination.bulkhead]\nmax_concurrent = 3\n",
+        server.addr
+    );
+    let cg = Cgroup::new("bulkhead");
+    let pins = PinDir::new("bulkhead");
+    let d = Daemon::start("bulkhead", cg.path(), &pins, &policy, "2s");
+
+    let opts = Opts {
+        hold: Some(Duration::from_millis(800)),
+        ..Opts::default()
+    };
+    let holder = spawn(cg.path(), &[server.addr], 3, &opts);
+    d.wait_dest("db", |v| v["active"] == 3);
+    let extra = connect_from(cg.path(), &[server.addr], 1, SECOND);
+    assert_eq!(extra[0].errno, libc::EAGAIN, "{extra:?}");
+    assert!(holder.wait().iter().all(|o| o.ok));
+    // The holder closed its three: places are free again.
+    let v = d.wait_dest("db", |v| v["active"] == 0);
+    assert_eq!(v["active"], 0, "{v:#}");
+    assert!(connect_from(cg.path(), &[server.addr], 1, SECOND)[0].ok);
+    let v = d.dest("db");
+    assert_eq!(v["rejected"]["bulkhead"], 1, "{v:#}");
+}
+
+#[test]
+fn bulkhead_count_never_drifts() {
+    if !privileged("bulkhead_drift") {
+        return;
+    }
+    let server = Server::start("127.0.0.16:0");
+    let closed = closed_port("127.0.0.16");
+    let hole = BlackHole::start("127.0.0.16");
+    // Breaker effectively off: this test is about the count.
+    let policy = r#"
+[[destination]]
+name = "many"
+match = ["127.0.0.16"]
+[destination.bulkhead]
+max_concurrent = 10000
+[destination.breaker]
+failure_rate = 100
+minimum_calls = 100000
+window_size = 100000
+"#;
+    let cg = Cgroup::new("drift");
+    let pins = PinDir::new("drift");
+    let d = Daemon::start("drift", cg.path(), &pins, policy, "2s");
+    let opts = Opts {
+        timeout: Some(2 * SECOND),
+        ..Opts::default()
+    };
+    let quick = Opts {
+        timeout: Some(Duration::from_millis(50)),
+        ..Opts::default()
+    };
+    let runs = vec![
+        spawn(cg.path(), &[server.addr], 1500, &opts),
+        spawn(cg.path(), &[server.addr], 1500, &opts),
+        spawn(cg.path(), &[closed], 500, &opts),
+        spawn(cg.path(), &[hole.addr], 20, &quick),
+    ];
+    let got: Vec<_> = runs.into_iter().flat_map(|r| r.wait()).collect();
+    assert_eq!(got.iter().filter(|o| o.ok).count(), 3000);
+    let v = d.wait_dest("many", |v| v["active"] == 0);
+    assert_eq!(v["active"], 0, "{v:#}");
+    assert_eq!(v["attempts"], 3520, "{v:#}");
+    assert_eq!(v["failures"]["refused"], 500, "{v:#}");
+    assert_eq!(v["failures"]["timeout"], 20, "{v:#}");
+}
+
+#[test]
+fn dry_run_rejects_nothing_and_counts_what_it_would() {
+    if !privileged("dry_run") {
+        return;
+    }
+    let server = Server::start("127.0.0.17:0");
+    let policy = format!(
+        "[[destination]]\nname = \"svc\"\nmatch = [\"{}\"]\nmode = \"dry-run\"\n[destination.rate_limit]\nrate = 1\nburst = 2\n",
+        server.addr
+    );
+    let cg = Cgroup::new("dryrun");
+    let pins = PinDir::new("dryrun");
+    let d = Daemon::start("dryrun", cg.path(), &pins, &policy, "2s");
+    let got = connect_from(cg.path(), &[server.addr], 6, SECOND);
+    assert!(got.iter().all(|o| o.ok), "{got:?}");
+    assert!(d.cli(&["trip", "svc"]).0);
+    assert!(connect_from(cg.path(), &[server.addr], 3, SECOND)
+        .iter()
+        .all(|o| o.ok));
+    let v = d.wait_dest("svc", |v| v["successes"] == 9);
+    assert_eq!(v["mode"], "dry-run");
+    assert_eq!(v["would_reject"]["rate_limit"], 4, "{v:#}");
+    assert_eq!(v["would_reject"]["breaker"], 3, "{v:#}");
+    assert_eq!(
+        v["rejected"]["breaker"].as_u64().unwrap_or(99)
+            + v["rejected"]["rate_limit"].as_u64().unwrap_or(99),
+        0
+    );
+    assert_eq!(server.wait_accepted(9), 9);
+}
+
+#[test]
+fn reload_keeps_state_and_a_bad_file_keeps_the_running_policy() {
+    if !privileged("reload") {
+        return;
+    }
+    let server = Server::start("127.0.0.18:0");
+    let a = format!(
+        "[[destination]]\nname = \"a\"\nmatch = [\"{}\"]\nreject_errno = \"EHOSTUNREACH\"\n",
+        server.addr
+    );
+    let cg = Cgroup::new("reload");
+    let pins = PinDir::new("reload");
+    let d = Daemon::start("reload", cg.path(), &pins, &a, "2s");
+    assert!(connect_from(cg.path(), &[server.addr], 2, SECOND)
+        .iter()
+        .all(|o| o.ok));
+    assert!(d.cli(&["trip", "a"]).0);
+
+    let b = format!("{a}[[destination]]\nname = \"b\"\nmatch = [\"127.0.0.19:80\"]\n");
+    std::fs::write(&d.config, &b).expect("write policy");
+    let (ok, out, err) = d.cli(&["reload"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("2 destinations"), "{out}");
+    let v = d.dest("a");
+    assert_eq!(
+        (v["state"].as_str(), v["successes"].as_u64()),
+        (Some("open"), Some(2)),
+        "{v:#}"
+    );
+    assert_eq!(
+        connect_from(cg.path(), &[server.addr], 1, SECOND)[0].errno,
+        HOOK_ERRNO
+    );
+
+    std::fs::write(
+        &d.config,
+        format!("{b}[[destination]]\nname = \"c\"\nmatch = [\"10.0.0.0/33\"]\n"),
+    )
+    .expect("write");
+    let (ok, _, err) = d.cli(&["reload"]);
+    assert!(!ok);
+    let at = format!(
+        "{}:10:10: \"10.0.0.0/33\": prefix length \"33\" is not in 0..=32",
+        d.config.display()
+    );
+    assert!(err.contains(&at), "{err}");
+    // The running policy: a still open, b still there, c never was.
+    assert_eq!(d.dest("a")["state"], "open");
+    let names: Vec<String> = d.status()["destinations"]
+        .as_array()
+        .expect("destinations")
+        .iter()
+        .filter_map(|x| x["name"].as_str().map(String::from))
+        .collect();
+    assert_eq!(names, ["a", "b"]);
+    assert_eq!(
+        connect_from(cg.path(), &[server.addr], 1, SECOND)[0].errno,
+        HOOK_ERRNO
+    );
+}
