@@ -279,6 +279,81 @@ mod tests {
         assert_eq!(p.destinations[0].reject_errno, Errno(libc::ECONNREFUSED));
     }
 
+    /// A destination with `extra` appended (line 4 on).
+    fn dest(extra: &str) -> String {
+        format!("[[destination]]\nname = \"a\"\nmatch = [\"127.0.0.1:80\"]\n{extra}")
+    }
+
+    #[test]
+    fn guard_errors_name_line_and_column() {
+        let cases: &[(String, &str)] = &[
+            (dest("[destination.breaker]\nfailure_rate = 150\n"), "p.toml:5:16: failure_rate is a percentage in (0, 100], not 150"),
+            (dest("[destination.breaker]\nslow_call_rate = 0\n"), "p.toml:5:18: slow_call_rate is a percentage in (0, 100], not 0"),
+            (dest("[destination.breaker]\nwindow_size = 0\n"), "p.toml:5:15: window_size must be at least 1"),
+            (dest("[destination.breaker]\nwindow_size = -3\n"), "p.toml:5:15: invalid value: integer `-3`, expected u32"),
+            (dest("[destination.breaker]\nminimum_calls = 0\n"), "p.toml:5:17: minimum_calls must be at least 1"),
+            (dest("[destination.breaker]\nhalf_open_probes = 0\n"), "p.toml:5:20: half_open_probes must be at least 1"),
+            (dest("[destination.breaker]\nwindow = \"sliding\"\n"), "p.toml:5:10: unknown window \"sliding\"; \"count\" or \"time\""),
+            (dest("[destination.breaker]\nwindow_duration = \"10s\"\n"), "p.toml:5:19: window_duration applies to window = \"time\""),
+            (dest("[destination.breaker]\nwindow = \"time\"\nwindow_size = 10\n"), "p.toml:6:15: window_size applies to window = \"count\""),
+            (dest("[destination.breaker]\nwindow = \"time\"\nwindow_duration = \"0s\"\n"), "p.toml:6:19: window_duration must be longer than 0"),
+            (dest("[destination.breaker]\nopen_duration = \"10s\"\nopen_duration_max = \"5s\"\n"), "p.toml:6:21: open_duration_max is shorter than open_duration"),
+            (dest("[destination.breaker]\nopen_duration = \"soon\"\n"), "p.toml:5:17: duration \"soon\" does not start with a number"),
+            (dest("[destination.breaker]\nfailures = [\"refused\", \"eaten\"]\n"), "p.toml:5:24: unknown failure class \"eaten\""),
+            (dest("[destination.breaker]\nthreshold = 5\n"), "p.toml:5:1: unknown field `threshold`"),
+            (dest("[destination.rate_limit]\nrate = -5.0\n"), "p.toml:5:8: rate must be above 0 and at most 1e9 per second, not -5"),
+            (dest("[destination.rate_limit]\nrate = 0\n"), "p.toml:5:8: rate must be above 0 and at most 1e9 per second, not 0"),
+            (dest("[destination.rate_limit]\nrate = 10.0\nburst = 0\n"), "p.toml:6:9: burst must be at least 1"),
+            (dest("[destination.rate_limit]\nburst = 5\n"), "p.toml:4:1: rate_limit needs a rate (connections per second)"),
+            (dest("[destination.bulkhead]\nmax_concurrent = 0\n"), "p.toml:5:18: max_concurrent must be at least 1"),
+            (dest("[destination.bulkhead]\n"), "p.toml:4:1: bulkhead needs max_concurrent"),
+            (format!("[defaults.breaker]\nfailure_rate = 101.5\n{}", dest("")), "p.toml:2:16: failure_rate is a percentage in (0, 100], not 101.5"),
+            (format!("[defaults]\nmode = \"sometimes\"\n{}", dest("")), "p.toml:2:8: unknown mode \"sometimes\""),
+            (
+                "[[destination]]\nname = \"a\"\nmatch = [\"10.0.0.0/8\"]\n[[destination]]\nname = \"b\"\nmatch = [\"10.0.0.0/8\"]\n".to_string(),
+                "p.toml:6:10: \"10.0.0.0/8\" is already matched by destination \"a\"",
+            ),
+            (dest("match_extra = 1\n"), "p.toml:4:1: unknown field `match_extra`"),
+        ];
+        for (text, want) in cases {
+            let got = err(text);
+            assert!(got.starts_with(want), "\n{text}\ngot:  {got}\nwant: {want}");
+        }
+    }
+
+    #[test]
+    fn guards_with_defaults_overridden_key_by_key() {
+        let p = parse(
+            "[defaults.breaker]\nfailure_rate = 40\nopen_duration = \"10s\"\n[defaults.rate_limit]\nrate = 2.5\n\n[[destination]]\nname = \"a\"\nmatch = [\"127.0.0.1:80\"]\n[destination.breaker]\nopen_duration = \"1m\"\nwindow = \"time\"\nwindow_duration = \"30s\"\n[destination.bulkhead]\nmax_concurrent = 7\n",
+        )
+        .unwrap();
+        let d = &p.destinations[0];
+        assert_eq!(d.breaker.failure_rate, 40.0);
+        assert_eq!(d.breaker.open_duration, std::time::Duration::from_secs(60));
+        assert_eq!(
+            d.breaker.open_duration_max,
+            std::time::Duration::from_secs(60)
+        );
+        assert_eq!(
+            d.breaker.window,
+            super::super::Window::Time(std::time::Duration::from_secs(30))
+        );
+        assert_eq!(d.breaker.minimum_calls, 5);
+        assert_eq!(d.breaker.half_open_probes, 3);
+        assert_eq!(
+            d.rate_limit,
+            Some(super::super::RateLimit {
+                rate: 2.5,
+                burst: 3
+            })
+        );
+        assert_eq!(
+            d.bulkhead,
+            Some(super::super::Bulkhead { max_concurrent: 7 })
+        );
+        assert_eq!(d.breaker.failures, super::super::FailureClasses::default());
+    }
+
     #[test]
     fn errors_name_line_and_column() {
         let cases: &[(&str, &str)] = &[
