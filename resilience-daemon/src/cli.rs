@@ -191,50 +191,13 @@ fn init_logs(format: LogFormat) {
 }
 
 fn print_policy(policy: &Policy, json: bool) {
-    let d = &policy.daemon;
-    let dests: Vec<serde_json::Value> = policy
-        .destinations
-        .iter()
-        .map(|dest| {
-            serde_json::json!({
-                "name": dest.name,
-                "match": dest.matches.iter().map(|m| &m.text).collect::<Vec<_>>(),
-                "mode": dest.mode.as_str(),
-                "reject_errno": dest.reject_errno.name(),
-            })
-        })
-        .collect();
-    let v = serde_json::json!({
-        "daemon": {
-            "cgroup": d.cgroup.as_ref().map(|c| c.display().to_string()),
-            "socket": d.socket.display().to_string(),
-            "pin_dir": d.pin_dir.display().to_string(),
-            "lease_ms": d.lease.as_millis() as u64,
-        },
-        "destinations": dests,
-    });
     if json {
-        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
-    } else {
         println!(
-            "daemon: cgroup={} socket={} pin_dir={} lease={:?}",
-            d.cgroup
-                .as_ref()
-                .map_or("<cgroup2 root>".into(), |c| c.display().to_string()),
-            d.socket.display(),
-            d.pin_dir.display(),
-            d.lease
+            "{}",
+            serde_json::to_string_pretty(&config::to_json(policy)).unwrap_or_default()
         );
-        for dest in &policy.destinations {
-            let m: Vec<&str> = dest.matches.iter().map(|m| m.text.as_str()).collect();
-            println!(
-                "{}: mode={} reject_errno={} match=[{}]",
-                dest.name,
-                dest.mode.as_str(),
-                dest.reject_errno.name(),
-                m.join(", ")
-            );
-        }
+    } else {
+        print!("{}", config::to_text(policy));
     }
 }
 

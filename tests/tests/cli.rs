@@ -46,3 +46,17 @@ fn the_default_policy_is_valid() {
     let (ok, _, stderr) = check(text);
     assert!(ok, "{stderr}");
 }
+
+#[test]
+fn the_example_policies_are_valid() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/examples");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).expect("config/examples") {
+        let path = entry.expect("entry").path();
+        let (ok, stdout, stderr) = check(&std::fs::read_to_string(&path).expect("read"));
+        assert!(ok, "{}: {stderr}", path.display());
+        assert!(stdout.contains("breaker: window="), "{stdout}");
+        n += 1;
+    }
+    assert!(n >= 3, "expected the three example policies, found {n}");
+}

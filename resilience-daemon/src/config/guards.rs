@@ -25,6 +25,21 @@ pub struct FailureClasses {
     pub reset: bool,
 }
 
+impl FailureClasses {
+    /// The classes counted, by name.
+    pub fn names(&self) -> Vec<&'static str> {
+        [
+            (self.refused, "refused"),
+            (self.timeout, "timeout"),
+            (self.unreachable, "unreachable"),
+            (self.reset, "reset"),
+        ]
+        .into_iter()
+        .filter_map(|(on, n)| on.then_some(n))
+        .collect()
+    }
+}
+
 impl Default for FailureClasses {
     /// A reset after the connect succeeded is the application protocol's business by default.
     fn default() -> Self {

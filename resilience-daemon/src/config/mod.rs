@@ -5,6 +5,7 @@ mod errno;
 mod guards;
 mod matcher;
 mod parse;
+mod show;
 
 pub use duration::parse_duration;
 pub use errno::Errno;
@@ -13,6 +14,7 @@ pub use guards::FailureClasses;
 pub use guards::{BreakerConfig, Bulkhead, RateLimit, Window};
 pub use matcher::{Match, MatchKind};
 pub use parse::{load_file, parse_str};
+pub use show::{to_json, to_text};
 
 use std::{path::PathBuf, time::Duration};
 

@@ -1,0 +1,105 @@
+//! The effective policy, as `resilience check` prints it.
+
+use serde_json::{json, Value};
+
+use super::{BreakerConfig, Destination, Policy, Window};
+
+fn window(w: Window) -> String {
+    match w {
+        Window::Count(n) => format!("count({n})"),
+        Window::Time(d) => format!("time({}s)", d.as_secs()),
+    }
+}
+
+fn breaker_json(b: &BreakerConfig) -> Value {
+    json!({
+        "window": window(b.window),
+        "minimum_calls": b.minimum_calls,
+        "failure_rate": b.failure_rate,
+        "slow_call_duration_ms": b.slow_call_duration.as_millis() as u64,
+        "slow_call_rate": b.slow_call_rate,
+        "consecutive_failures": b.consecutive_failures,
+        "open_duration_ms": b.open_duration.as_millis() as u64,
+        "open_duration_max_ms": b.open_duration_max.as_millis() as u64,
+        "half_open_probes": b.half_open_probes,
+        "failures": b.failures.names(),
+    })
+}
+
+fn destination_json(d: &Destination) -> Value {
+    json!({
+        "name": d.name,
+        "match": d.matches.iter().map(|m| &m.text).collect::<Vec<_>>(),
+        "mode": d.mode.as_str(),
+        "reject_errno": d.reject_errno.name(),
+        "breaker": breaker_json(&d.breaker),
+        "rate_limit": d.rate_limit.map(|r| json!({"rate": r.rate, "burst": r.burst})),
+        "bulkhead": d.bulkhead.map(|b| json!({"max_concurrent": b.max_concurrent})),
+    })
+}
+
+pub fn to_json(policy: &Policy) -> Value {
+    let d = &policy.daemon;
+    json!({
+        "daemon": {
+            "cgroup": d.cgroup.as_ref().map(|c| c.display().to_string()),
+            "socket": d.socket.display().to_string(),
+            "pin_dir": d.pin_dir.display().to_string(),
+            "lease_ms": d.lease.as_millis() as u64,
+        },
+        "destinations": policy.destinations.iter().map(destination_json).collect::<Vec<_>>(),
+    })
+}
+
+pub fn to_text(policy: &Policy) -> String {
+    use std::fmt::Write;
+    let d = &policy.daemon;
+    let mut out = String::new();
+    let cgroup = d
+        .cgroup
+        .as_ref()
+        .map_or("<cgroup2 root>".into(), |c| c.display().to_string());
+    let _ = writeln!(
+        out,
+        "daemon: cgroup={cgroup} socket={} pin_dir={} lease={:?}",
+        d.socket.display(),
+        d.pin_dir.display(),
+        d.lease
+    );
+    for dest in &policy.destinations {
+        let m: Vec<&str> = dest.matches.iter().map(|m| m.text.as_str()).collect();
+        let _ = writeln!(
+            out,
+            "{}: mode={} reject_errno={} match=[{}]",
+            dest.name,
+            dest.mode.as_str(),
+            dest.reject_errno.name(),
+            m.join(", ")
+        );
+        let b = &dest.breaker;
+        let streak = match b.consecutive_failures {
+            0 => "off".to_string(),
+            n => n.to_string(),
+        };
+        let _ = writeln!(
+            out,
+            "  breaker: window={} minimum_calls={} failure_rate={}% slow_call={}% >= {:?} consecutive_failures={streak} open={:?}..{:?} half_open_probes={} failures={}",
+            window(b.window),
+            b.minimum_calls,
+            b.failure_rate,
+            b.slow_call_rate,
+            b.slow_call_duration,
+            b.open_duration,
+            b.open_duration_max,
+            b.half_open_probes,
+            b.failures.names().join(",")
+        );
+        if let Some(r) = dest.rate_limit {
+            let _ = writeln!(out, "  rate_limit: {}/s burst {}", r.rate, r.burst);
+        }
+        if let Some(k) = dest.bulkhead {
+            let _ = writeln!(out, "  bulkhead: max_concurrent {}", k.max_concurrent);
+        }
+    }
+    out
+}
