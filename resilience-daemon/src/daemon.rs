@@ -50,6 +50,15 @@ const EVENTS_KEPT: usize = 1000;
 const TICK: Duration = Duration::from_millis(50);
 /// How often DNS names are resolved again.
 const RESOLVE_EVERY: Duration = Duration::from_secs(30);
+/// How often the policy file is checked for changes.
+const WATCH_EVERY: Duration = Duration::from_secs(1);
+
+/// What tells a changed file: modification time, size and inode.
+fn file_stamp(path: &std::path::Path) -> Option<(std::time::SystemTime, u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len(), m.ino()))
+}
 
 pub async fn run(opts: RunOptions) -> Result<()> {
     let settings = opts.policy.daemon.clone();
@@ -87,6 +96,8 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let mut heartbeat = tokio::time::interval(settings.lease / 4);
     let mut tick = tokio::time::interval(TICK);
     let mut resolve = tokio::time::interval(RESOLVE_EVERY);
+    let mut watch = tokio::time::interval(WATCH_EVERY);
+    let mut stamp = opts.config.as_deref().and_then(file_stamp);
     resolve.tick().await;
     let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
@@ -117,6 +128,16 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                     if let Some(t) = state.dests[i].breaker.on_tick(now) {
                         transition(&mut state, i, t);
                     }
+                }
+            }
+            // Polling rather than inotify: it also sees an editor's rename-over and a config
+            // management tool's replace, and costs one stat per second.
+            _ = watch.tick() => {
+                let now = opts.config.as_deref().and_then(file_stamp);
+                if now.is_some() && now != stamp {
+                    stamp = now;
+                    tracing::info!("policy file changed");
+                    let _ = reload(&mut state, opts.config.as_deref());
                 }
             }
             _ = resolve.tick() => {

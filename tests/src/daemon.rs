@@ -194,6 +194,25 @@ impl Daemon {
         self.wait_dest_for(name, Duration::from_secs(5), pred)
     }
 
+    /// Wait until the snapshot has destination `name` (after a reload).
+    pub fn wait_dest_for_existence(&self, name: &str, within: Duration) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let s = self.status();
+            if let Some(d) = s["destinations"]
+                .as_array()
+                .and_then(|a| a.iter().find(|d| d["name"] == name))
+            {
+                return d.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no destination {name:?} after {within:?}: {s:#}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn wait_dest_for(
         &self,
         name: &str,

@@ -450,3 +450,26 @@ fn reload_keeps_state_and_a_bad_file_keeps_the_running_policy() {
         HOOK_ERRNO
     );
 }
+
+#[test]
+fn a_changed_policy_file_is_reloaded_without_a_signal() {
+    if !privileged("file_watch") {
+        return;
+    }
+    let server = Server::start("127.0.0.20:0");
+    let cg = Cgroup::new("watch");
+    let pins = PinDir::new("watch");
+    let d = Daemon::start("watch", cg.path(), &pins, "", "2s");
+    assert!(connect_from(cg.path(), &[server.addr], 1, SECOND)[0].ok);
+    let policy = format!(
+        "[[destination]]\nname = \"w\"\nmatch = [\"{}\"]\nmode = \"forced-open\"\n",
+        server.addr
+    );
+    std::fs::write(&d.config, policy).expect("write policy");
+    let v = d.wait_dest_for_existence("w", Duration::from_secs(5));
+    assert_eq!(v["mode"], "forced-open");
+    assert_eq!(
+        connect_from(cg.path(), &[server.addr], 1, SECOND)[0].errno,
+        libc::ECONNREFUSED
+    );
+}
