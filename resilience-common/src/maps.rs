@@ -32,7 +32,8 @@ pub const CONTROL: &str = "CONTROL";
 pub const STATS: &str = "STATS";
 
 pub const MAX_SLOTS: u32 = 16384;
-pub const MAX_EXACT: u32 = 65536;
+/// Exact ip:port keys (not preallocated: memory follows use).
+pub const MAX_EXACT: u32 = 262144;
 pub const MAX_CIDR: u32 = 65536;
 pub const MAX_OBSERVED: u32 = 16384;
 pub const MAX_CONNS: u32 = 65536;

@@ -13,7 +13,7 @@ use resilience_common::{
 // Pinned (by name, under the daemon's pin directory): a restarted daemon finds the same
 // policies, counters and connections.
 #[map]
-pub static EXACT: HashMap<Endpoint, u32> = HashMap::pinned(MAX_EXACT, 0);
+pub static EXACT: HashMap<Endpoint, u32> = HashMap::pinned(MAX_EXACT, BPF_F_NO_PREALLOC);
 #[map]
 pub static CIDR: LpmTrie<CidrData, u32> = LpmTrie::pinned(MAX_CIDR, 0);
 #[map]
@@ -42,6 +42,7 @@ pub static CONTROL: Array<Control> = Array::pinned(1, 0);
 #[map]
 pub static STATS: PerCpuArray<Stats> = PerCpuArray::pinned(1, 0);
 
+const BPF_F_NO_PREALLOC: u32 = 1 << 0;
 const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
 
 // Not pinned: each daemon reads the records produced while it runs.

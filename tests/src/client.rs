@@ -21,6 +21,8 @@ pub struct Opts {
     /// Keep successful connections open this long after the last connect.
     pub hold: Option<Duration>,
     pub raw: bool,
+    /// Start connects this far apart.
+    pub interval: Option<Duration>,
 }
 
 pub fn connector_bin() -> std::path::PathBuf {
@@ -77,6 +79,9 @@ pub fn spawn(cgroup: &Path, addrs: &[SocketAddr], count: u32, opts: &Opts) -> Ru
     }
     if let Some(t) = opts.for_time {
         cmd.args(["--for-ms", &t.as_millis().to_string()]);
+    }
+    if let Some(i) = opts.interval {
+        cmd.args(["--interval-us", &i.as_micros().to_string()]);
     }
     if let Some(h) = opts.hold {
         cmd.args(["--hold-ms", &h.as_millis().to_string()]);

@@ -32,7 +32,7 @@ impl Kernel {
         features::check()?;
         fs::check_cgroup2(&opts.cgroup)?;
         fs::ensure_pin_dir(&opts.pin_dir)?;
-        tables::check_pinned_layout(&opts.pin_dir)?;
+        tables::check_pinned_layout(&opts.pin_dir, OBJECT)?;
 
         let sk_err = Btf::from_sys_fs()?.member_offset("sock", "sk_err")?;
         let mut ebpf = EbpfLoader::new()

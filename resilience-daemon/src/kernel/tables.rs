@@ -8,8 +8,7 @@ use aya::maps::{
     Array, HashMap, Map, MapData, PerCpuArray,
 };
 use resilience_common::{
-    maps::{self, LAYOUT},
-    Bucket, CidrData, Control, DestCounters, DestPolicy, Endpoint, Stats,
+    maps, Bucket, CidrData, Control, DestCounters, DestPolicy, Endpoint, Stats,
 };
 
 pub struct Tables {
@@ -164,10 +163,11 @@ impl Tables {
     }
 }
 
-/// Refuse to reuse pinned maps whose layout differs from this build's: loading would succeed and
-/// then every read would be garbage.
-pub fn check_pinned_layout(pin_dir: &Path) -> Result<()> {
-    for &(name, key, value) in LAYOUT {
+/// Refuse to reuse pinned maps that differ from this build's (left by another version): loading
+/// would succeed and then every read would be garbage, or a map would keep an old size.
+pub fn check_pinned_layout(pin_dir: &Path, object: &[u8]) -> Result<()> {
+    let obj = aya_obj::Object::parse(object).context("parsing the eBPF object")?;
+    for (name, def) in &obj.maps {
         let path = pin_dir.join(name);
         if !path.exists() {
             continue;
@@ -177,13 +177,24 @@ pub fn check_pinned_layout(pin_dir: &Path) -> Result<()> {
         let info = data
             .info()
             .with_context(|| format!("map {}", path.display()))?;
-        if info.key_size() as usize != key || info.value_size() as usize != value {
+        let pinned = (
+            info.key_size(),
+            info.value_size(),
+            info.max_entries(),
+            info.map_flags(),
+        );
+        let built = (
+            def.key_size(),
+            def.value_size(),
+            def.max_entries(),
+            def.map_flags(),
+        );
+        if pinned != built {
             anyhow::bail!(
-                "pinned map {} has key/value size {}/{} but this build uses {key}/{value}; \
-                 it was left by another version: remove {} (its counters are lost) and restart",
+                "pinned map {} has (key, value, entries, flags) {pinned:?} but this build uses \
+                 {built:?}; it was left by another version: remove {} (its counters are lost) \
+                 and restart",
                 path.display(),
-                info.key_size(),
-                info.value_size(),
                 pin_dir.display()
             );
         }

@@ -23,6 +23,9 @@ struct Args {
     /// Keep connecting to each address for this long (bounded by --count too).
     #[arg(long)]
     for_ms: Option<u64>,
+    /// Start connects this far apart (paced load), instead of back to back.
+    #[arg(long)]
+    interval_us: Option<u64>,
     /// Keep the connections that succeeded open this long after the last connect, then close.
     #[arg(long, default_value_t = 0)]
     hold_ms: u64,
