@@ -42,8 +42,9 @@ pub struct DestPolicy {
     /// Token bucket refill: one token per this many nanoseconds (rounded up, so the rate is
     /// never exceeded).
     pub ns_per_token: u64,
-    /// Token bucket size.
-    pub burst: u64,
+    /// Token bucket as GCRA: `(burst - 1) * ns_per_token`, how far ahead of now the next
+    /// conforming time may be (computed by the daemon, saturating).
+    pub tolerance_ns: u64,
     /// A success that took at least this long is slow (0: no slow-call detection).
     pub slow_ns: u64,
     /// Changes when the slot changes owner: a connection admitted under another generation
@@ -52,20 +53,20 @@ pub struct DestPolicy {
     pub _pad: u32,
 }
 
-/// Token bucket state, updated by the hook with atomic adds only.
+/// Token bucket state: GCRA, the token bucket kept as one timestamp.
 ///
-/// Why this design: tokens granted since `base_ns` are `burst + (now - base_ns) / ns_per_token`;
-/// each connect reserves one with a fetch-and-add on `taken` and keeps it only if its ticket is
-/// below the grant, else hands it back. Reservations are totally ordered by the atomic, so no
-/// two CPUs can both take the last token, and the grant is monotonic in time: never more than
-/// `burst + rate * t` admitted in any interval `t`. Idle time would let the grant run ahead of
-/// `taken` by more than `burst`; the hook pulls `taken` up first (a racing double pull-up only
-/// admits less, never more). No locks, no CAS loops, no refill timer.
+/// Why this design: `tat_ns` is the theoretical arrival time of the next conforming connect.
+/// A connect at `now` conforms if `tat_ns - now <= (burst - 1) * T` (T = `ns_per_token`); it
+/// then moves `tat_ns` to `max(tat_ns, now) + T` with one compare-and-swap. One word holds the
+/// whole state, so the update is atomic across CPUs without a lock, there is no refill timer
+/// and no rounding of partial tokens: at most `burst + floor(t / T)` connects conform in any
+/// interval `t`, which is the bucket's `burst + rate * t`. A CPU that loses the swap retries
+/// with the value it found (a few times, then refuses: never more, sometimes less).
 #[repr(C)]
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
 pub struct Bucket {
-    pub base_ns: u64,
-    pub taken: u64,
+    pub tat_ns: u64,
+    pub _pad: u64,
 }
 
 /// Counters for one destination. The kernel adds to them atomically; the daemon only reads.

@@ -72,13 +72,11 @@ pub fn apply(
         let rate_changed = before.is_none_or(|b| b.dest.rate_limit != dest.rate_limit);
         if dest.rate_limit.is_some() && (rate_changed || fresh) {
             // A full bucket from now on.
-            tables.set_bucket(
-                slot,
-                Bucket {
-                    base_ns: monotonic_ns(),
-                    taken: 0,
-                },
-            )?;
+            let full = Bucket {
+                tat_ns: monotonic_ns(),
+                _pad: 0,
+            };
+            tables.set_bucket(slot, full)?;
         }
         publish(tables, slot, dest, gen, verdict(dest))?;
         let mut resolved = Vec::new();
@@ -183,11 +181,12 @@ pub fn kernel_policy(dest: &Destination, action: u32, generation: u32) -> DestPo
     if dest.mode == Mode::DryRun {
         flags |= FLAG_DRY_RUN;
     }
-    let (ns_per_token, burst) = match dest.rate_limit {
+    let (ns_per_token, tolerance_ns) = match dest.rate_limit {
         Some(r) => {
             flags |= FLAG_RATE_LIMIT;
             // Rounded up: the bucket never refills faster than the configured rate.
-            ((1e9 / r.rate).ceil().max(1.0) as u64, u64::from(r.burst))
+            let t = (1e9 / r.rate).ceil().max(1.0) as u64;
+            (t, u64::from(r.burst - 1).saturating_mul(t))
         }
         None => (0, 0),
     };
@@ -209,18 +208,22 @@ pub fn kernel_policy(dest: &Destination, action: u32, generation: u32) -> DestPo
         max_concurrent,
         name_id: slots::name_id(&dest.name),
         ns_per_token,
-        burst,
+        tolerance_ns,
         slow_ns,
         generation,
         _pad: 0,
     }
 }
 
-/// Tokens left in a bucket now, as the hook would compute them.
+/// Whole tokens left in a bucket now: connects that would conform back to back.
 pub fn tokens_left(policy: &DestPolicy, b: &Bucket, now_ns: u64) -> u64 {
-    let npt = policy.ns_per_token.max(1);
-    let granted = policy.burst + now_ns.saturating_sub(b.base_ns) / npt;
-    granted.saturating_sub(b.taken).min(policy.burst)
+    let t = policy.ns_per_token.max(1);
+    // Conforms while tat - now <= tolerance; each connect adds t.
+    let ahead = b.tat_ns.saturating_sub(now_ns);
+    if ahead > policy.tolerance_ns {
+        return 0;
+    }
+    (policy.tolerance_ns - ahead) / t + 1
 }
 
 /// Addresses of a DNS name through the system resolver; none (and a warning) if it fails.
@@ -247,22 +250,28 @@ mod tests {
 
     #[test]
     fn tokens_left_matches_the_hook() {
+        // burst 5, one token per 100 ns: tolerance 400 ns.
         let p = DestPolicy {
             ns_per_token: 100,
-            burst: 5,
+            tolerance_ns: 400,
             ..DestPolicy::default()
         };
+        // Idle: full.
+        assert_eq!(tokens_left(&p, &Bucket { tat_ns: 0, _pad: 0 }, 10_000), 5);
+        // Three taken at t = 1000: tat = 1300.
         let b = Bucket {
-            base_ns: 1000,
-            taken: 3,
+            tat_ns: 1300,
+            _pad: 0,
         };
         assert_eq!(tokens_left(&p, &b, 1000), 2);
         assert_eq!(tokens_left(&p, &b, 1100), 3);
-        assert_eq!(tokens_left(&p, &b, 100_000), 5);
+        assert_eq!(tokens_left(&p, &b, 1300), 5);
+        // Five taken: none left until one interval has passed.
         let b = Bucket {
-            base_ns: 1000,
-            taken: 9,
+            tat_ns: 1500,
+            _pad: 0,
         };
         assert_eq!(tokens_left(&p, &b, 1000), 0);
+        assert_eq!(tokens_left(&p, &b, 1100), 1);
     }
 }

@@ -2,7 +2,7 @@
 //! compile to BPF atomic instructions (BPF_ADD, with BPF_FETCH when the old value is used,
 //! which needs ISA v3: see build.rs).
 
-use core::intrinsics::{atomic_xadd, AtomicOrdering};
+use core::intrinsics::{atomic_cxchg, atomic_xadd, AtomicOrdering};
 
 #[inline(always)]
 pub fn add(p: *mut u64, v: u64) {
@@ -17,4 +17,14 @@ pub fn add(p: *mut u64, v: u64) {
 pub fn fetch_add(p: *mut u64, v: u64) -> u64 {
     // SAFETY: as above.
     unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(p, v) }
+}
+
+/// Compare-and-swap (BPF_CMPXCHG): stores `new` if `*p == old`; returns whether it did, and
+/// the value found.
+#[inline(always)]
+pub fn cas(p: *mut u64, old: u64, new: u64) -> (u64, bool) {
+    // SAFETY: as above.
+    unsafe {
+        atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(p, old, new)
+    }
 }

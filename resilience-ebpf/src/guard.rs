@@ -19,7 +19,7 @@ use resilience_common::{
 };
 
 use crate::{
-    atomic::{add, fetch_add},
+    atomic::{add, cas, fetch_add},
     maps::{
         stats, ACTIVE, BUCKETS, CIDR, CONNS, CONTROL, COUNTERS, EXACT, OBSERVED, POLICY, PROBES,
     },
@@ -114,26 +114,33 @@ fn admit(slot: u32, policy: &DestPolicy, now: u64, flags: &mut u32) -> Option<us
     None
 }
 
-/// See `resilience_common::Bucket` for why this is exact.
+/// GCRA (the token bucket as one timestamp): see `resilience_common::Bucket` for why this is
+/// exact.
 #[inline(always)]
 fn take_token(b: *mut Bucket, policy: &DestPolicy, now: u64) -> bool {
-    let npt = if policy.ns_per_token == 0 {
+    let t = if policy.ns_per_token == 0 {
         1
     } else {
         policy.ns_per_token
     };
+    // Up to `burst - 1` emission intervals early is within the bucket.
+    let tolerance = policy.tolerance_ns;
     // SAFETY: pointer into an array map value.
-    let base = unsafe { (*b).base_ns };
-    let granted = policy.burst + now.saturating_sub(base) / npt;
-    let taken_p = unsafe { &raw mut (*b).taken };
-    let taken = unsafe { core::ptr::read_volatile(taken_p) };
-    if granted > taken + policy.burst {
-        add(taken_p, granted - policy.burst - taken);
+    let tat_p = unsafe { &raw mut (*b).tat_ns };
+    let mut tat = unsafe { core::ptr::read_volatile(tat_p) };
+    // Bounded retries: under a storm of CPUs racing for the same bucket, the loser of the
+    // fourth race is refused, which only ever admits less.
+    for _ in 0..4 {
+        let start = if tat > now { tat } else { now };
+        if start - now > tolerance {
+            return false;
+        }
+        let (found, swapped) = cas(tat_p, tat, start + t);
+        if swapped {
+            return true;
+        }
+        tat = found;
     }
-    if fetch_add(taken_p, 1) < granted {
-        return true;
-    }
-    add(taken_p, MINUS_ONE);
     false
 }
 
