@@ -13,6 +13,10 @@ pub const FLAG_DRY_RUN: u32 = 1 << 0;
 pub const FLAG_RATE_LIMIT: u32 = 1 << 1;
 /// Apply the bulkhead (`max_concurrent`).
 pub const FLAG_BULKHEAD: u32 = 1 << 2;
+/// Connect failures that count toward the trip fuse's streak.
+pub const FLAG_COUNT_REFUSED: u32 = 1 << 3;
+pub const FLAG_COUNT_TIMEOUT: u32 = 1 << 4;
+pub const FLAG_COUNT_UNREACHABLE: u32 = 1 << 5;
 
 /// Index of a rejection reason in `DestCounters::rejected`.
 pub const REJECT_BREAKER: usize = 0;
@@ -50,7 +54,10 @@ pub struct DestPolicy {
     /// Changes when the slot changes owner: a connection admitted under another generation
     /// gives nothing back to this one.
     pub generation: u32,
-    pub _pad: u32,
+    /// Trip fuse: with the action ALLOW, reject (as an open breaker) once `STREAKS[slot]`
+    /// consecutive counted failures reach this; 0 = no fuse. Set by the daemon's breaker so that
+    /// the kernel trips on the very failure that crosses the threshold.
+    pub trip_after: u32,
 }
 
 /// Token bucket state: GCRA, the token bucket kept as one timestamp.

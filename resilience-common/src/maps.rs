@@ -20,6 +20,8 @@ pub const ACTIVE: &str = "ACTIVE";
 pub const PROBES: &str = "PROBES";
 /// slot -> token bucket.
 pub const BUCKETS: &str = "BUCKETS";
+/// slot -> consecutive counted connect failures since the last success (the trip fuse).
+pub const STREAKS: &str = "STREAKS";
 /// Endpoint no policy names -> counters (LRU).
 pub const OBSERVED: &str = "OBSERVED";
 /// Socket cookie -> connection in flight or established (LRU).
@@ -56,6 +58,7 @@ pub const LAYOUT: &[(&str, usize, usize)] = &[
     (ACTIVE, size_of::<u32>(), size_of::<u64>()),
     (PROBES, size_of::<u32>(), size_of::<u64>()),
     (BUCKETS, size_of::<u32>(), size_of::<Bucket>()),
+    (STREAKS, size_of::<u32>(), size_of::<u64>()),
     (OBSERVED, size_of::<Endpoint>(), size_of::<DestCounters>()),
     (CONNS, size_of::<u64>(), size_of::<ConnTrack>()),
     (CONTROL, size_of::<u32>(), size_of::<Control>()),

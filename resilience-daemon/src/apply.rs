@@ -11,7 +11,8 @@ use aya::maps::lpm_trie::Key;
 use resilience_common::{
     control::{LOOKUP_CIDR_ANY, LOOKUP_CIDR_PORT, LOOKUP_EXACT},
     dest::{
-        ACTION_ALLOW, ACTION_PROBE, ACTION_REJECT, FLAG_BULKHEAD, FLAG_DRY_RUN, FLAG_RATE_LIMIT,
+        ACTION_ALLOW, ACTION_PROBE, ACTION_REJECT, FLAG_BULKHEAD, FLAG_COUNT_REFUSED,
+        FLAG_COUNT_TIMEOUT, FLAG_COUNT_UNREACHABLE, FLAG_DRY_RUN, FLAG_RATE_LIMIT,
     },
     maps::MAX_SLOTS,
     Bucket, CidrData, DestPolicy, Endpoint,
@@ -19,7 +20,7 @@ use resilience_common::{
 
 use crate::{
     config::{Destination, MatchKind, Mode, Policy},
-    engine::Verdict,
+    engine::{KernelVerdict, Verdict},
     kernel::{monotonic_ns, Tables},
     slots,
 };
@@ -39,7 +40,7 @@ pub fn apply(
     tables: &mut Tables,
     policy: &Policy,
     previous: &[Applied],
-    verdict: impl Fn(&Destination) -> Verdict,
+    mut verdict: impl FnMut(&Destination) -> KernelVerdict,
 ) -> Result<Vec<Applied>> {
     let mut taken = Vec::new();
     let mut generation = HashMap::new();
@@ -161,9 +162,9 @@ pub fn publish(
     slot: u32,
     dest: &Destination,
     generation: u32,
-    v: Verdict,
+    kv: KernelVerdict,
 ) -> Result<()> {
-    let action = match v {
+    let action = match kv.verdict {
         Verdict::Allow => ACTION_ALLOW,
         Verdict::Reject => ACTION_REJECT,
         Verdict::Probe(n) => {
@@ -173,13 +174,25 @@ pub fn publish(
             ACTION_PROBE
         }
     };
-    tables.set_policy(slot, kernel_policy(dest, action, generation))
+    let mut p = kernel_policy(dest, action, generation);
+    p.trip_after = kv.trip_after;
+    tables.set_policy(slot, p)
 }
 
 pub fn kernel_policy(dest: &Destination, action: u32, generation: u32) -> DestPolicy {
     let mut flags = 0;
     if dest.mode == Mode::DryRun {
         flags |= FLAG_DRY_RUN;
+    }
+    let f = dest.breaker.failures;
+    for (on, flag) in [
+        (f.refused, FLAG_COUNT_REFUSED),
+        (f.timeout, FLAG_COUNT_TIMEOUT),
+        (f.unreachable, FLAG_COUNT_UNREACHABLE),
+    ] {
+        if on {
+            flags |= flag;
+        }
     }
     let (ns_per_token, tolerance_ns) = match dest.rate_limit {
         Some(r) => {
@@ -211,7 +224,7 @@ pub fn kernel_policy(dest: &Destination, action: u32, generation: u32) -> DestPo
         tolerance_ns,
         slow_ns,
         generation,
-        _pad: 0,
+        trip_after: 0,
     }
 }
 

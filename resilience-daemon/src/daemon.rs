@@ -15,7 +15,7 @@ use crate::{
     apply::{self, apply, Applied},
     config::{self, Destination, Policy},
     control::{self, Command},
-    engine::{Breaker, Outcome, Transition, XorShift},
+    engine::{Breaker, KernelVerdict, Outcome, Transition, XorShift},
     kernel::{monotonic_ns, Kernel, LoadOptions},
     latency::Samples,
     snapshot::{self, EventRecord, Snapshot},
@@ -32,6 +32,8 @@ pub struct Running {
     pub breaker: Breaker,
     pub samples: Samples,
     pub generation: u32,
+    /// The trip fuse last published.
+    pub trip_after: u32,
 }
 
 pub struct State {
@@ -128,6 +130,13 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                     if let Some(t) = state.dests[i].breaker.on_tick(now) {
                         transition(&mut state, i, t);
                     }
+                    // A time window's failures expire with the clock: so does its fuse.
+                    let timed = matches!(state.dests[i].applied.dest.breaker.window, config::Window::Time(_));
+                    if timed {
+                        if let Err(e) = refresh_fuse(&mut state, i) {
+                            tracing::error!(error = %format!("{e:#}"), "cannot move a trip fuse");
+                        }
+                    }
                 }
             }
             // Polling rather than inotify: it also sees an editor's rename-over and a config
@@ -213,27 +222,43 @@ fn install(state: &mut State, policy: &Policy) -> Result<()> {
         })
         .collect();
     let previous: Vec<Applied> = kept.values().map(|r| r.applied.clone()).collect();
-    let applied = apply(&mut state.kernel.tables, policy, &previous, |d| {
-        breakers
-            .get(&d.name)
-            .map_or(crate::engine::Verdict::Allow, Breaker::verdict)
-    })?;
     let mut breakers = breakers;
+    let mut fuses: HashMap<String, u32> = HashMap::new();
+    let applied = apply(&mut state.kernel.tables, policy, &previous, |d| {
+        let kv = breakers.get_mut(&d.name).map_or(
+            KernelVerdict {
+                verdict: crate::engine::Verdict::Allow,
+                trip_after: 0,
+            },
+            |b| b.kernel_verdict(now),
+        );
+        fuses.insert(d.name.clone(), kv.trip_after);
+        kv
+    })?;
     for a in applied {
         let generation = state.kernel.tables.policy(a.slot)?.generation;
         let old = kept.remove(&a.dest.name);
         let breaker = breakers
             .remove(&a.dest.name)
             .unwrap_or_else(|| Breaker::new(a.dest.breaker.clone(), a.dest.mode, now));
+        let kept_breaker = old
+            .as_ref()
+            .is_some_and(|o| o.applied.slot == a.slot && o.applied.dest == a.dest);
         let samples = old
             .filter(|o| o.applied.slot == a.slot)
             .map(|o| o.samples)
             .unwrap_or_default();
+        let trip_after = fuses.get(&a.dest.name).copied().unwrap_or(0);
+        if !kept_breaker {
+            // A new breaker starts with no streak; the kernel's must match it.
+            state.kernel.tables.reset_streak(a.slot)?;
+        }
         state.dests.push(Running {
             applied: a,
             breaker,
             samples,
             generation,
+            trip_after,
         });
     }
     state.by_slot = state
@@ -316,11 +341,15 @@ fn drain(state: &mut State, ring: &mut aya::maps::RingBuf<aya::maps::MapData>) {
             records.push(ev);
         }
     }
+    let mut touched = Vec::new();
     for ev in records {
         state.outcome_records += 1;
         let Some(&i) = state.by_slot.get(&ev.slot) else {
             continue;
         };
+        if !touched.contains(&i) {
+            touched.push(i);
+        }
         let probe = ev.flags & conn::TRACK_PROBE != 0;
         let d = &mut state.dests[i];
         let f = d.applied.dest.breaker.failures;
@@ -358,19 +387,23 @@ fn drain(state: &mut State, ring: &mut aya::maps::RingBuf<aya::maps::MapData>) {
             transition(state, i, t);
         }
     }
+    for i in touched {
+        if let Err(e) = refresh_fuse(state, i) {
+            tracing::error!(error = %format!("{e:#}"), "cannot move a trip fuse");
+        }
+    }
 }
 
 /// Publish a breaker's new verdict and record why.
 fn transition(state: &mut State, i: usize, t: Transition) {
-    let d = &state.dests[i];
-    let name = d.applied.dest.name.clone();
-    let result = apply::publish(
-        &mut state.kernel.tables,
-        d.applied.slot,
-        &d.applied.dest,
-        d.generation,
-        d.breaker.verdict(),
-    );
+    let name = state.dests[i].applied.dest.name.clone();
+    // A new state starts a new streak: an old one must not trip a breaker that just closed.
+    let slot = state.dests[i].applied.slot;
+    let result = state
+        .kernel
+        .tables
+        .reset_streak(slot)
+        .and_then(|()| publish_verdict(state, i));
     if let Err(e) = result {
         tracing::error!(destination = %name, error = %format!("{e:#}"), "cannot publish verdict");
     }
@@ -381,6 +414,42 @@ fn transition(state: &mut State, i: usize, t: Transition) {
         t.reason
     );
     push_event(state, EventRecord::transition(&name, &t));
+}
+
+/// Publish destination `i`'s verdict and trip fuse.
+fn publish_verdict(state: &mut State, i: usize) -> Result<()> {
+    let now = monotonic_ns();
+    let d = &mut state.dests[i];
+    let kv = d.breaker.kernel_verdict(now);
+    d.trip_after = kv.trip_after;
+    apply::publish(
+        &mut state.kernel.tables,
+        d.applied.slot,
+        &d.applied.dest,
+        d.generation,
+        kv,
+    )
+}
+
+/// After records for destination `i` were read: move its trip fuse, and undo a kernel trip the
+/// breaker does not agree with (a time window's old failures expired under a stale fuse).
+fn refresh_fuse(state: &mut State, i: usize) -> Result<()> {
+    let now = monotonic_ns();
+    let d = &mut state.dests[i];
+    let kv = d.breaker.kernel_verdict(now);
+    let closed = kv.verdict == crate::engine::Verdict::Allow;
+    if closed && d.trip_after != 0 {
+        // Every failure the kernel counted has its record read by now (records go first).
+        let slot = d.applied.slot;
+        if state.kernel.tables.streak(slot)? >= u64::from(d.trip_after) {
+            tracing::debug!(destination = %d.applied.dest.name, "stale trip fuse undone");
+            state.kernel.tables.reset_streak(slot)?;
+        }
+    }
+    if kv.trip_after != state.dests[i].trip_after {
+        publish_verdict(state, i)?;
+    }
+    Ok(())
 }
 
 fn push_event(state: &mut State, e: EventRecord) {

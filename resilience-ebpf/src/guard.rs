@@ -22,6 +22,7 @@ use crate::{
     atomic::{add, cas, fetch_add},
     maps::{
         stats, ACTIVE, BUCKETS, CIDR, CONNS, CONTROL, COUNTERS, EXACT, OBSERVED, POLICY, PROBES,
+        STREAKS,
     },
     ALLOW,
 };
@@ -94,7 +95,16 @@ fn admit(slot: u32, policy: &DestPolicy, now: u64, flags: &mut u32) -> Option<us
             }
             *flags |= TRACK_PROBE;
         }
-        _ => {}
+        _ => {
+            // The trip fuse: the failure that crosses the breaker's threshold closes the door
+            // here and now, before the daemon has read it.
+            if policy.trip_after != 0 {
+                let streak = STREAKS.get(slot).copied().unwrap_or(0);
+                if streak >= u64::from(policy.trip_after) {
+                    return Some(REJECT_BREAKER);
+                }
+            }
+        }
     }
     // Every admitted connect to a named destination holds a place until it closes, so that the
     // active count is known with or without a bulkhead.

@@ -28,6 +28,8 @@ pub static ACTIVE: Array<u64> = Array::pinned(MAX_SLOTS, 0);
 pub static PROBES: Array<u64> = Array::pinned(MAX_SLOTS, 0);
 #[map]
 pub static BUCKETS: Array<Bucket> = Array::pinned(MAX_SLOTS, 0);
+#[map]
+pub static STREAKS: Array<u64> = Array::pinned(MAX_SLOTS, 0);
 // LRU: a destination seen once, or a connection whose close was never seen (say, while no
 // daemon ran), ages out instead of filling the map. Per-CPU LRU lists: no shared lock on the
 // connect path. (Measured alternatives for CONNS: socket-local storage costs about twice as

@@ -12,13 +12,13 @@ use resilience_common::{
         OUTCOME_SUCCESS, OUTCOME_TIMEOUT, OUTCOME_UNREACHABLE, SLOT_OBSERVED, TRACK_HELD,
         TRACK_PROBE, TRACK_SLOW,
     },
-    dest::latency_bucket,
+    dest::{latency_bucket, FLAG_COUNT_REFUSED, FLAG_COUNT_TIMEOUT, FLAG_COUNT_UNREACHABLE},
     ConnTrack, DestCounters, OutcomeEvent,
 };
 
 use crate::{
     atomic::add,
-    maps::{stats, ACTIVE, CONNS, COUNTERS, EVENTS, OBSERVED, POLICY, SK_ERR_OFFSET},
+    maps::{stats, ACTIVE, CONNS, COUNTERS, EVENTS, OBSERVED, POLICY, SK_ERR_OFFSET, STREAKS},
 };
 
 const TCP_ESTABLISHED: i32 = 1;
@@ -51,6 +51,12 @@ pub fn on_state_change(ctx: &BtfTracePointContext) {
 
     if connected {
         unsafe { (*conn).state = CONN_ESTABLISHED };
+        if c.slot != SLOT_OBSERVED {
+            if let Some(streak) = STREAKS.get_ptr_mut(c.slot) {
+                // SAFETY: pointer into an array map value.
+                unsafe { core::ptr::write_volatile(streak, 0) };
+            }
+        }
         let mut flags = c.flags & TRACK_PROBE;
         if let Some(p) = POLICY.get(c.slot) {
             if p.slow_ns != 0 && elapsed >= p.slow_ns && c.slot != SLOT_OBSERVED {
@@ -122,6 +128,27 @@ pub fn on_state_change(ctx: &BtfTracePointContext) {
             c.flags & TRACK_PROBE,
             urgent,
         );
+    }
+    // After the record: a daemon that sees the streak has the record too.
+    if c.slot != SLOT_OBSERVED {
+        count_streak(c.slot, outcome);
+    }
+}
+
+/// The trip fuse's streak: consecutive counted connect failures, zeroed by a success.
+#[inline(always)]
+fn count_streak(slot: u32, outcome: u32) {
+    let Some(p) = POLICY.get(slot) else { return };
+    let counted = match outcome {
+        OUTCOME_REFUSED => p.flags & FLAG_COUNT_REFUSED != 0,
+        OUTCOME_TIMEOUT => p.flags & FLAG_COUNT_TIMEOUT != 0,
+        OUTCOME_UNREACHABLE => p.flags & FLAG_COUNT_UNREACHABLE != 0,
+        _ => false,
+    };
+    if counted {
+        if let Some(streak) = STREAKS.get_ptr_mut(slot) {
+            add(streak, 1);
+        }
     }
 }
 

@@ -479,3 +479,37 @@ fn a_changed_policy_file_is_reloaded_without_a_signal() {
         libc::ECONNREFUSED
     );
 }
+
+#[test]
+fn the_kernel_trips_on_the_crossing_failure_without_the_daemon() {
+    if !privileged("kernel_fuse") {
+        return;
+    }
+    let target = closed_port("127.0.0.24");
+    let policy = format!(
+        "[[destination]]\nname = \"svc\"\nmatch = [\"{target}\"]\nreject_errno = \"EHOSTUNREACH\"\n[destination.breaker]\nminimum_calls = 5\nfailure_rate = 50\n"
+    );
+    let cg = Cgroup::new("fuse");
+    let pins = PinDir::new("fuse");
+    let d = Daemon::start("fuse", cg.path(), &pins, &policy, "10s");
+    // One success first: the fuse must count it (5 calls, 4 failures = 80% trips; 3 of 4 = 75%
+    // does not reach minimum_calls).
+    let server = Server::start(&target.to_string());
+    assert!(connect_from(cg.path(), &[target], 1, SECOND)[0].ok);
+    drop(server);
+    d.wait_dest("svc", |v| v["successes"] == 1);
+    // The daemon cannot act now; the lease (10 s) keeps the hook enforcing.
+    d.signal(nix::sys::signal::Signal::SIGSTOP);
+    let got = connect_from(cg.path(), &[target], 10, SECOND);
+    d.signal(nix::sys::signal::Signal::SIGCONT);
+    let errnos: Vec<i32> = got.iter().map(|o| o.errno).collect();
+    let mut want = vec![libc::ECONNREFUSED; 4];
+    want.extend([HOOK_ERRNO; 6]);
+    assert_eq!(
+        errnos, want,
+        "the 4th failure crosses 50% over 5 calls; nothing passes after it"
+    );
+    let v = d.wait_dest("svc", state_is("open"));
+    assert_eq!(v["state"], "open", "{v:#}");
+    assert_eq!(v["failures"]["refused"], 4, "{v:#}");
+}

@@ -10,6 +10,9 @@ use super::{
 };
 use crate::config::{BreakerConfig, Mode};
 
+/// How many failures ahead the trip fuse looks.
+const FUSE_LIMIT: u32 = 1024;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
     Closed,
@@ -42,7 +45,14 @@ pub enum Outcome {
     },
 }
 
-/// What the kernel should do with new connects.
+/// What the kernel should do with new connects, and its trip fuse (0: none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KernelVerdict {
+    pub verdict: Verdict,
+    pub trip_after: u32,
+}
+
+/// What the breaker lets through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
     Allow,
@@ -90,6 +100,49 @@ impl Breaker {
 
     pub fn state(&self) -> State {
         self.state
+    }
+
+    /// The verdict with its trip fuse.
+    pub fn kernel_verdict(&mut self, now_ns: u64) -> KernelVerdict {
+        let verdict = self.verdict();
+        let trip_after = match verdict {
+            Verdict::Allow => self.trip_fuse(now_ns).unwrap_or(0),
+            _ => 0,
+        };
+        KernelVerdict {
+            verdict,
+            trip_after,
+        }
+    }
+
+    /// For the kernel's trip fuse: the consecutive counted failures since the last success (the
+    /// kernel keeps the same streak) after which the breaker trips if nothing else comes in
+    /// between; `None` when no run of failures (up to `FUSE_LIMIT` more) would trip it, or the
+    /// breaker is not closed. Failures only ever make a trip nearer, so a fuse that a success
+    /// or the clock has made stale trips late, never early... except in a time window, whose
+    /// old failures expire: the daemon recomputes the fuse on every tick.
+    pub fn trip_fuse(&mut self, now_ns: u64) -> Option<u32> {
+        if self.state != State::Closed || !self.mode_runs() {
+            return None;
+        }
+        let min = self.window.minimum(self.cfg.minimum_calls);
+        let mut best = match self.cfg.consecutive_failures {
+            0 => None,
+            cf => Some(cf.saturating_sub(self.streak).max(1)),
+        };
+        for k in 1..=FUSE_LIMIT {
+            if best.is_some_and(|b| b <= k) {
+                break;
+            }
+            let t = self.window.totals_after_failures(now_ns, k);
+            if t.calls >= min
+                && f64::from(t.failures) * 100.0 >= self.cfg.failure_rate * f64::from(t.calls)
+            {
+                best = Some(k);
+                break;
+            }
+        }
+        best.map(|k| self.streak + k)
     }
 
     pub fn since_ns(&self) -> u64 {
@@ -595,6 +648,40 @@ mod tests {
         let mut b = Breaker::new(cfg(), Mode::ForcedOpen, 0);
         assert!(b.on_tick(100 * S).is_none());
         assert_eq!(b.state(), State::Closed);
+    }
+
+    #[test]
+    fn the_trip_fuse_counts_failures_the_window_still_needs() {
+        // minimum 5, 60%, window 10.
+        let mut b = Breaker::new(cfg(), Mode::Enforce, 0);
+        assert_eq!(b.trip_fuse(0), Some(5));
+        feed(&mut b, 0, &[refused(), refused()]);
+        // Streak 2; 3 more make 5 calls at 100%: the kernel trips at a streak of 5.
+        assert_eq!(b.trip_fuse(MS), Some(5));
+        feed(&mut b, 2 * MS, &[ok()]);
+        // 2 of 3 failed, streak 0: 2 more -> 4 of 5 = 80%.
+        assert_eq!(b.trip_fuse(3 * MS), Some(2));
+        feed(&mut b, 3 * MS, &[ok(), ok(), ok(), ok(), ok(), ok(), ok()]);
+        // 10 calls, 2 failed: k failures push out the oldest (2 failures first):
+        // k = 6 -> window [ok x4.., F x6]: 6/10 = 60%.
+        assert_eq!(b.trip_fuse(20 * MS), Some(6));
+        // The fuse agrees with the breaker: 5 failures do not trip it, the 6th does.
+        assert!(feed(&mut b, 30 * MS, &[refused(); 5]).is_empty());
+        assert_eq!(feed(&mut b, 40 * MS, &[refused()]).len(), 1);
+        assert_eq!(b.trip_fuse(50 * MS), None);
+    }
+
+    #[test]
+    fn the_trip_fuse_takes_the_nearer_of_streak_and_rate() {
+        let mut c = cfg();
+        c.consecutive_failures = 3;
+        c.minimum_calls = 50;
+        c.window = Window::Count(100);
+        let mut b = Breaker::new(c, Mode::Enforce, 0);
+        feed(&mut b, 0, &[refused()]);
+        assert_eq!(b.trip_fuse(MS), Some(3));
+        let mut off = Breaker::new(cfg(), Mode::Disabled, 0);
+        assert_eq!(off.trip_fuse(0), None);
     }
 
     #[test]

@@ -97,6 +97,35 @@ impl CallWindow {
         }
     }
 
+    /// Totals after `k` more failed calls at `now_ns` (a count window drops its oldest).
+    pub fn totals_after_failures(&mut self, now_ns: u64, k: u32) -> Totals {
+        let t = self.totals(now_ns);
+        match self {
+            CallWindow::Count { size, calls } => {
+                let size = *size as u32;
+                let evicted = (t.calls + k).saturating_sub(size) as usize;
+                let gone = calls
+                    .iter()
+                    .take(evicted)
+                    .fold(Totals::default(), |a, c| Totals {
+                        calls: a.calls + 1,
+                        failures: a.failures + u32::from(c.failure),
+                        slow: a.slow + u32::from(c.slow),
+                    });
+                Totals {
+                    calls: (t.calls + k).min(size),
+                    failures: t.failures - gone.failures + k.min(size),
+                    slow: t.slow - gone.slow,
+                }
+            }
+            CallWindow::Time { .. } => Totals {
+                calls: t.calls + k,
+                failures: t.failures + k,
+                slow: t.slow,
+            },
+        }
+    }
+
     /// Calls needed before rates mean anything: `minimum_calls`, and never more than a count
     /// window can hold.
     pub fn minimum(&self, minimum_calls: u32) -> u32 {

@@ -19,6 +19,7 @@ pub struct Tables {
     pub active: Array<MapData, u64>,
     pub probes: Array<MapData, u64>,
     pub buckets: Array<MapData, Bucket>,
+    pub streaks: Array<MapData, u64>,
     pub observed: HashMap<MapData, Endpoint, DestCounters>,
     pub control: Array<MapData, Control>,
     pub stats: PerCpuArray<MapData, Stats>,
@@ -52,6 +53,7 @@ impl Tables {
             active: typed(src, maps::ACTIVE)?,
             probes: typed(src, maps::PROBES)?,
             buckets: typed(src, maps::BUCKETS)?,
+            streaks: typed(src, maps::STREAKS)?,
             observed: typed(src, maps::OBSERVED)?,
             control: typed(src, maps::CONTROL)?,
             stats: typed(src, maps::STATS)?,
@@ -120,6 +122,18 @@ impl Tables {
         self.probes
             .set(slot, u64::from(n), 0)
             .with_context(|| format!("writing map PROBES[{slot}]"))
+    }
+
+    pub fn streak(&self, slot: u32) -> Result<u64> {
+        self.streaks
+            .get(&slot, 0)
+            .with_context(|| format!("reading map STREAKS[{slot}]"))
+    }
+
+    pub fn reset_streak(&mut self, slot: u32) -> Result<()> {
+        self.streaks
+            .set(slot, 0, 0)
+            .with_context(|| format!("writing map STREAKS[{slot}]"))
     }
 
     pub fn bucket(&self, slot: u32) -> Result<Bucket> {
