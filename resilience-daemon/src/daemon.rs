@@ -397,13 +397,19 @@ fn drain(state: &mut State, ring: &mut aya::maps::RingBuf<aya::maps::MapData>) {
 /// Publish a breaker's new verdict and record why.
 fn transition(state: &mut State, i: usize, t: Transition) {
     let name = state.dests[i].applied.dest.name.clone();
-    // A new state starts a new streak: an old one must not trip a breaker that just closed.
+    // A new state starts a new streak. Order matters: a breaker that opens must be rejecting
+    // before the streak that tripped it is cleared (else one connect slips through); one that
+    // closes must have its streak cleared before the fuse is armed (else an old streak trips it).
     let slot = state.dests[i].applied.slot;
-    let result = state
-        .kernel
-        .tables
-        .reset_streak(slot)
-        .and_then(|()| publish_verdict(state, i));
+    let result = if t.to == crate::engine::State::Closed {
+        state
+            .kernel
+            .tables
+            .reset_streak(slot)
+            .and_then(|()| publish_verdict(state, i))
+    } else {
+        publish_verdict(state, i).and_then(|()| state.kernel.tables.reset_streak(slot))
+    };
     if let Err(e) = result {
         tracing::error!(destination = %name, error = %format!("{e:#}"), "cannot publish verdict");
     }
@@ -438,8 +444,9 @@ fn refresh_fuse(state: &mut State, i: usize) -> Result<()> {
     let d = &mut state.dests[i];
     let kv = d.breaker.kernel_verdict(now);
     let closed = kv.verdict == crate::engine::Verdict::Allow;
-    if closed && d.trip_after != 0 {
-        // Every failure the kernel counted has its record read by now (records go first).
+    // Stale only if the breaker itself has seen the whole streak and did not trip; a kernel
+    // streak ahead of the breaker's means records still on their way.
+    if closed && d.trip_after != 0 && d.breaker.streak() >= d.trip_after {
         let slot = d.applied.slot;
         if state.kernel.tables.streak(slot)? >= u64::from(d.trip_after) {
             tracing::debug!(destination = %d.applied.dest.name, "stale trip fuse undone");

@@ -145,6 +145,11 @@ impl Breaker {
         best.map(|k| self.streak + k)
     }
 
+    /// Consecutive counted failures since the last success.
+    pub fn streak(&self) -> u32 {
+        self.streak
+    }
+
     pub fn since_ns(&self) -> u64 {
         self.since_ns
     }

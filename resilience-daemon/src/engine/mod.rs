@@ -8,7 +8,7 @@
 mod breaker;
 mod window;
 
-pub use breaker::{Breaker, KernelVerdict, Outcome, Transition, Verdict};
+pub use breaker::{Breaker, KernelVerdict, Outcome, State, Transition, Verdict};
 
 /// A source of jitter in [0, 1).
 pub trait Jitter {
