@@ -353,6 +353,11 @@ fn drain(state: &mut State, ring: &mut aya::maps::RingBuf<aya::maps::MapData>) {
         let probe = ev.flags & conn::TRACK_PROBE != 0;
         let d = &mut state.dests[i];
         let f = d.applied.dest.breaker.failures;
+        let failure = |class, counted| Outcome::Failure {
+            class,
+            counted,
+            probe,
+        };
         let outcome = match ev.outcome {
             conn::OUTCOME_SUCCESS => {
                 d.samples.push(ev.latency_ns);
@@ -361,26 +366,10 @@ fn drain(state: &mut State, ring: &mut aya::maps::RingBuf<aya::maps::MapData>) {
                     probe,
                 }
             }
-            conn::OUTCOME_REFUSED => Outcome::Failure {
-                class: "refused",
-                counted: f.refused,
-                probe,
-            },
-            conn::OUTCOME_TIMEOUT => Outcome::Failure {
-                class: "timeout",
-                counted: f.timeout,
-                probe,
-            },
-            conn::OUTCOME_UNREACHABLE => Outcome::Failure {
-                class: "unreachable",
-                counted: f.unreachable,
-                probe,
-            },
-            conn::OUTCOME_RESET => Outcome::Failure {
-                class: "reset",
-                counted: f.reset,
-                probe,
-            },
+            conn::OUTCOME_REFUSED => failure("refused", f.refused),
+            conn::OUTCOME_TIMEOUT => failure("timeout", f.timeout),
+            conn::OUTCOME_UNREACHABLE => failure("unreachable", f.unreachable),
+            conn::OUTCOME_RESET => failure("reset", f.reset),
             _ => continue,
         };
         if let Some(t) = d.breaker.on_outcome(ev.ts_ns, outcome, &mut state.jitter) {

@@ -380,7 +380,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::config::{FailureClasses, Window};
+    use crate::config::Window;
 
     const MS: u64 = 1_000_000;
     const S: u64 = 1_000_000_000;
@@ -419,18 +419,12 @@ mod tests {
         }
     }
 
+    /// The defaults (count window of 10, minimum 5 calls, 60%, 30 s open, 3 probes), with
+    /// slow calls from 1 s.
     fn cfg() -> BreakerConfig {
         BreakerConfig {
-            window: Window::Count(10),
-            minimum_calls: 5,
-            failure_rate: 60.0,
             slow_call_duration: Duration::from_secs(1),
-            slow_call_rate: 100.0,
-            consecutive_failures: 0,
-            open_duration: Duration::from_secs(30),
-            open_duration_max: Duration::from_secs(30),
-            half_open_probes: 3,
-            failures: FailureClasses::default(),
+            ..BreakerConfig::default()
         }
     }
 
