@@ -513,3 +513,35 @@ fn the_kernel_trips_on_the_crossing_failure_without_the_daemon() {
     assert_eq!(v["state"], "open", "{v:#}");
     assert_eq!(v["failures"]["refused"], 4, "{v:#}");
 }
+
+#[test]
+fn dns_names_resolve_through_the_system_resolver() {
+    if !privileged("dns") {
+        return;
+    }
+    // localhost comes from /etc/hosts: no query leaves the machine.
+    let server = Server::start("127.0.0.1:0");
+    let port = server.addr.port();
+    let policy = format!(
+        "[[destination]]\nname = \"byname\"\nmatch = [\"localhost:{port}\"]\nmode = \"forced-open\"\n"
+    );
+    let cg = Cgroup::new("dns");
+    let pins = PinDir::new("dns");
+    let d = Daemon::start("dns", cg.path(), &pins, &policy, "2s");
+    let v = d.dest("byname");
+    let resolved: Vec<&str> = v["resolved"]
+        .as_array()
+        .expect("resolved")
+        .iter()
+        .filter_map(|r| r.as_str())
+        .collect();
+    assert!(
+        resolved.contains(&format!("127.0.0.1:{port}").as_str()),
+        "{v:#}"
+    );
+    assert_eq!(
+        connect_from(cg.path(), &[server.addr], 1, SECOND)[0].errno,
+        libc::ECONNREFUSED
+    );
+    assert_eq!(server.accepted(), 0);
+}
