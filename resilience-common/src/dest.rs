@@ -132,10 +132,6 @@ impl DestCounters {
     pub fn active(&self) -> u64 {
         self.successes.saturating_sub(self.closed)
     }
-
-    pub fn failures(&self) -> u64 {
-        self.refused + self.timeout + self.unreachable
-    }
 }
 
 /// The histogram bucket for a latency in nanoseconds.
@@ -149,9 +145,4 @@ pub fn latency_bucket(latency_ns: u64) -> usize {
     } else {
         bits
     }
-}
-
-/// Upper bound, in microseconds, of histogram bucket `i` (exclusive).
-pub const fn latency_bucket_upper_us(i: usize) -> u64 {
-    1u64 << i
 }

@@ -12,9 +12,6 @@ pub struct Endpoint {
     pub _pad: u16,
 }
 
-/// The bytes of `::ffff:0:0/96`, the IPv4-mapped prefix.
-pub const V4_MAPPED_PREFIX: [u8; 12] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff];
-
 impl Endpoint {
     /// `ip` holds the four address bytes in network order.
     #[inline(always)]
@@ -40,10 +37,6 @@ impl Endpoint {
             port,
             _pad: 0,
         }
-    }
-
-    pub fn is_v4(&self) -> bool {
-        self.addr[..12] == V4_MAPPED_PREFIX
     }
 }
 

@@ -2,9 +2,7 @@
 
 use core::mem::size_of;
 
-use crate::{
-    Bucket, CidrData, ConnTrack, Control, DestCounters, DestPolicy, Endpoint, OutcomeEvent, Stats,
-};
+use crate::{Bucket, CidrData, ConnTrack, Control, DestCounters, DestPolicy, Endpoint, Stats};
 
 /// ip:port (or ip with port 0) -> destination slot.
 pub const EXACT: &str = "EXACT";
@@ -64,6 +62,3 @@ pub const LAYOUT: &[(&str, usize, usize)] = &[
     (CONTROL, size_of::<u32>(), size_of::<Control>()),
     (STATS, size_of::<u32>(), size_of::<Stats>()),
 ];
-
-/// Size of one ring buffer record.
-pub const EVENT_SIZE: usize = size_of::<OutcomeEvent>();

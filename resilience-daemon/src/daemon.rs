@@ -210,7 +210,7 @@ fn install(state: &mut State, policy: &Policy) -> Result<()> {
         .drain(..)
         .map(|r| (r.applied.dest.name.clone(), r))
         .collect();
-    let breakers: HashMap<String, Breaker> = policy
+    let mut breakers: HashMap<String, Breaker> = policy
         .destinations
         .iter()
         .map(|d| {
@@ -222,7 +222,6 @@ fn install(state: &mut State, policy: &Policy) -> Result<()> {
         })
         .collect();
     let previous: Vec<Applied> = kept.values().map(|r| r.applied.clone()).collect();
-    let mut breakers = breakers;
     let mut fuses: HashMap<String, u32> = HashMap::new();
     let applied = apply(&mut state.kernel.tables, policy, &previous, |d| {
         let kv = breakers.get_mut(&d.name).map_or(

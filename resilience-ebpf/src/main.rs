@@ -2,7 +2,7 @@
 //! destination, and a TCP state tracker that counts their outcomes.
 //!
 //! Data path: `connect4`/`connect6` -> `guard::on_connect` (lookup, verdict, counters, CONNS)
-//! -> `sock_state` (outcomes, counters, EVENTS ring buffer) -> the daemon.
+//! -> `sock_ops` and `sock_release` (outcomes, counters, EVENTS ring buffer) -> the daemon.
 // Built for bpfel-unknown-none; on the host (`cargo clippy --workspace`) it is an empty program.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
@@ -15,8 +15,8 @@ mod maps;
 mod track;
 
 use aya_ebpf::{
-    macros::{btf_tracepoint, cgroup_sock_addr},
-    programs::{BtfTracePointContext, SockAddrContext},
+    macros::{cgroup_sock, cgroup_sock_addr, sock_ops},
+    programs::{SockAddrContext, SockContext, SockOpsContext},
 };
 use resilience_common::Endpoint;
 
@@ -63,11 +63,18 @@ pub fn connect6(ctx: SockAddrContext) -> i32 {
     guard::on_connect(&ctx, Endpoint::v6(addr, port))
 }
 
-/// `inet_sock_set_state(const struct sock *sk, int oldstate, int newstate)`.
-#[btf_tracepoint(function = "inet_sock_set_state")]
-pub fn sock_state(ctx: BtfTracePointContext) -> i32 {
-    track::on_state_change(&ctx);
-    0
+/// Outcomes of the connects `connect4`/`connect6` let through.
+#[sock_ops]
+pub fn sock_ops(ctx: SockOpsContext) -> u32 {
+    track::on_sock_ops(&ctx);
+    1
+}
+
+/// The last word on a socket whose connect failed before its SYN.
+#[cgroup_sock(sock_release)]
+pub fn sock_release(ctx: SockContext) -> i32 {
+    track::on_release(&ctx);
+    1
 }
 
 #[cfg(not(target_arch = "bpf"))]

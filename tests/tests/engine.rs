@@ -357,6 +357,14 @@ window_size = 100000
         spawn(cg.path(), &[hole.addr], 20, &quick),
     ];
     let got: Vec<_> = runs.into_iter().flat_map(|r| r.wait()).collect();
+    let failed: Vec<_> = got
+        .iter()
+        .filter(|o| !o.ok && o.addr == server.addr.to_string())
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "connects to the server failed: {failed:?}"
+    );
     assert_eq!(got.iter().filter(|o| o.ok).count(), 3000);
     let v = d.wait_dest("many", |v| v["active"] == 0);
     assert_eq!(v["active"], 0, "{v:#}");

@@ -314,3 +314,50 @@ fn hung_daemon_fails_open_after_its_lease() {
     assert_eq!(v["rejected"]["breaker"], 2, "{v:#}");
     assert_eq!(d.status()["kernel"]["fail_open"], 2);
 }
+
+#[test]
+fn a_connect_that_fails_before_its_syn_is_counted_and_gives_its_place_back() {
+    if !privileged("fails_before_syn") {
+        return;
+    }
+    // A network namespace with nothing but a down loopback: no route anywhere, so the connect
+    // fails inside connect() before any SYN (nothing leaves the namespace).
+    let ns = format!("resilience-test-{}", resilience_tests::unique("ns"));
+    let ok = std::process::Command::new("ip")
+        .args(["netns", "add", &ns])
+        .status()
+        .expect("ip netns add");
+    assert!(ok.success(), "ip netns add {ns} failed");
+    struct Netns(String);
+    impl Drop for Netns {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", &self.0])
+                .status();
+        }
+    }
+    let _ns = Netns(ns.clone());
+    let policy = "[[destination]]\nname = \"far\"\nmatch = [\"10.0.0.0/8\"]\nmode = \"disabled\"\n[destination.bulkhead]\nmax_concurrent = 5\n";
+    let cg = Cgroup::new("nosyn");
+    let pins = PinDir::new("nosyn");
+    let d = Daemon::start("nosyn", cg.path(), &pins, policy, "2s");
+    let out = std::process::Command::new(resilience_tests::client::connector_bin())
+        .arg("--cgroup")
+        .arg(cg.path())
+        .args(["--netns", &ns, "--count", "8", "10.1.2.3:80"])
+        .output()
+        .expect("connector in netns");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.contains(&format!("\"errno\":{}", libc::ENETUNREACH)))
+            .count(),
+        8,
+        "{text}"
+    );
+    // 8 > max_concurrent: every place came back, each time.
+    let v = d.wait_dest("far", |v| v["failures"]["unreachable"] == 8);
+    assert_eq!(v["failures"]["unreachable"], 8, "{v:#}");
+    assert_eq!(v["active"], 0, "{v:#}");
+    assert_eq!(v["rejected"]["bulkhead"], 0, "{v:#}");
+}

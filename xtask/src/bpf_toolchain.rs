@@ -22,6 +22,8 @@ const APT_PACKAGES: &[&str] = &[
     "libpolly-22-dev",
     "libzstd-dev",
     "zlib1g-dev",
+    // `ip netns` for the test that needs a namespace without routes.
+    "iproute2",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// The rustup toolchain name build.rs looks for.

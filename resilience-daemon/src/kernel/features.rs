@@ -19,6 +19,16 @@ pub fn check() -> Result<()> {
     {
         missing.push("bpf_set_retval in cgroup programs (Linux 5.18+)");
     }
+    if !is_program_supported(ProgramType::SockOps).unwrap_or(false) {
+        missing.push("sock_ops programs (CONFIG_CGROUP_BPF=y, Linux 4.13+)");
+    } else if !is_helper_supported(ProgramType::SockOps, BpfHelper::BPF_FUNC_skc_to_tcp_sock)
+        .unwrap_or(false)
+    {
+        missing.push("bpf_skc_to_tcp_sock in sock_ops programs (Linux 5.9+)");
+    }
+    if !is_program_supported(ProgramType::CgroupSock).unwrap_or(false) {
+        missing.push("cgroup sock programs (sock_release needs Linux 5.9+)");
+    }
     if !is_map_supported(MapType::RingBuf).unwrap_or(false) {
         missing.push("BPF ring buffer maps (Linux 5.8+)");
     }

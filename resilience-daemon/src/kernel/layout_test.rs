@@ -32,7 +32,7 @@ fn map_sizes_match_the_shared_types() {
 #[test]
 fn programs_the_loader_attaches_are_there() {
     let obj = Object::parse(super::OBJECT).expect("parsing the embedded object");
-    for p in ["connect4", "connect6", "sock_state"] {
+    for p in ["connect4", "connect6", "sock_ops", "sock_release"] {
         assert!(obj.programs.contains_key(p), "program {p} missing");
     }
 }

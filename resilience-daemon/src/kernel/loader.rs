@@ -5,7 +5,7 @@ use std::{fs::File, path::PathBuf};
 use anyhow::{Context, Result};
 use aya::{
     maps::RingBuf,
-    programs::{BtfTracePoint, CgroupAttachMode, CgroupSockAddr},
+    programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, SockOps},
     EbpfLoader,
 };
 use resilience_common::{maps, Control};
@@ -45,7 +45,7 @@ impl Kernel {
             .take_map(maps::EVENTS)
             .context("map EVENTS missing from the object")?;
         let events = RingBuf::try_from(events).context("map EVENTS")?;
-        let mut tables = Tables::from_source(&mut ebpf)?;
+        let mut tables = Tables::take_from(&mut ebpf)?;
         // A fresh lease before the hooks can see a connect.
         let control = tables.control()?;
         tables.set_control(Control {
@@ -54,17 +54,30 @@ impl Kernel {
             ..control
         })?;
 
-        let btf = aya::Btf::from_sys_fs().context("reading kernel BTF")?;
-        let tp: &mut BtfTracePoint = ebpf
-            .program_mut("sock_state")
-            .context("program sock_state missing")?
-            .try_into()?;
-        tp.load("inet_sock_set_state", &btf)
-            .context("loading program sock_state (tp_btf/inet_sock_set_state)")?;
-        tp.attach().context("attaching program sock_state")?;
-
         let cgroup = File::open(&opts.cgroup)
             .with_context(|| format!("opening cgroup {}", opts.cgroup.display()))?;
+        let attach_error = |name: &str| {
+            format!(
+                "attaching program {name} to cgroup {}",
+                opts.cgroup.display()
+            )
+        };
+        // Outcome trackers first: no connect is let through before its outcome can be counted.
+        let ops: &mut SockOps = ebpf
+            .program_mut("sock_ops")
+            .context("program sock_ops missing")?
+            .try_into()?;
+        ops.load().context("loading program sock_ops")?;
+        ops.attach(&cgroup, CgroupAttachMode::Single)
+            .with_context(|| attach_error("sock_ops"))?;
+        let release: &mut CgroupSock = ebpf
+            .program_mut("sock_release")
+            .context("program sock_release missing")?
+            .try_into()?;
+        release.load().context("loading program sock_release")?;
+        release
+            .attach(&cgroup, CgroupAttachMode::Single)
+            .with_context(|| attach_error("sock_release"))?;
         for name in ["connect4", "connect6"] {
             let prog: &mut CgroupSockAddr = ebpf
                 .program_mut(name)
@@ -75,12 +88,7 @@ impl Kernel {
             // A bpf_link attach always coexists with other programs on the cgroup; the kernel
             // refuses the legacy BPF_F_ALLOW_MULTI flag on links, so the mode is "Single" (0).
             prog.attach(&cgroup, CgroupAttachMode::Single)
-                .with_context(|| {
-                    format!(
-                        "attaching program {name} to cgroup {}",
-                        opts.cgroup.display()
-                    )
-                })?;
+                .with_context(|| attach_error(name))?;
         }
         Ok(Kernel {
             _ebpf: ebpf,

@@ -25,25 +25,17 @@ pub struct Tables {
     pub stats: PerCpuArray<MapData, Stats>,
 }
 
-/// Where a map goes when it comes from somewhere: the loaded object, or a pin.
-pub trait MapSource {
-    fn take(&mut self, name: &'static str) -> Result<Map>;
-}
-
-impl MapSource for aya::Ebpf {
-    fn take(&mut self, name: &'static str) -> Result<Map> {
-        self.take_map(name)
-            .with_context(|| format!("map {name} missing from the object"))
-    }
-}
-
 impl Tables {
-    pub fn from_source(src: &mut impl MapSource) -> Result<Tables> {
+    /// Take every map out of the loaded object.
+    pub fn take_from(src: &mut aya::Ebpf) -> Result<Tables> {
         fn typed<T: TryFrom<Map, Error = aya::maps::MapError>>(
-            src: &mut impl MapSource,
+            src: &mut aya::Ebpf,
             name: &'static str,
         ) -> Result<T> {
-            T::try_from(src.take(name)?).with_context(|| format!("map {name} has the wrong type"))
+            let map = src
+                .take_map(name)
+                .with_context(|| format!("map {name} missing from the object"))?;
+            T::try_from(map).with_context(|| format!("map {name} has the wrong type"))
         }
         Ok(Tables {
             exact: typed(src, maps::EXACT)?,

@@ -23,6 +23,9 @@ struct Args {
     /// Keep connecting to each address for this long (bounded by --count too).
     #[arg(long)]
     for_ms: Option<u64>,
+    /// Enter this network namespace (from `ip netns add`) after joining the cgroup.
+    #[arg(long)]
+    netns: Option<String>,
     /// Start connects this far apart (paced load), instead of back to back.
     #[arg(long)]
     interval_us: Option<u64>,
@@ -51,6 +54,16 @@ fn main() {
     if let Err(e) = std::fs::write(&procs, std::process::id().to_string()) {
         eprintln!("connector: cannot join {}: {e}", procs.display());
         std::process::exit(2);
+    }
+    if let Some(ns) = &args.netns {
+        let path = format!("/run/netns/{ns}");
+        let entered = std::fs::File::open(&path).and_then(|f| {
+            nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)
+        });
+        if let Err(e) = entered {
+            eprintln!("connector: cannot enter {path}: {e}");
+            std::process::exit(2);
+        }
     }
     let timeout = Duration::from_millis(args.timeout_ms);
     let mut held = Vec::new();
