@@ -8,22 +8,24 @@ use resilience_common::{conn, maps::MAX_SLOTS, OutcomeEvent};
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{signal, SignalKind},
-    sync::mpsc,
+    sync::{broadcast, mpsc},
 };
 
 use crate::{
     apply::{self, apply, Applied},
-    config::{self, Destination, Policy},
+    config::{self, Destination, Mode, Policy},
     control::{self, Command},
     engine::{Breaker, KernelVerdict, Outcome, Transition, XorShift},
     kernel::{monotonic_ns, Kernel, LoadOptions},
     latency::Samples,
-    snapshot::{self, EventRecord, Snapshot},
+    snapshot::{self, EventRecord, Snapshot, TransitionCounts},
 };
 
 pub struct RunOptions {
     pub config: Option<PathBuf>,
     pub policy: Policy,
+    /// Stops the daemon as SIGTERM does (the dashboard's quit).
+    pub stop: Option<tokio::sync::oneshot::Receiver<()>>,
 }
 
 /// A destination being guarded.
@@ -34,6 +36,9 @@ pub struct Running {
     pub generation: u32,
     /// The trip fuse last published.
     pub trip_after: u32,
+    pub transitions: TransitionCounts,
+    /// The mode `resilience disable` put over the file's.
+    pub override_mode: Option<Mode>,
 }
 
 pub struct State {
@@ -43,6 +48,18 @@ pub struct State {
     pub outcome_records: u64,
     pub lease: Duration,
     pub events: VecDeque<EventRecord>,
+    /// Every event as it happens, for `events --follow` and the dashboard.
+    pub events_tx: broadcast::Sender<EventRecord>,
+    next_seq: u64,
+    /// The policy as the file (or the built-in default) says, before operator overrides.
+    policy: Policy,
+    /// Destinations the operator disabled at run time; they stay disabled across reloads.
+    overrides: HashMap<String, Mode>,
+    reloads: u64,
+    reload_failures: u64,
+    lost_before: u64,
+    config_path: Option<PathBuf>,
+    started: std::time::Instant,
     jitter: XorShift,
 }
 
@@ -62,7 +79,7 @@ fn file_stamp(path: &std::path::Path) -> Option<(std::time::SystemTime, u64, u64
     Some((m.modified().ok()?, m.len(), m.ino()))
 }
 
-pub async fn run(opts: RunOptions) -> Result<()> {
+pub async fn run(mut opts: RunOptions) -> Result<()> {
     let settings = opts.policy.daemon.clone();
     let cgroup = match &settings.cgroup {
         Some(c) => c.clone(),
@@ -75,6 +92,16 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     })?;
     let ring = kernel.events.take().context("map EVENTS already taken")?;
     let listener = control::bind(&settings.socket)?;
+    let metrics = match settings.metrics {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the metrics endpoint {addr}"))?,
+        ),
+        None => None,
+    };
+    let lost_before = kernel.tables.stats().map_or(0, |s| s.ringbuf_lost);
+    let (events_tx, _) = broadcast::channel(1024);
     let mut state = State {
         kernel,
         dests: Vec::new(),
@@ -82,6 +109,15 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         outcome_records: 0,
         lease: settings.lease,
         events: VecDeque::new(),
+        events_tx: events_tx.clone(),
+        next_seq: 1,
+        policy: opts.policy.clone(),
+        overrides: HashMap::new(),
+        reloads: 0,
+        reload_failures: 0,
+        lost_before,
+        config_path: opts.config.clone(),
+        started: std::time::Instant::now(),
         jitter: XorShift(monotonic_ns() | 1),
     };
     install(&mut state, &opts.policy).context("applying the policy")?;
@@ -90,11 +126,13 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         pins = %settings.pin_dir.display(),
         socket = %settings.socket.display(),
         destinations = state.dests.len(),
+        metrics = %settings.metrics.map_or("off".into(), |m| m.to_string()),
         "resilience is guarding outbound connects"
     );
 
     let (tx, mut rx) = mpsc::channel(64);
-    let server = tokio::spawn(control::serve(listener, tx));
+    let metrics = metrics.map(|l| tokio::spawn(crate::metrics::serve(l, tx.clone())));
+    let server = tokio::spawn(control::serve(listener, tx, events_tx));
     let mut heartbeat = tokio::time::interval(settings.lease / 4);
     let mut tick = tokio::time::interval(TICK);
     let mut resolve = tokio::time::interval(RESOLVE_EVERY);
@@ -109,12 +147,24 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let mut events = unsafe { AsyncFd::register(ring) }
         .map_err(|e| anyhow::anyhow!("watching map EVENTS: {e}"))?;
 
+    let stop = async {
+        match opts.stop.take() {
+            // A dropped sender stops it too: nobody is left to ask.
+            Some(rx) => {
+                let _ = rx.await;
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(stop);
     loop {
         tokio::select! {
+            _ = &mut stop => break,
             _ = heartbeat.tick() => {
                 if let Err(e) = renew_lease(&mut state) {
                     tracing::error!(error = %format!("{e:#}"), "cannot renew the lease");
                 }
+                note_losses(&mut state);
             }
             ready = events.readable_mut() => {
                 let Ok(mut guard) = ready else { continue };
@@ -151,20 +201,25 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             }
             _ = resolve.tick() => {
                 if state.dests.iter().any(|d| has_hosts(&d.applied.dest)) {
-                    let policy = current_policy(&state, &opts.policy);
+                    let policy = state.policy.clone();
                     if let Err(e) = install(&mut state, &policy) {
                         tracing::error!(error = %format!("{e:#}"), "re-resolving DNS names failed");
                     }
                 }
             }
             Some(cmd) = rx.recv() => match cmd {
-                Command::Status(reply) => {
+                Command::Snapshot(reply) => {
                     drain(&mut state, events.get_mut());
-                    let v = match snapshot(&state) {
-                        Ok(s) => serde_json::to_value(s).unwrap_or_default(),
-                        Err(e) => serde_json::json!({"error": format!("{e:#}")}),
-                    };
-                    let _ = reply.send(v);
+                    let _ = reply.send(snapshot(&mut state).map_err(|e| format!("{e:#}")));
+                }
+                Command::Events(reply) => {
+                    let _ = reply.send(state.events.iter().cloned().collect());
+                }
+                Command::Disable(name, reply) => {
+                    let _ = reply.send(set_override(&mut state, &name, Some(Mode::Disabled)));
+                }
+                Command::Enable(name, reply) => {
+                    let _ = reply.send(set_override(&mut state, &name, None));
                 }
                 Command::Trip(name, reply) => {
                     let _ = reply.send(operate(&mut state, &name, true));
@@ -184,6 +239,9 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         }
     }
     server.abort();
+    if let Some(m) = metrics {
+        m.abort();
+    }
     let _ = std::fs::remove_file(&settings.socket);
     tracing::info!("detaching and exiting; pinned maps stay for the next start");
     Ok(())
@@ -195,15 +253,24 @@ fn has_hosts(d: &Destination) -> bool {
         .any(|m| matches!(m.kind, config::MatchKind::Host { .. }))
 }
 
-fn current_policy(state: &State, initial: &Policy) -> Policy {
-    Policy {
-        daemon: initial.daemon.clone(),
-        destinations: state.dests.iter().map(|d| d.applied.dest.clone()).collect(),
+/// The file's policy with the operator's overrides over it.
+fn effective(policy: &Policy, overrides: &HashMap<String, Mode>) -> Policy {
+    let mut p = policy.clone();
+    for d in &mut p.destinations {
+        if let Some(&m) = overrides.get(&d.name) {
+            d.mode = m;
+        }
     }
+    p
 }
 
-/// Apply `policy`, keeping the breaker of every destination whose definition did not change.
-fn install(state: &mut State, policy: &Policy) -> Result<()> {
+/// Apply `file` (with the overrides), keeping the breaker of every destination whose
+/// definition did not change.
+fn install(state: &mut State, file: &Policy) -> Result<()> {
+    state
+        .overrides
+        .retain(|name, _| file.destinations.iter().any(|d| &d.name == name));
+    let policy = &effective(file, &state.overrides);
     let now = monotonic_ns();
     let mut kept: HashMap<String, Running> = state
         .dests
@@ -243,10 +310,16 @@ fn install(state: &mut State, policy: &Policy) -> Result<()> {
         let kept_breaker = old
             .as_ref()
             .is_some_and(|o| o.applied.slot == a.slot && o.applied.dest == a.dest);
+        let transitions = old
+            .as_ref()
+            .filter(|_| kept_breaker)
+            .map(|o| o.transitions)
+            .unwrap_or_default();
         let samples = old
             .filter(|o| o.applied.slot == a.slot)
             .map(|o| o.samples)
             .unwrap_or_default();
+        let override_mode = state.overrides.get(&a.dest.name).copied();
         let trip_after = fuses.get(&a.dest.name).copied().unwrap_or(0);
         if !kept_breaker {
             // A new breaker starts with no streak; the kernel's must match it.
@@ -258,6 +331,8 @@ fn install(state: &mut State, policy: &Policy) -> Result<()> {
             samples,
             generation,
             trip_after,
+            transitions,
+            override_mode,
         });
     }
     state.by_slot = state
@@ -266,7 +341,57 @@ fn install(state: &mut State, policy: &Policy) -> Result<()> {
         .enumerate()
         .map(|(i, d)| (d.applied.slot, i))
         .collect();
+    state.policy = file.clone();
     Ok(())
+}
+
+/// Put an operator's mode over a destination's (`None`: back to the file's).
+fn set_override(state: &mut State, name: &str, mode: Option<Mode>) -> Result<String, String> {
+    if !state.policy.destinations.iter().any(|d| d.name == name) {
+        return Err(format!("no destination named {name:?}"));
+    }
+    let before = state.overrides.clone();
+    match mode {
+        Some(m) => state.overrides.insert(name.to_string(), m),
+        None => state.overrides.remove(name),
+    };
+    let policy = state.policy.clone();
+    if let Err(e) = install(state, &policy) {
+        state.overrides = before;
+        return Err(format!("{e:#}"));
+    }
+    let message = match mode {
+        Some(m) => format!(
+            "{name}: {} by operator until `resilience enable {name}`",
+            m.as_str()
+        ),
+        None => {
+            let m = policy
+                .destinations
+                .iter()
+                .find(|d| d.name == name)
+                .map_or("enforce", |d| d.mode.as_str());
+            format!("{name}: enabled, back to the policy's mode ({m})")
+        }
+    };
+    tracing::info!("{message}");
+    push_event(state, EventRecord::note(name, message.clone()));
+    Ok(message)
+}
+
+/// Ring-buffer records the kernel could not deliver: an event when the count grows.
+fn note_losses(state: &mut State) {
+    let Ok(stats) = state.kernel.tables.stats() else {
+        return;
+    };
+    if stats.ringbuf_lost > state.lost_before {
+        let n = stats.ringbuf_lost - state.lost_before;
+        state.lost_before = stats.ringbuf_lost;
+        let message =
+            format!("{n} outcome records lost (ring buffer full): breakers saw fewer calls");
+        tracing::warn!("{message}");
+        push_event(state, EventRecord::note("kernel", message));
+    }
 }
 
 fn renew_lease(state: &mut State) -> Result<()> {
@@ -318,11 +443,13 @@ fn reload(state: &mut State, path: Option<&std::path::Path>) -> Result<String, S
         });
     let (message, out) = match result {
         Ok(n) => {
+            state.reloads += 1;
             tracing::info!(destinations = n, "policy reloaded");
             let m = format!("policy reloaded from {}: {n} destinations", path.display());
             (m.clone(), Ok(m))
         }
         Err(e) => {
+            state.reload_failures += 1;
             tracing::error!("reload rejected, the running policy stays: {e}");
             let m = format!("reload rejected, the running policy stays: {e}");
             (m.clone(), Err(m))
@@ -401,6 +528,7 @@ fn transition(state: &mut State, i: usize, t: Transition) {
     if let Err(e) = result {
         tracing::error!(destination = %name, error = %format!("{e:#}"), "cannot publish verdict");
     }
+    state.dests[i].transitions.count(t.to);
     tracing::info!(
         "{name}: {} -> {}: {}",
         t.from.as_str(),
@@ -447,10 +575,14 @@ fn refresh_fuse(state: &mut State, i: usize) -> Result<()> {
     Ok(())
 }
 
-fn push_event(state: &mut State, e: EventRecord) {
+fn push_event(state: &mut State, mut e: EventRecord) {
+    e.seq = state.next_seq;
+    state.next_seq += 1;
     if state.events.len() == EVENTS_KEPT {
         state.events.pop_front();
     }
+    // No subscriber is not an error.
+    let _ = state.events_tx.send(e.clone());
     state.events.push_back(e);
 }
 
@@ -462,11 +594,11 @@ fn parse_event(bytes: &[u8]) -> Option<OutcomeEvent> {
     Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<OutcomeEvent>()) })
 }
 
-fn snapshot(state: &State) -> Result<Snapshot> {
+fn snapshot(state: &mut State) -> Result<Snapshot> {
     let tables = &state.kernel.tables;
     let now = monotonic_ns();
     let mut destinations = Vec::new();
-    for d in &state.dests {
+    for d in &mut state.dests {
         let slot = d.applied.slot;
         debug_assert!(slot < MAX_SLOTS);
         let c = tables.counters(slot)?;
@@ -497,6 +629,12 @@ fn snapshot(state: &State) -> Result<Snapshot> {
         destinations,
         observed,
         kernel: snapshot::kernel_stats(&tables.stats()?, state.outcome_records),
+        daemon: snapshot::DaemonStats {
+            uptime: state.started.elapsed().as_secs_f64(),
+            reloads: state.reloads,
+            reload_failures: state.reload_failures,
+            policy_file: state.config_path.as_ref().map(|p| p.display().to_string()),
+        },
         events: state.events.iter().rev().take(100).rev().cloned().collect(),
     })
 }

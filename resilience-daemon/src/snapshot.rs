@@ -19,16 +19,32 @@ pub struct Snapshot {
     /// Destinations no policy names, busiest first.
     pub observed: Vec<ObservedStatus>,
     pub kernel: KernelStats,
+    #[serde(default)]
+    pub daemon: DaemonStats,
     /// The most recent state changes, reloads and errors, oldest first.
     #[serde(default)]
     pub events: Vec<EventRecord>,
 }
 
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct DaemonStats {
+    /// Seconds since the daemon started.
+    pub uptime: f64,
+    pub reloads: u64,
+    /// Reloads refused (a bad file): the running policy stayed.
+    pub reload_failures: u64,
+    /// The policy file; null for the built-in default.
+    pub policy_file: Option<String>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct EventRecord {
+    /// Numbers events in order, from 1 at daemon start.
+    #[serde(default)]
+    pub seq: u64,
     /// Seconds since the Unix epoch.
     pub time: f64,
-    /// A destination's name, or "reload".
+    /// A destination's name, "reload", or "kernel" (lost records).
     pub name: String,
     pub from: Option<String>,
     pub to: Option<String>,
@@ -44,6 +60,7 @@ fn epoch_secs() -> f64 {
 impl EventRecord {
     pub fn transition(name: &str, t: &Transition) -> EventRecord {
         EventRecord {
+            seq: 0,
             time: epoch_secs(),
             name: name.to_string(),
             from: Some(t.from.as_str().to_string()),
@@ -59,6 +76,7 @@ impl EventRecord {
 
     pub fn note(name: &str, message: String) -> EventRecord {
         EventRecord {
+            seq: 0,
             time: epoch_secs(),
             name: name.to_string(),
             from: None,
@@ -86,8 +104,80 @@ pub struct DestinationStatus {
     pub tokens: Option<u64>,
     pub burst: Option<u32>,
     pub max_concurrent: Option<u32>,
+    /// Set by `resilience disable`: the mode the operator put in force over the file's.
+    #[serde(default, rename = "override")]
+    pub override_mode: Option<String>,
+    /// Transitions into each state since the daemon started (or the destination changed).
+    #[serde(default)]
+    pub transitions: TransitionCounts,
+    /// The breaker's window now.
+    #[serde(default)]
+    pub window: WindowView,
+    /// The effective policy, as `resilience check --json` prints a destination.
+    #[serde(default)]
+    pub policy: serde_json::Value,
     #[serde(flatten)]
     pub counts: Counts,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+pub struct TransitionCounts {
+    pub open: u64,
+    pub half_open: u64,
+    pub closed: u64,
+}
+
+impl TransitionCounts {
+    pub fn count(&mut self, to: crate::engine::State) {
+        match to {
+            crate::engine::State::Open => self.open += 1,
+            crate::engine::State::HalfOpen => self.half_open += 1,
+            crate::engine::State::Closed => self.closed += 1,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct WindowView {
+    /// "count" or "time".
+    pub kind: String,
+    /// Calls (count) or seconds (time) the window spans.
+    pub size: u64,
+    pub calls: u32,
+    pub failures: u32,
+    pub slow: u32,
+    /// Percent of the window's calls; null while it is empty.
+    pub failure_rate: Option<f64>,
+    pub slow_rate: Option<f64>,
+    /// Consecutive counted failures since the last success.
+    pub consecutive_failures: u32,
+    /// Count window: its calls, oldest first ('.' success, 's' slow, 'x' failure).
+    pub recent: String,
+    /// Time window: [calls, failures, slow] per second, oldest first.
+    pub seconds: Vec<[u32; 3]>,
+}
+
+impl WindowView {
+    pub fn new(c: &crate::engine::WindowContents, streak: u32) -> WindowView {
+        let t = c.totals;
+        let rate = |n: u32| (t.calls > 0).then(|| f64::from(n) * 100.0 / f64::from(t.calls));
+        WindowView {
+            kind: c.kind.to_string(),
+            size: c.size,
+            calls: t.calls,
+            failures: t.failures,
+            slow: t.slow,
+            failure_rate: rate(t.failures),
+            slow_rate: rate(t.slow),
+            consecutive_failures: streak,
+            recent: c.calls.clone(),
+            seconds: c
+                .seconds
+                .iter()
+                .map(|s| [s.calls, s.failures, s.slow])
+                .collect(),
+        }
+    }
 }
 
 /// Kernel values read for the snapshot.
@@ -117,6 +207,13 @@ pub struct Counts {
     pub active: u64,
     pub closed: u64,
     pub latency_ms: Latency,
+    /// Connect latency histogram: entry `i` counts connects under 2^i µs (and at least
+    /// 2^(i-1) µs); the last entry takes everything slower.
+    #[serde(default)]
+    pub latency_histogram: Vec<u64>,
+    /// Sum of the successful connects' latencies.
+    #[serde(default)]
+    pub latency_sum_ns: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -179,11 +276,14 @@ impl Counts {
                 p99: samples.and_then(|s| s.quantile_ms(0.99)),
                 mean: (c.successes > 0).then(|| c.latency_sum_ns as f64 / c.successes as f64 / 1e6),
             },
+            latency_histogram: c.latency_log2_us.to_vec(),
+            latency_sum_ns: c.latency_sum_ns,
         }
     }
 }
 
-pub fn destination(d: &Running, c: &DestCounters, live: &Live) -> DestinationStatus {
+pub fn destination(d: &mut Running, c: &DestCounters, live: &Live) -> DestinationStatus {
+    let window = WindowView::new(&d.breaker.window_contents(live.now_ns), d.breaker.streak());
     let dest = &d.applied.dest;
     // What applications see: a forced-open destination is open whatever its breaker says.
     let state = match dest.mode {
@@ -206,6 +306,10 @@ pub fn destination(d: &Running, c: &DestCounters, live: &Live) -> DestinationSta
         tokens: live.tokens,
         burst: dest.rate_limit.map(|r| r.burst),
         max_concurrent: dest.bulkhead.map(|b| b.max_concurrent),
+        override_mode: d.override_mode.map(|m| m.as_str().to_string()),
+        transitions: d.transitions,
+        window,
+        policy: crate::config::destination_json(dest),
         counts: Counts::new(c, Some(&d.samples), live.active),
     }
 }

@@ -13,8 +13,8 @@ pub use errno::Errno;
 pub use guards::FailureClasses;
 pub use guards::{BreakerConfig, Bulkhead, RateLimit, Window};
 pub use matcher::{Match, MatchKind};
-pub use parse::{load_file, parse_str};
-pub use show::{to_json, to_text};
+pub use parse::{load_file, parse_metrics_addr, parse_str};
+pub use show::{destination_json, to_json, to_text};
 
 use std::{path::PathBuf, time::Duration};
 
@@ -34,6 +34,8 @@ pub struct DaemonSettings {
     pub lease: Duration,
     /// bpffs directory for pinned maps.
     pub pin_dir: PathBuf,
+    /// Where the Prometheus endpoint listens; `None`: no endpoint.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 pub const DEFAULT_SOCKET: &str = "/run/resilience/control.sock";
@@ -47,6 +49,7 @@ impl Default for DaemonSettings {
             socket: PathBuf::from(DEFAULT_SOCKET),
             lease: DEFAULT_LEASE,
             pin_dir: PathBuf::from(DEFAULT_PIN_DIR),
+            metrics: None,
         }
     }
 }

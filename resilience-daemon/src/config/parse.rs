@@ -65,6 +65,7 @@ struct RawDaemon {
     socket: Option<String>,
     lease: Option<Spanned<String>>,
     pin_dir: Option<String>,
+    metrics: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -93,6 +94,17 @@ fn table_over<T: Clone>(
         (None, Some(d)) => Some((d.span(), d.get_ref().clone())),
         (None, None) => None,
     }
+}
+
+/// "127.0.0.1:9464", "[::1]:9464", or a bare port, which listens on 127.0.0.1: metrics stay
+/// on the host unless an address says otherwise.
+pub fn parse_metrics_addr(s: &str) -> Result<std::net::SocketAddr, String> {
+    if let Ok(port) = s.parse::<u16>() {
+        return Ok(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    s.parse().map_err(|_| {
+        format!("metrics address {s:?} is not IP:PORT or PORT (e.g. \"127.0.0.1:9464\")")
+    })
 }
 
 pub fn load_file(path: &Path) -> Result<Policy, ConfigError> {
@@ -134,6 +146,9 @@ pub fn parse_str(text: &str, path: &Path) -> Result<Policy, ConfigError> {
                 return Err(at(l.span(), "lease must be longer than 0".into()));
             }
             daemon.lease = lease;
+        }
+        if let Some(m) = d.metrics {
+            daemon.metrics = Some(parse_metrics_addr(m.get_ref()).map_err(|e| at(m.span(), e))?);
         }
     }
 
@@ -360,6 +375,7 @@ mod tests {
             ("[daemon]\nlease = 5\n", "p.toml:2:9: invalid type: integer `5`, expected a string"),
             ("[daemon]\nlease = \"5\"\n", "p.toml:2:9: duration \"5\" needs a unit: ms, s, m or h"),
             ("[daemon]\nlease = \"0s\"\n", "p.toml:2:9: lease must be longer than 0"),
+            ("[daemon]\nmetrics = \"localhost:9464\"\n", "p.toml:2:11: metrics address \"localhost:9464\" is not IP:PORT or PORT"),
             ("[deamon]\n", "p.toml:1:2: unknown field `deamon`, expected one of `daemon`, `defaults`, `destination`"),
             (
                 "[[destination]]\nname = \"a\"\nmatch = [\"10.1.0.0/8\"]\n",

@@ -26,7 +26,7 @@ fn breaker_json(b: &BreakerConfig) -> Value {
     })
 }
 
-fn destination_json(d: &Destination) -> Value {
+pub fn destination_json(d: &Destination) -> Value {
     json!({
         "name": d.name,
         "match": d.matches.iter().map(|m| &m.text).collect::<Vec<_>>(),
@@ -46,6 +46,7 @@ pub fn to_json(policy: &Policy) -> Value {
             "socket": d.socket.display().to_string(),
             "pin_dir": d.pin_dir.display().to_string(),
             "lease_ms": d.lease.as_millis() as u64,
+            "metrics": d.metrics.map(|m| m.to_string()),
         },
         "destinations": policy.destinations.iter().map(destination_json).collect::<Vec<_>>(),
     })
@@ -61,10 +62,11 @@ pub fn to_text(policy: &Policy) -> String {
         .map_or("<cgroup2 root>".into(), |c| c.display().to_string());
     let _ = writeln!(
         out,
-        "daemon: cgroup={cgroup} socket={} pin_dir={} lease={:?}",
+        "daemon: cgroup={cgroup} socket={} pin_dir={} lease={:?} metrics={}",
         d.socket.display(),
         d.pin_dir.display(),
-        d.lease
+        d.lease,
+        d.metrics.map_or("off".to_string(), |m| m.to_string())
     );
     for dest in &policy.destinations {
         let m: Vec<&str> = dest.matches.iter().map(|m| m.text.as_str()).collect();

@@ -5,7 +5,7 @@
 //! or opens again, for longer, on the first failure.
 
 use super::{
-    window::{Call, CallWindow},
+    window::{Call, CallWindow, WindowContents},
     Jitter,
 };
 use crate::config::{BreakerConfig, Mode};
@@ -143,6 +143,15 @@ impl Breaker {
             }
         }
         best.map(|k| self.streak + k)
+    }
+
+    /// The window's contents now (empty outside closed: every transition clears it).
+    pub fn window_contents(&mut self, now_ns: u64) -> WindowContents {
+        self.window.contents(now_ns)
+    }
+
+    pub fn config(&self) -> &BreakerConfig {
+        &self.cfg
     }
 
     /// Consecutive counted failures since the last success.

@@ -11,11 +11,22 @@ pub struct Call {
     pub slow: bool,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Totals {
     pub calls: u32,
     pub failures: u32,
     pub slow: u32,
+}
+
+/// A window's contents at one moment (see `CallWindow::contents`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WindowContents {
+    pub kind: &'static str,
+    /// Calls (count window) or seconds (time window).
+    pub size: u64,
+    pub totals: Totals,
+    pub calls: String,
+    pub seconds: Vec<Totals>,
 }
 
 #[derive(Debug, Clone)]
@@ -135,6 +146,48 @@ impl CallWindow {
         }
     }
 
+    /// What the window holds, for the dashboard and `status`: a count window's calls, oldest
+    /// first, as one character each ('.' success, 's' slow, 'x' failure); a time window's
+    /// totals per second, oldest first, empty seconds included.
+    pub fn contents(&mut self, now_ns: u64) -> WindowContents {
+        let totals = self.totals(now_ns);
+        match self {
+            CallWindow::Count { size, calls } => WindowContents {
+                kind: "count",
+                size: *size as u64,
+                totals,
+                calls: calls
+                    .iter()
+                    .map(|c| match (c.failure, c.slow) {
+                        (true, _) => 'x',
+                        (false, true) => 's',
+                        (false, false) => '.',
+                    })
+                    .collect(),
+                seconds: Vec::new(),
+            },
+            CallWindow::Time { secs, buckets } => {
+                let last = now_ns / NS;
+                let first = last.saturating_sub(*secs - 1);
+                let seconds = (first..=last)
+                    .map(|s| {
+                        buckets
+                            .iter()
+                            .find(|(b, _)| *b == s)
+                            .map_or(Totals::default(), |(_, t)| *t)
+                    })
+                    .collect();
+                WindowContents {
+                    kind: "time",
+                    size: *secs,
+                    totals,
+                    calls: String::new(),
+                    seconds,
+                }
+            }
+        }
+    }
+
     pub fn clear(&mut self) {
         match self {
             CallWindow::Count { calls, .. } => calls.clear(),
@@ -176,6 +229,7 @@ mod tests {
             }
         );
         assert_eq!(w.minimum(5), 3);
+        assert_eq!(w.contents(0).calls, "x.s");
     }
 
     #[test]
@@ -201,6 +255,10 @@ mod tests {
                 slow: 0
             }
         );
+        let c = w.contents(2 * NS);
+        assert_eq!((c.kind, c.size), ("time", 2));
+        let calls: Vec<u32> = c.seconds.iter().map(|t| t.calls).collect();
+        assert_eq!(calls, [1, 0], "second 1 then the empty second 2");
         assert_eq!(w.totals(10 * NS), Totals::default());
         assert_eq!(w.minimum(5), 5);
     }
