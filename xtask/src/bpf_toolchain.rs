@@ -24,6 +24,8 @@ const APT_PACKAGES: &[&str] = &[
     "zlib1g-dev",
     // `ip netns` for the test that needs a namespace without routes.
     "iproute2",
+    // The dashboard's end-to-end test runs `resilience top` in a real terminal.
+    "tmux",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// The rustup toolchain name build.rs looks for.
