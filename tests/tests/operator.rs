@@ -602,3 +602,68 @@ fn dashboard_in_tmux_shows_a_trip_and_restores_the_terminal() {
     );
     assert!(!screen.contains("DESTINATION"), "{screen}");
 }
+
+#[test]
+fn run_with_the_dashboard_logs_to_a_file_and_q_stops_the_daemon() {
+    if !privileged("run_tui") {
+        return;
+    }
+    let cg = Cgroup::new("runtui");
+    let pins = PinDir::new("runtui");
+    let dir = std::env::temp_dir().join(resilience_tests::unique("runtui"));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let policy = dir.join("policy.toml");
+    std::fs::write(
+        &policy,
+        "[[destination]]\nname = \"ledger\"\nmatch = [\"127.0.0.77:443\"]\n",
+    )
+    .expect("policy");
+    let socket = dir.join("control.sock");
+    let log = dir.join("daemon.log");
+    let session = Session(resilience_tests::unique("runtui"));
+    let name = session.0.as_str();
+    tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        name,
+        "-x",
+        "120",
+        "-y",
+        "32",
+        "sh",
+    ]);
+    let run = format!(
+        "{} run --tui --config {} --cgroup {} --socket {} --pin-dir {} --log-file {}; echo run-exited-$?",
+        resilience_tests::daemon_bin().display(),
+        policy.display(),
+        cg.path().display(),
+        socket.display(),
+        pins.path.display(),
+        log.display()
+    );
+    tmux(&["send-keys", "-t", name, &run, "Enter"]);
+    let screen = wait_screen(name, "the dashboard", |s| {
+        s.contains("ledger") && s.contains("CLOSED")
+    });
+    assert!(
+        !screen.contains("INFO"),
+        "a log line on the dashboard:\n{screen}"
+    );
+    let logged = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        logged.contains("resilience is guarding outbound connects"),
+        "{logged}"
+    );
+
+    tmux(&["send-keys", "-t", name, "q"]);
+    let screen = wait_screen(name, "run to exit", |s| s.contains("run-exited-"));
+    assert!(screen.contains("run-exited-0"), "{screen}");
+    assert!(
+        !socket.exists(),
+        "the daemon removes its socket on the way out"
+    );
+    let logged = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(logged.contains("detaching and exiting"), "{logged}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

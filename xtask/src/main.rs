@@ -25,8 +25,9 @@ enum Cmd {
     Setup,
     /// Set up, then build target/release/resilience with the eBPF object embedded.
     Build,
-    /// Set up, build, and run the daemon in the foreground with the default policy (root).
-    /// Arguments after `--` go to `resilience run`.
+    /// Set up, build, and run the daemon with the default policy and the dashboard (root).
+    /// q in the dashboard stops both. Arguments after `--` go to `resilience run`
+    /// (`-- --no-tui` runs without the dashboard, logging to stderr).
     Run {
         #[arg(last = true)]
         args: Vec<String>,
@@ -34,8 +35,13 @@ enum Cmd {
     /// Set up, build, and run every test: unit tests, then the privileged eBPF integration
     /// tests (root; under CI=true they fail rather than skip when they cannot run).
     Test,
-    /// Set up, build, and measure connect() overhead; writes bench/results.md.
+    /// Set up, build, and measure: dashboard frame time with 10k destinations
+    /// (bench/dashboard.md, no root needed), then connect() overhead, breaker overshoot, token
+    /// bucket accuracy and map size (bench/results.md, root).
     Bench {
+        /// Only the dashboard benchmark.
+        #[arg(long)]
+        dashboard_only: bool,
         /// Connects per batch.
         #[arg(long, default_value_t = 2000)]
         batch: u32,
@@ -54,12 +60,20 @@ fn main() -> Result<()> {
             bpf_toolchain::setup()?;
             build(&root)
         }
-        Cmd::Run { args } => {
+        Cmd::Run { mut args } => {
+            use std::io::IsTerminal;
             bpf_toolchain::setup()?;
             build(&root)?;
             require_root("cargo xtask run")?;
             let mut cmd = Command::new(root.join("target/release/resilience"));
             cmd.arg("run");
+            let no_tui = args.iter().any(|a| a == "--no-tui");
+            args.retain(|a| a != "--no-tui");
+            if no_tui || !std::io::stdout().is_terminal() {
+                eprintln!("xtask: running without the dashboard; watch with `target/release/resilience top`");
+            } else if !args.iter().any(|a| a == "--tui") {
+                cmd.arg("--tui");
+            }
             if !args.iter().any(|a| a == "--config" || a == "-c") {
                 cmd.arg("--config").arg(root.join("config/default.toml"));
             }
@@ -71,9 +85,28 @@ fn main() -> Result<()> {
             build(&root)?;
             test(&root)
         }
-        Cmd::Bench { batch, rounds } => {
+        Cmd::Bench {
+            batch,
+            rounds,
+            dashboard_only,
+        } => {
             bpf_toolchain::setup()?;
             build(&root)?;
+            let mut cmd = cargo(&root);
+            cmd.args([
+                "bench",
+                "-p",
+                "resilience-daemon",
+                "--bench",
+                "dashboard",
+                "--",
+            ])
+            .arg("--out")
+            .arg(root.join("bench/dashboard.md"));
+            step::run_inherit("dashboard frame time, 10k destinations", &mut cmd)?;
+            if dashboard_only {
+                return Ok(());
+            }
             require_root("cargo xtask bench")?;
             let mut cmd = cargo(&root);
             cmd.args(["build", "--release", "-p", "resilience-tests", "--bins"]);

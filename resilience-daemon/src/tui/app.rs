@@ -54,7 +54,8 @@ pub struct Point {
     pub attempts: f64,
     pub failures: f64,
     pub rejected: f64,
-    pub p99_ms: f64,
+    /// None before the first successful connect.
+    pub p99_ms: Option<f64>,
 }
 
 pub struct App {
@@ -122,7 +123,7 @@ impl App {
                     attempts: per_s(now.attempts, p.attempts),
                     failures: per_s(now.failures, p.failures),
                     rejected: per_s(now.rejected.iter().sum(), p.rejected.iter().sum()),
-                    p99_ms: d.counts.latency_ms.p99.unwrap_or(0.0),
+                    p99_ms: d.counts.latency_ms.p99,
                 };
                 let h = self.history.entry(d.name.clone()).or_default();
                 if h.len() == HISTORY {
@@ -131,8 +132,9 @@ impl App {
                 h.push_back(point);
             }
         }
-        self.history
-            .retain(|name, _| s.destinations.iter().any(|d| &d.name == name));
+        let names: std::collections::HashSet<&str> =
+            s.destinations.iter().map(|d| d.name.as_str()).collect();
+        self.history.retain(|name, _| names.contains(name.as_str()));
         self.prev = s
             .destinations
             .iter()

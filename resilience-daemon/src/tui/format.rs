@@ -4,7 +4,7 @@
 pub fn rate(v: Option<f64>) -> String {
     match v {
         None => "-".into(),
-        Some(v) if v == 0.0 => "0".into(),
+        Some(0.0) => "0".into(),
         Some(v) if v < 100.0 => format!("{v:.1}"),
         Some(v) if v < 10_000.0 => format!("{v:.0}"),
         Some(v) if v < 10_000_000.0 => format!("{:.0}k", v / 1e3),

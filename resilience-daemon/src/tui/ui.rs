@@ -499,11 +499,14 @@ fn summary(d: &DestinationStatus, row: Option<&Row>) -> Paragraph<'static> {
     )
 }
 
+/// A chart: title, value of a point, colour, and whether the value is in milliseconds.
+type Series = (&'static str, fn(&Point) -> Option<f64>, Color, bool);
+
 fn charts(f: &mut Frame, area: Rect, history: Option<&std::collections::VecDeque<Point>>) {
-    let series: [(&str, fn(&Point) -> f64, Color, bool); 4] = [
-        ("attempts/s", |p| p.attempts, Color::Cyan, false),
-        ("failures/s", |p| p.failures, Color::Red, false),
-        ("rejected/s", |p| p.rejected, Color::Magenta, false),
+    let series: [Series; 4] = [
+        ("attempts/s", |p| Some(p.attempts), Color::Cyan, false),
+        ("failures/s", |p| Some(p.failures), Color::Red, false),
+        ("rejected/s", |p| Some(p.rejected), Color::Magenta, false),
         ("p99 connect ms", |p| p.p99_ms, Color::Yellow, true),
     ];
     let areas = Layout::vertical([Constraint::Ratio(1, 4); 4]).split(area);
@@ -512,9 +515,9 @@ fn charts(f: &mut Frame, area: Rect, history: Option<&std::collections::VecDeque
     for ((title, get, color, is_ms), a) in series.into_iter().zip(areas.iter()) {
         // The newest points that fit, one column each.
         let width = a.width.saturating_sub(2) as usize;
-        let values: Vec<f64> = h.iter().rev().take(width).rev().map(get).collect();
-        let now = values.last().copied();
-        let max = values.iter().copied().fold(0.0, f64::max);
+        let values: Vec<Option<f64>> = h.iter().rev().take(width).rev().map(get).collect();
+        let now = values.last().copied().flatten();
+        let max = values.iter().flatten().copied().reduce(f64::max);
         let show = |v: Option<f64>| {
             if is_ms {
                 format::ms(v)
@@ -522,8 +525,11 @@ fn charts(f: &mut Frame, area: Rect, history: Option<&std::collections::VecDeque
                 format::rate(v)
             }
         };
-        let title = format!(" {title}  now {}  max {} ", show(now), show(Some(max)));
-        let data: Vec<u64> = values.iter().map(|v| (v * 100.0).round() as u64).collect();
+        let title = format!(" {title}  now {}  max {} ", show(now), show(max));
+        let data: Vec<u64> = values
+            .iter()
+            .map(|v| (v.unwrap_or(0.0) * 100.0).round() as u64)
+            .collect();
         f.render_widget(
             Sparkline::default()
                 .data(&data)
