@@ -60,3 +60,73 @@ fn the_example_policies_are_valid() {
     }
     assert!(n >= 3, "expected the three example policies, found {n}");
 }
+
+fn resilience(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(resilience_tests::daemon_bin())
+        .args(args)
+        .output()
+        .expect("running resilience");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn completions_are_generated_for_each_shell() {
+    for (shell, marker) in [
+        ("bash", "complete -F"),
+        ("zsh", "#compdef resilience"),
+        ("fish", "complete -c resilience"),
+    ] {
+        let (ok, out, err) = resilience(&["completions", shell]);
+        assert!(ok, "{shell}: {err}");
+        assert!(out.contains(marker), "{shell}: no {marker:?} in the script");
+        for sub in ["status", "events", "top", "disable"] {
+            assert!(out.contains(sub), "{shell}: {sub} missing");
+        }
+    }
+    let (ok, _, err) = resilience(&["completions", "tcsh"]);
+    assert!(!ok);
+    assert!(err.contains("invalid value 'tcsh'"), "{err}");
+}
+
+#[test]
+fn without_a_daemon_the_client_commands_say_what_to_check() {
+    let socket = std::env::temp_dir().join(resilience_tests::unique("nosock"));
+    let socket = socket.display().to_string();
+    for cmd in [
+        vec!["status"],
+        vec!["events"],
+        vec!["trip", "x"],
+        vec!["disable", "x"],
+        vec!["reload"],
+    ] {
+        let mut args = cmd.clone();
+        args.extend(["--socket", &socket]);
+        let (ok, _, err) = resilience(&args);
+        assert!(!ok, "{cmd:?} succeeded without a daemon");
+        assert!(
+            err.contains(&format!("connecting to {socket} (is the daemon running?")),
+            "{cmd:?}: {err}"
+        );
+    }
+}
+
+#[test]
+fn top_needs_a_terminal_and_says_so() {
+    let (ok, _, err) = resilience(&["top", "--socket", "/nonexistent.sock"]);
+    assert!(!ok);
+    assert!(err.contains("the dashboard needs a terminal"), "{err}");
+}
+
+#[test]
+fn a_bad_metrics_address_names_file_line_and_column() {
+    let (ok, _, stderr) = check("[daemon]\nmetrics = \"0.0.0.0\"\n");
+    assert!(!ok);
+    assert_eq!(
+        stderr.trim(),
+        "FILE:2:11: metrics address \"0.0.0.0\" is not IP:PORT or PORT (e.g. \"127.0.0.1:9464\")"
+    );
+}
