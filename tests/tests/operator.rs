@@ -665,5 +665,28 @@ fn run_with_the_dashboard_logs_to_a_file_and_q_stops_the_daemon() {
     );
     let logged = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(logged.contains("detaching and exiting"), "{logged}");
+
+    // SIGTERM (systemd's stop) ends the daemon, and the dashboard with it.
+    tmux(&["send-keys", "-t", name, "clear", "Enter"]);
+    tmux(&["send-keys", "-t", name, &run, "Enter"]);
+    wait_screen(name, "the dashboard again", |s| s.contains("ledger"));
+    let killed = Command::new("pkill")
+        .args([
+            "-TERM",
+            "-f",
+            "--",
+            &format!("--socket {}", socket.display()),
+        ])
+        .status()
+        .expect("pkill");
+    assert!(killed.success(), "no process to signal");
+    let screen = wait_screen(name, "run to exit on SIGTERM", |s| {
+        s.contains("run-exited-")
+    });
+    assert!(screen.contains("run-exited-0"), "{screen}");
+    assert_eq!(
+        tmux(&["display", "-p", "-t", name, "#{alternate_on}"]).trim(),
+        "0"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

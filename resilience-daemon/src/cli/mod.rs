@@ -169,7 +169,9 @@ fn client(command: Cmd) -> Result<ExitCode> {
             json,
         } => events(&client.socket, follow, json),
         Cmd::Top { client, refresh } => {
-            tui::run(&mut tui::SocketSource::new(client.socket), refresh)?;
+            tui::run(&mut tui::SocketSource::new(client.socket), refresh, &|| {
+                false
+            })?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Trip { name, client } => act(&client.socket, json!({"cmd": "trip", "name": name})),

@@ -95,7 +95,11 @@ pub fn run(args: RunArgs, format: LogFormat) -> Result<ExitCode> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    let shown = tui::run(&mut tui::SocketSource::new(socket), Duration::from_secs(1));
+    let shown = tui::run(
+        &mut tui::SocketSource::new(socket),
+        Duration::from_secs(1),
+        &|| handle.is_finished(),
+    );
     let _ = stop_tx.send(());
     let stopped = handle
         .join()

@@ -31,8 +31,9 @@ impl Drop for Restore {
     }
 }
 
-/// Run the dashboard until the operator quits.
-pub fn run(source: &mut dyn Source, refresh: Duration) -> Result<()> {
+/// Run the dashboard until the operator quits, or `gone()` says there is nothing left to
+/// watch (the daemon of `run --tui` stopped on a signal).
+pub fn run(source: &mut dyn Source, refresh: Duration, gone: &dyn Fn() -> bool) -> Result<()> {
     use std::io::IsTerminal;
     if !std::io::stdout().is_terminal() {
         anyhow::bail!("the dashboard needs a terminal; for scripts use `resilience status --json`");
@@ -50,6 +51,9 @@ pub fn run(source: &mut dyn Source, refresh: Duration) -> Result<()> {
     let mut app = App::new();
     let mut next = Instant::now();
     loop {
+        if gone() {
+            return Ok(());
+        }
         if Instant::now() >= next {
             match source.snapshot() {
                 Ok(s) => app.ingest(s),
