@@ -58,6 +58,7 @@ pub struct State {
     reloads: u64,
     reload_failures: u64,
     lost_before: u64,
+    fail_open_before: u64,
     config_path: Option<PathBuf>,
     started: std::time::Instant,
     jitter: XorShift,
@@ -100,7 +101,10 @@ pub async fn run(mut opts: RunOptions) -> Result<()> {
         ),
         None => None,
     };
-    let lost_before = kernel.tables.stats().map_or(0, |s| s.ringbuf_lost);
+    let (lost_before, fail_open_before) = kernel
+        .tables
+        .stats()
+        .map_or((0, 0), |s| (s.ringbuf_lost, s.fail_open));
     let (events_tx, _) = broadcast::channel(1024);
     let mut state = State {
         kernel,
@@ -116,6 +120,7 @@ pub async fn run(mut opts: RunOptions) -> Result<()> {
         reloads: 0,
         reload_failures: 0,
         lost_before,
+        fail_open_before,
         config_path: opts.config.clone(),
         started: std::time::Instant::now(),
         jitter: XorShift(monotonic_ns() | 1),
@@ -162,7 +167,7 @@ pub async fn run(mut opts: RunOptions) -> Result<()> {
             _ = &mut stop => break,
             _ = heartbeat.tick() => {
                 if let Err(e) = renew_lease(&mut state) {
-                    tracing::error!(error = %format!("{e:#}"), "cannot renew the lease");
+                    fault(&mut state, "cannot renew the lease (the hooks will fail open)", &e);
                 }
                 note_losses(&mut state);
             }
@@ -203,7 +208,7 @@ pub async fn run(mut opts: RunOptions) -> Result<()> {
                 if state.dests.iter().any(|d| has_hosts(&d.applied.dest)) {
                     let policy = state.policy.clone();
                     if let Err(e) = install(&mut state, &policy) {
-                        tracing::error!(error = %format!("{e:#}"), "re-resolving DNS names failed");
+                        fault(&mut state, "re-resolving DNS names failed", &e);
                     }
                 }
             }
@@ -379,7 +384,21 @@ fn set_override(state: &mut State, name: &str, mode: Option<Mode>) -> Result<Str
     Ok(message)
 }
 
-/// Ring-buffer records the kernel could not deliver: an event when the count grows.
+/// Log an error and show it in the event list (once while it repeats).
+fn fault(state: &mut State, what: &str, e: &anyhow::Error) {
+    tracing::error!(error = %format!("{e:#}"), "{what}");
+    let message = format!("error: {what}: {e:#}");
+    if state
+        .events
+        .back()
+        .is_none_or(|last| last.message != message)
+    {
+        push_event(state, EventRecord::note("daemon", message));
+    }
+}
+
+/// What the kernel counted that the operator must hear of: lost ring-buffer records and
+/// connects let through unguarded (fail-open). An event when a count grows.
 fn note_losses(state: &mut State) {
     let Ok(stats) = state.kernel.tables.stats() else {
         return;
@@ -389,6 +408,14 @@ fn note_losses(state: &mut State) {
         state.lost_before = stats.ringbuf_lost;
         let message =
             format!("{n} outcome records lost (ring buffer full): breakers saw fewer calls");
+        tracing::warn!("{message}");
+        push_event(state, EventRecord::note("kernel", message));
+    }
+    if stats.fail_open > state.fail_open_before {
+        let n = stats.fail_open - state.fail_open_before;
+        state.fail_open_before = stats.fail_open;
+        let message =
+            format!("fail-open: {n} connects let through unguarded (the daemon missed its lease)");
         tracing::warn!("{message}");
         push_event(state, EventRecord::note("kernel", message));
     }
@@ -526,7 +553,7 @@ fn transition(state: &mut State, i: usize, t: Transition) {
         publish_verdict(state, i).and_then(|()| state.kernel.tables.reset_streak(slot))
     };
     if let Err(e) = result {
-        tracing::error!(destination = %name, error = %format!("{e:#}"), "cannot publish verdict");
+        fault(state, &format!("{name}: cannot publish the verdict"), &e);
     }
     state.dests[i].transitions.count(t.to);
     tracing::info!(

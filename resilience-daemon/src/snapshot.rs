@@ -44,7 +44,7 @@ pub struct EventRecord {
     pub seq: u64,
     /// Seconds since the Unix epoch.
     pub time: f64,
-    /// A destination's name, "reload", or "kernel" (lost records).
+    /// A destination's name, "reload", "kernel" (lost records, fail-open) or "daemon" (errors).
     pub name: String,
     pub from: Option<String>,
     pub to: Option<String>,

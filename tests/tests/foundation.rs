@@ -313,6 +313,14 @@ fn hung_daemon_fails_open_after_its_lease() {
     assert_eq!(v["fail_open"], 2, "{v:#}");
     assert_eq!(v["rejected"]["breaker"], 2, "{v:#}");
     assert_eq!(d.status()["kernel"]["fail_open"], 2);
+    // The operator hears of it: an event once the daemon runs again (heartbeat: lease / 4).
+    std::thread::sleep(Duration::from_millis(200));
+    let events = d.status()["events"].to_string();
+    assert!(
+        events
+            .contains("fail-open: 2 connects let through unguarded (the daemon missed its lease)"),
+        "{events}"
+    );
 }
 
 #[test]

@@ -94,6 +94,7 @@ fn help_80x24() {
     let mut a = app();
     a.overlay = Overlay::Help;
     insta::assert_snapshot!("help_80x24", text(&render(&a, 80, 24)));
+    insta::assert_snapshot!("help_200x50", text(&render(&a, 200, 50)));
 }
 
 #[test]
@@ -118,6 +119,7 @@ fn empty_states() {
     s.events.clear();
     a.ingest(s);
     insta::assert_snapshot!("empty_80x24", text(&render(&a, 80, 24)));
+    insta::assert_snapshot!("empty_200x50", text(&render(&a, 200, 50)));
     let mut a = App::new();
     a.unreachable = Some("connecting to /run/resilience/control.sock: No such file".into());
     let t = text(&render(&a, 80, 24));
