@@ -507,8 +507,38 @@ fn tmux(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Kills the tmux session however the test ends.
+/// A tmux session running a shell (so that what is left after a program exits, the restored
+/// screen, can be seen), killed however the test ends.
 struct Session(String);
+
+impl Session {
+    fn new(tag: &str) -> Session {
+        let s = Session(resilience_tests::unique(tag));
+        tmux(&[
+            "new-session",
+            "-d",
+            "-s",
+            &s.0,
+            "-x",
+            "120",
+            "-y",
+            "32",
+            "sh",
+        ]);
+        s
+    }
+
+    fn keys(&self, keys: &[&str]) {
+        let mut args = vec!["send-keys", "-t", &self.0];
+        args.extend(keys);
+        tmux(&args);
+    }
+
+    /// Whether the alternate screen (the dashboard's) is showing.
+    fn alternate_on(&self) -> bool {
+        tmux(&["display", "-p", "-t", &self.0, "#{alternate_on}"]).trim() == "1"
+    }
+}
 
 impl Drop for Session {
     fn drop(&mut self) {
@@ -516,6 +546,15 @@ impl Drop for Session {
             .args(["kill-session", "-t", &self.0])
             .output();
     }
+}
+
+/// The exit status the shell printed (`echo TAG-exited-$?`): a word `TAG-exited-<digits>`, so
+/// the typed command line (`TAG-exited-$?`) never counts, wherever a prompt lands.
+fn exit_code(screen: &str, tag: &str) -> Option<i32> {
+    let prefix = format!("{tag}-exited-");
+    screen
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix(&prefix)?.parse().ok())
 }
 
 fn wait_screen(session: &str, what: &str, pred: impl Fn(&str) -> bool) -> String {
@@ -547,33 +586,18 @@ fn dashboard_in_tmux_shows_a_trip_and_restores_the_terminal() {
         "[[destination]]\nname = \"checkout\"\nmatch = [\"127.0.0.76:443\"]\n",
         "2s",
     );
-    let session = Session(resilience_tests::unique("tui"));
+    let session = Session::new("tui");
     let name = session.0.as_str();
-    // A shell, so that what is left after `top` exits (the restored screen) can be seen.
-    tmux(&[
-        "new-session",
-        "-d",
-        "-s",
-        name,
-        "-x",
-        "120",
-        "-y",
-        "32",
-        "sh",
-    ]);
     let top = format!(
         "{} top --refresh 200ms --socket {}; echo top-exited-$?",
         resilience_tests::daemon_bin().display(),
         d.socket.display()
     );
-    tmux(&["send-keys", "-t", name, &top, "Enter"]);
+    session.keys(&[&top, "Enter"]);
     wait_screen(name, "the dashboard", |s| {
         s.contains("checkout") && s.contains("CLOSED")
     });
-    assert_eq!(
-        tmux(&["display", "-p", "-t", name, "#{alternate_on}"]).trim(),
-        "1"
-    );
+    assert!(session.alternate_on());
 
     let (ok, _, err) = d.cli(&["trip", "checkout"]);
     assert!(ok, "{err}");
@@ -587,19 +611,16 @@ fn dashboard_in_tmux_shows_a_trip_and_restores_the_terminal() {
     );
 
     // The detail view, and back.
-    tmux(&["send-keys", "-t", name, "Enter"]);
+    session.keys(&["Enter"]);
     wait_screen(name, "the detail view", |s| s.contains("Effective policy"));
-    tmux(&["send-keys", "-t", name, "Escape"]);
+    session.keys(&["Escape"]);
     wait_screen(name, "the table again", |s| s.contains("DESTINATION"));
 
-    tmux(&["send-keys", "-t", name, "q"]);
-    let screen = wait_screen(name, "top to exit", |s| s.contains("top-exited-"));
-    assert!(screen.contains("top-exited-0"), "{screen}");
+    session.keys(&["q"]);
+    let screen = wait_screen(name, "top to exit", |s| exit_code(s, "top").is_some());
+    assert_eq!(exit_code(&screen, "top"), Some(0), "{screen}");
     // Restored: the main screen is back, with no dashboard left on it.
-    assert_eq!(
-        tmux(&["display", "-p", "-t", name, "#{alternate_on}"]).trim(),
-        "0"
-    );
+    assert!(!session.alternate_on(), "the terminal was not restored");
     assert!(!screen.contains("DESTINATION"), "{screen}");
 }
 
@@ -620,19 +641,8 @@ fn run_with_the_dashboard_logs_to_a_file_and_q_stops_the_daemon() {
     .expect("policy");
     let socket = dir.join("control.sock");
     let log = dir.join("daemon.log");
-    let session = Session(resilience_tests::unique("runtui"));
+    let session = Session::new("runtui");
     let name = session.0.as_str();
-    tmux(&[
-        "new-session",
-        "-d",
-        "-s",
-        name,
-        "-x",
-        "120",
-        "-y",
-        "32",
-        "sh",
-    ]);
     let run = format!(
         "{} run --tui --config {} --cgroup {} --socket {} --pin-dir {} --log-file {}; echo run-exited-$?",
         resilience_tests::daemon_bin().display(),
@@ -642,7 +652,7 @@ fn run_with_the_dashboard_logs_to_a_file_and_q_stops_the_daemon() {
         pins.path.display(),
         log.display()
     );
-    tmux(&["send-keys", "-t", name, &run, "Enter"]);
+    session.keys(&[&run, "Enter"]);
     let screen = wait_screen(name, "the dashboard", |s| {
         s.contains("ledger") && s.contains("CLOSED")
     });
@@ -656,9 +666,9 @@ fn run_with_the_dashboard_logs_to_a_file_and_q_stops_the_daemon() {
         "{logged}"
     );
 
-    tmux(&["send-keys", "-t", name, "q"]);
-    let screen = wait_screen(name, "run to exit", |s| s.contains("run-exited-"));
-    assert!(screen.contains("run-exited-0"), "{screen}");
+    session.keys(&["q"]);
+    let screen = wait_screen(name, "run to exit", |s| exit_code(s, "run").is_some());
+    assert_eq!(exit_code(&screen, "run"), Some(0), "{screen}");
     assert!(
         !socket.exists(),
         "the daemon removes its socket on the way out"
@@ -667,8 +677,8 @@ fn run_with_the_dashboard_logs_to_a_file_and_q_stops_the_daemon() {
     assert!(logged.contains("detaching and exiting"), "{logged}");
 
     // SIGTERM (systemd's stop) ends the daemon, and the dashboard with it.
-    tmux(&["send-keys", "-t", name, "clear", "Enter"]);
-    tmux(&["send-keys", "-t", name, &run, "Enter"]);
+    session.keys(&["clear", "Enter"]);
+    session.keys(&[&run, "Enter"]);
     wait_screen(name, "the dashboard again", |s| s.contains("ledger"));
     let killed = Command::new("pkill")
         .args([
@@ -681,12 +691,9 @@ fn run_with_the_dashboard_logs_to_a_file_and_q_stops_the_daemon() {
         .expect("pkill");
     assert!(killed.success(), "no process to signal");
     let screen = wait_screen(name, "run to exit on SIGTERM", |s| {
-        s.contains("run-exited-")
+        exit_code(s, "run").is_some()
     });
-    assert!(screen.contains("run-exited-0"), "{screen}");
-    assert_eq!(
-        tmux(&["display", "-p", "-t", name, "#{alternate_on}"]).trim(),
-        "0"
-    );
+    assert_eq!(exit_code(&screen, "run"), Some(0), "{screen}");
+    assert!(!session.alternate_on(), "the terminal was not restored");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -13,25 +13,54 @@ fn ms(v: Option<f64>) -> String {
     v.map_or("-".into(), |v| format!("{v:.2}"))
 }
 
+/// One line of the status table: 14 cells, each padded to its column.
+fn line(out: &mut String, cells: [&str; 14]) {
+    const WIDTHS: [usize; 14] = [24, 11, 9, 9, 9, 8, 8, 8, 6, 9, 9, 8, 8, 8];
+    for (i, (cell, w)) in cells.iter().zip(WIDTHS).enumerate() {
+        let sep = if i == 0 { "" } else { " " };
+        // Names and words left-aligned, numbers right-aligned.
+        let _ = if i < 3 {
+            write!(out, "{sep}{cell:<w$}")
+        } else {
+            write!(out, "{sep}{cell:>w$}")
+        };
+    }
+    out.push('\n');
+}
+
+fn counts_cells(c: &crate::snapshot::Counts) -> [String; 6] {
+    let f = &c.failures;
+    [
+        c.attempts,
+        c.successes,
+        f.refused,
+        f.timeout,
+        f.unreachable,
+        f.reset,
+    ]
+    .map(|n| n.to_string())
+}
+
 pub fn status(s: &Snapshot) -> String {
     let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "{:<24} {:<11} {:<9} {:>9} {:>9} {:>8} {:>8} {:>8} {:>6} {:>9} {:>9} {:>8} {:>8} {:>8}",
-        "DESTINATION",
-        "MODE",
-        "STATE",
-        "ATTEMPTS",
-        "SUCCESS",
-        "REFUSED",
-        "TIMEOUT",
-        "UNREACH",
-        "RESET",
-        "REJECTED",
-        "TOKENS",
-        "ACTIVE",
-        "P50 MS",
-        "P99 MS"
+    line(
+        &mut out,
+        [
+            "DESTINATION",
+            "MODE",
+            "STATE",
+            "ATTEMPTS",
+            "SUCCESS",
+            "REFUSED",
+            "TIMEOUT",
+            "UNREACH",
+            "RESET",
+            "REJECTED",
+            "TOKENS",
+            "ACTIVE",
+            "P50 MS",
+            "P99 MS",
+        ],
     );
     for d in &s.destinations {
         let c = &d.counts;
@@ -43,45 +72,28 @@ pub fn status(s: &Snapshot) -> String {
             Some(m) => format!("{}/{m}", c.active),
             None => c.active.to_string(),
         };
-        let _ = writeln!(
-            out,
-            "{:<24} {:<11} {:<9} {:>9} {:>9} {:>8} {:>8} {:>8} {:>6} {:>9} {:>9} {:>8} {:>8} {:>8}",
-            d.name,
-            d.mode,
-            d.state,
-            c.attempts,
-            c.successes,
-            c.failures.refused,
-            c.failures.timeout,
-            c.failures.unreachable,
-            c.failures.reset,
-            c.rejected.breaker + c.rejected.rate_limit + c.rejected.bulkhead,
-            tokens,
-            active,
-            ms(c.latency_ms.p50),
-            ms(c.latency_ms.p99)
+        let n = counts_cells(c);
+        let rejected =
+            (c.rejected.breaker + c.rejected.rate_limit + c.rejected.bulkhead).to_string();
+        let (p50, p99) = (ms(c.latency_ms.p50), ms(c.latency_ms.p99));
+        line(
+            &mut out,
+            [
+                &d.name, &d.mode, &d.state, &n[0], &n[1], &n[2], &n[3], &n[4], &n[5], &rejected,
+                &tokens, &active, &p50, &p99,
+            ],
         );
     }
     let shown = 20;
     for o in s.observed.iter().take(shown) {
-        let c = &o.counts;
-        let _ = writeln!(
-            out,
-            "{:<24} {:<11} {:<9} {:>9} {:>9} {:>8} {:>8} {:>8} {:>6} {:>9} {:>9} {:>8} {:>8} {:>8}",
-            o.address,
-            "observed",
-            "-",
-            c.attempts,
-            c.successes,
-            c.failures.refused,
-            c.failures.timeout,
-            c.failures.unreachable,
-            c.failures.reset,
-            0,
-            "-",
-            c.active,
-            "-",
-            "-"
+        let n = counts_cells(&o.counts);
+        let active = o.counts.active.to_string();
+        line(
+            &mut out,
+            [
+                &o.address, "observed", "-", &n[0], &n[1], &n[2], &n[3], &n[4], &n[5], "0", "-",
+                &active, "-", "-",
+            ],
         );
     }
     if s.observed.len() > shown {
