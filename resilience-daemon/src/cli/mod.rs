@@ -140,7 +140,8 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
 
 fn client(command: Cmd) -> Result<ExitCode> {
     match command {
-        Cmd::Run(_) => unreachable!("handled by dispatch"),
+        // dispatch() runs the daemon itself; this arm only keeps the match whole.
+        Cmd::Run(_) => anyhow::bail!("run is not a client command"),
         Cmd::Check { file, json } => match config::load_file(&file) {
             Ok(policy) => {
                 print_policy(&policy, json);
