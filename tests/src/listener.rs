@@ -27,6 +27,10 @@ impl Server {
     /// `addr` with port 0 picks a free port.
     pub fn start(addr: &str) -> Server {
         let l = TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+        // std listens with a backlog of 128; tests that connect from several processes at
+        // full speed can fill that, and a dropped SYN costs a 1 s retransmit. Linux lets a
+        // second listen() raise it.
+        listen(&l, Backlog::MAXCONN).expect("listen backlog");
         let addr = l.local_addr().expect("local_addr");
         l.set_nonblocking(true).expect("nonblocking");
         let accepted = Arc::new(AtomicU64::new(0));
