@@ -15,6 +15,14 @@ use nix::sys::socket::{
     SockaddrStorage,
 };
 
+/// A port on `ip` where nothing listens (bound to learn a free port, then closed): connects
+/// to it are refused.
+pub fn closed_port(ip: &str) -> SocketAddr {
+    TcpListener::bind(format!("{ip}:0"))
+        .and_then(|l| l.local_addr())
+        .unwrap_or_else(|e| panic!("closed port on {ip}: {e}"))
+}
+
 /// Accepts every connection and closes it at once, counting them.
 pub struct Server {
     pub addr: SocketAddr,

@@ -1,26 +1,19 @@
 //! Privileged: breakers, token buckets, bulkheads, dry-run and reloads, against the real
 //! daemon and kernel (child cgroup per test, loopback only).
 
-use std::{net::SocketAddr, time::Duration};
+use std::time::Duration;
 
 use resilience_tests::{
     cgroup::Cgroup,
     client::{connect_from, spawn, Opts},
     daemon::{Daemon, PinDir},
-    listener::{BlackHole, Server},
+    listener::{closed_port, BlackHole, Server},
     privileged,
 };
 use serde_json::Value;
 
 const SECOND: Duration = Duration::from_secs(1);
 const HOOK_ERRNO: i32 = libc::EHOSTUNREACH;
-
-fn closed_port(ip: &str) -> SocketAddr {
-    std::net::TcpListener::bind(format!("{ip}:0"))
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-}
 
 fn state_is(want: &'static str) -> impl Fn(&Value) -> bool {
     move |v| v["state"] == want

@@ -8,7 +8,7 @@ use resilience_tests::{
     cgroup::Cgroup,
     client::{connect_from, median},
     daemon::{Daemon, PinDir},
-    listener::{BlackHole, Server},
+    listener::{closed_port, BlackHole, Server},
     privileged,
 };
 
@@ -194,11 +194,7 @@ fn outcome_counters_are_exact() {
     }
     let ok = Server::start("127.0.0.4:0");
     let hole = BlackHole::start("127.0.0.4");
-    // A closed port: bind, learn the port, close.
-    let closed = std::net::TcpListener::bind("127.0.0.4:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr");
+    let closed = closed_port("127.0.0.4");
     // Disabled: outcomes are counted, the breaker never acts.
     let policy = "[[destination]]\nname = \"svc\"\nmatch = [\"127.0.0.4\"]\nmode = \"disabled\"\n";
     let cg = Cgroup::new("outcomes");

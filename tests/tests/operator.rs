@@ -14,19 +14,12 @@ use resilience_tests::{
     cgroup::Cgroup,
     client::connect_from,
     daemon::{Daemon, PinDir},
-    listener::Server,
+    listener::{closed_port, Server},
     privileged,
 };
 use serde_json::{json, Value};
 
 const SECOND: Duration = Duration::from_secs(1);
-
-fn closed_port(ip: &str) -> SocketAddr {
-    std::net::TcpListener::bind(format!("{ip}:0"))
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-}
 
 /// A connection to the control socket that sends raw bytes and reads reply lines.
 struct Conn {

@@ -36,9 +36,7 @@ fn overshoot(rounds: u32) -> String {
     let mut per_round = Vec::new();
     for _ in 0..rounds {
         let pins = PinDir::new("overshoot");
-        let target = std::net::TcpListener::bind("127.0.0.21:0")
-            .and_then(|l| l.local_addr())
-            .expect("closed port");
+        let target = resilience_tests::listener::closed_port("127.0.0.21");
         let policy = format!(
             "[[destination]]\nname = \"down\"\nmatch = [\"{target}\"]\nreject_errno = \"EHOSTUNREACH\"\n[destination.breaker]\nminimum_calls = 5\nfailure_rate = 50\n"
         );
