@@ -403,22 +403,30 @@ fn note_losses(state: &mut State) {
     let Ok(stats) = state.kernel.tables.stats() else {
         return;
     };
-    if stats.ringbuf_lost > state.lost_before {
-        let n = stats.ringbuf_lost - state.lost_before;
-        state.lost_before = stats.ringbuf_lost;
-        let message =
-            format!("{n} outcome records lost (ring buffer full): breakers saw fewer calls");
-        tracing::warn!("{message}");
-        push_event(state, EventRecord::note("kernel", message));
+    if let Some(n) = grew(stats.ringbuf_lost, &mut state.lost_before) {
+        kernel_warning(
+            state,
+            format!("{n} outcome records lost (ring buffer full): breakers saw fewer calls"),
+        );
     }
-    if stats.fail_open > state.fail_open_before {
-        let n = stats.fail_open - state.fail_open_before;
-        state.fail_open_before = stats.fail_open;
-        let message =
-            format!("fail-open: {n} connects let through unguarded (the daemon missed its lease)");
-        tracing::warn!("{message}");
-        push_event(state, EventRecord::note("kernel", message));
+    if let Some(n) = grew(stats.fail_open, &mut state.fail_open_before) {
+        kernel_warning(
+            state,
+            format!("fail-open: {n} connects let through unguarded (the daemon missed its lease)"),
+        );
     }
+}
+
+/// How much a kernel counter grew since `before`, which moves up to it.
+fn grew(now: u64, before: &mut u64) -> Option<u64> {
+    let n = now.checked_sub(*before).filter(|n| *n > 0)?;
+    *before = now;
+    Some(n)
+}
+
+fn kernel_warning(state: &mut State, message: String) {
+    tracing::warn!("{message}");
+    push_event(state, EventRecord::note("kernel", message));
 }
 
 fn renew_lease(state: &mut State) -> Result<()> {
