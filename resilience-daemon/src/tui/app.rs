@@ -112,25 +112,23 @@ impl App {
         let uptime = s.daemon.uptime;
         let dt = self.prev_uptime.map(|p| uptime - p).filter(|d| *d > 0.0);
         self.rows = rows::build(&s, &self.prev, dt);
-        if let Some(dt) = dt {
-            for d in &s.destinations {
-                let Some(p) = self.prev.get(&d.name) else {
-                    continue;
-                };
-                let now = rows::prev_of(&d.counts);
-                let per_s = |a: u64, b: u64| a.saturating_sub(b) as f64 / dt;
-                let point = Point {
-                    attempts: per_s(now.attempts, p.attempts),
-                    failures: per_s(now.failures, p.failures),
-                    rejected: per_s(now.rejected.iter().sum(), p.rejected.iter().sum()),
-                    p99_ms: d.counts.latency_ms.p99,
-                };
-                let h = self.history.entry(d.name.clone()).or_default();
-                if h.len() == HISTORY {
-                    h.pop_front();
-                }
-                h.push_back(point);
+        // Chart points from the rows' rates: one per named destination, from the second
+        // snapshot on.
+        for r in &self.rows {
+            let (Some(_), Some(attempts)) = (r.dest, r.attempts_per_s) else {
+                continue;
+            };
+            let point = Point {
+                attempts,
+                failures: r.failures_per_s.unwrap_or(0.0),
+                rejected: r.rejected_per_s.map_or(0.0, |v| v.iter().sum()),
+                p99_ms: r.p99_ms,
+            };
+            let h = self.history.entry(r.name.clone()).or_default();
+            if h.len() == HISTORY {
+                h.pop_front();
             }
+            h.push_back(point);
         }
         let names: std::collections::HashSet<&str> =
             s.destinations.iter().map(|d| d.name.as_str()).collect();

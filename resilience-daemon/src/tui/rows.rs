@@ -23,6 +23,8 @@ pub struct Row {
     /// "CLOSED", "OPEN", "HALF-OPEN", "FORCED-OPEN", "DISABLED", "observed"; dry-run adds "~".
     pub state: String,
     pub attempts_per_s: Option<f64>,
+    /// Failed connects per second (all classes).
+    pub failures_per_s: Option<f64>,
     pub fail_pct: Option<f64>,
     pub slow_pct: Option<f64>,
     /// Rejected per second: breaker, rate limit, bulkhead.
@@ -90,6 +92,7 @@ pub fn build(s: &Snapshot, prev: &HashMap<String, Prev>, dt: Option<f64>) -> Vec
         let (p, dt) = (prev.get(key)?, dt.filter(|d| *d > 0.0)?);
         Some((
             rate(c.attempts, p.attempts, dt),
+            rate(failures(c), p.failures, dt),
             [
                 rate(c.rejected.breaker, p.rejected[0], dt),
                 rate(c.rejected.rate_limit, p.rejected[1], dt),
@@ -105,9 +108,10 @@ pub fn build(s: &Snapshot, prev: &HashMap<String, Prev>, dt: Option<f64>) -> Vec
             tag,
             state,
             attempts_per_s: r.map(|r| r.0),
+            failures_per_s: r.map(|r| r.1),
             fail_pct: d.window.failure_rate,
             slow_pct: d.window.slow_rate,
-            rejected_per_s: r.map(|r| r.1),
+            rejected_per_s: r.map(|r| r.2),
             tokens: d.tokens.zip(d.burst),
             active: d.counts.active,
             max_active: d.max_concurrent,
@@ -118,12 +122,13 @@ pub fn build(s: &Snapshot, prev: &HashMap<String, Prev>, dt: Option<f64>) -> Vec
         });
     }
     for o in &s.observed {
-        rows.push(observed(o, rates(&o.address, &o.counts).map(|r| r.0)));
+        let r = rates(&o.address, &o.counts);
+        rows.push(observed(o, r.map(|r| r.0), r.map(|r| r.1)));
     }
     rows
 }
 
-fn observed(o: &ObservedStatus, attempts_per_s: Option<f64>) -> Row {
+fn observed(o: &ObservedStatus, attempts_per_s: Option<f64>, failures_per_s: Option<f64>) -> Row {
     let c = &o.counts;
     let ended = c.successes + failures(c);
     Row {
@@ -131,6 +136,7 @@ fn observed(o: &ObservedStatus, attempts_per_s: Option<f64>) -> Row {
         tag: Tag::Observed,
         state: "observed".into(),
         attempts_per_s,
+        failures_per_s,
         // No window for an unnamed destination: its totals since the daemon started.
         fail_pct: (ended > 0).then(|| failures(c) as f64 * 100.0 / ended as f64),
         slow_pct: None,
