@@ -37,8 +37,6 @@ pub struct Running {
     /// The trip fuse last published.
     pub trip_after: u32,
     pub transitions: TransitionCounts,
-    /// The mode `resilience disable` put over the file's.
-    pub override_mode: Option<Mode>,
 }
 
 pub struct State {
@@ -324,7 +322,6 @@ fn install(state: &mut State, file: &Policy) -> Result<()> {
             .filter(|o| o.applied.slot == a.slot)
             .map(|o| o.samples)
             .unwrap_or_default();
-        let override_mode = state.overrides.get(&a.dest.name).copied();
         let trip_after = fuses.get(&a.dest.name).copied().unwrap_or(0);
         if !kept_breaker {
             // A new breaker starts with no streak; the kernel's must match it.
@@ -337,7 +334,6 @@ fn install(state: &mut State, file: &Policy) -> Result<()> {
             generation,
             trip_after,
             transitions,
-            override_mode,
         });
     }
     state.by_slot = state
@@ -646,6 +642,7 @@ fn snapshot(state: &mut State) -> Result<Snapshot> {
             active: tables.active(slot)?,
             tokens,
             now_ns: now,
+            override_mode: state.overrides.get(&d.applied.dest.name).copied(),
         };
         destinations.push(snapshot::destination(d, &c, &live));
     }

@@ -180,11 +180,13 @@ impl WindowView {
     }
 }
 
-/// Kernel values read for the snapshot.
+/// What a destination's entry needs beyond its `Running`: kernel values read for the
+/// snapshot, the time, and the operator's override.
 pub struct Live {
     pub active: u64,
     pub tokens: Option<u64>,
     pub now_ns: u64,
+    pub override_mode: Option<crate::config::Mode>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -306,7 +308,7 @@ pub fn destination(d: &mut Running, c: &DestCounters, live: &Live) -> Destinatio
         tokens: live.tokens,
         burst: dest.rate_limit.map(|r| r.burst),
         max_concurrent: dest.bulkhead.map(|b| b.max_concurrent),
-        override_mode: d.override_mode.map(|m| m.as_str().to_string()),
+        override_mode: live.override_mode.map(|m| m.as_str().to_string()),
         transitions: d.transitions,
         window,
         policy: crate::config::destination_json(dest),
