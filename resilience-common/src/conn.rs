@@ -8,7 +8,8 @@ pub const SLOT_OBSERVED: u32 = u32::MAX;
 pub const CONN_CONNECTING: u32 = 0;
 pub const CONN_ESTABLISHED: u32 = 1;
 
-/// A TCP socket whose connect the hook allowed, keyed by socket cookie.
+/// A TCP socket whose connect the hook allowed, keyed by socket cookie: in CONNS for a named
+/// destination, in OBS_CONNS for an observed one.
 #[repr(C)]
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct ConnTrack {
@@ -21,7 +22,8 @@ pub struct ConnTrack {
     pub state: u32,
     /// `TRACK_*`.
     pub flags: u32,
-    /// `DestPolicy::generation` when admitted.
+    /// `DestPolicy::generation` when admitted: the outcome is charged to the slot only while
+    /// its generation is still this one.
     pub generation: u32,
     pub _pad: u32,
 }
@@ -30,8 +32,11 @@ pub struct ConnTrack {
 pub const TRACK_HELD: u32 = 1 << 0;
 /// The connection is a half-open probe.
 pub const TRACK_PROBE: u32 = 1 << 1;
-/// (Records only) a success at least `slow_ns` slow.
+/// (Records only) the connect took at least `slow_ns`: a slow success, or a slow failure.
 pub const TRACK_SLOW: u32 = 1 << 2;
+/// The SYN went out and the state callback is on for this socket: it will report the socket's
+/// end. Without it (a Fast Open connect not yet written to), sock_release has the last word.
+pub const TRACK_ARMED: u32 = 1 << 3;
 
 pub const OUTCOME_SUCCESS: u32 = 0;
 pub const OUTCOME_REFUSED: u32 = 1;
@@ -39,8 +44,11 @@ pub const OUTCOME_TIMEOUT: u32 = 2;
 pub const OUTCOME_UNREACHABLE: u32 = 3;
 pub const OUTCOME_RESET: u32 = 4;
 pub const OUTCOME_CLOSED: u32 = 5;
+/// The socket was closed before its SYN was ever sent (a Fast Open connect never written to):
+/// not a call to the destination.
+pub const OUTCOME_ABANDONED: u32 = 6;
 
-/// One record per connect outcome and per close of an established connection.
+/// One record per connect outcome and per reset of an established connection.
 #[repr(C)]
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct OutcomeEvent {
@@ -55,4 +63,6 @@ pub struct OutcomeEvent {
     pub sk_err: u32,
     /// `TRACK_*`.
     pub flags: u32,
+    /// The slot's generation when the connect was admitted.
+    pub generation: u32,
 }

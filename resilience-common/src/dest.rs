@@ -7,7 +7,7 @@ pub const ACTION_REJECT: u32 = 1;
 /// Half-open: admit while the slot's probe budget (`PROBES[slot]`) lasts, reject the rest.
 pub const ACTION_PROBE: u32 = 2;
 
-/// Count what would have been rejected, reject nothing.
+/// Count what would have been rejected, reject nothing (dry-run, and disabled).
 pub const FLAG_DRY_RUN: u32 = 1 << 0;
 /// Apply the token bucket (`ns_per_token`, `burst`).
 pub const FLAG_RATE_LIMIT: u32 = 1 << 1;
@@ -51,8 +51,8 @@ pub struct DestPolicy {
     pub tolerance_ns: u64,
     /// A success that took at least this long is slow (0: no slow-call detection).
     pub slow_ns: u64,
-    /// Changes when the slot changes owner: a connection admitted under another generation
-    /// gives nothing back to this one.
+    /// Changes when the slot is retired or changes owner: a connection admitted under another
+    /// generation is charged nothing (no counters, no place given back, no streak, no record).
     pub generation: u32,
     /// Trip fuse: with the action ALLOW, reject (as an open breaker) once `STREAKS[slot]`
     /// consecutive counted failures reach this; 0 = no fuse. Set by the daemon's breaker so that
@@ -102,6 +102,11 @@ pub struct DestCounters {
     pub reset: u64,
     /// Established connections that have closed (for any reason, resets included).
     pub closed: u64,
+    /// Admitted connects whose outcome was never seen: the tracking map was full, or the
+    /// socket closed while no daemon had the programs attached (found at start).
+    pub untracked: u64,
+    /// Admitted connects closed before their SYN was sent (Fast Open, never written to).
+    pub abandoned: u64,
     /// Sum of connect latencies of successes, in nanoseconds.
     pub latency_sum_ns: u64,
     pub latency_log2_us: [u64; LATENCY_BUCKETS],
@@ -109,25 +114,29 @@ pub struct DestCounters {
 
 impl Default for DestCounters {
     fn default() -> Self {
-        Self {
-            attempts: 0,
-            rejected: [0; REJECT_REASONS],
-            would_reject: [0; REJECT_REASONS],
-            fail_open: 0,
-            successes: 0,
-            slow: 0,
-            refused: 0,
-            timeout: 0,
-            unreachable: 0,
-            reset: 0,
-            closed: 0,
-            latency_sum_ns: 0,
-            latency_log2_us: [0; LATENCY_BUCKETS],
-        }
+        Self::ZERO
     }
 }
 
 impl DestCounters {
+    pub const ZERO: DestCounters = DestCounters {
+        attempts: 0,
+        rejected: [0; REJECT_REASONS],
+        would_reject: [0; REJECT_REASONS],
+        fail_open: 0,
+        successes: 0,
+        slow: 0,
+        refused: 0,
+        timeout: 0,
+        unreachable: 0,
+        reset: 0,
+        closed: 0,
+        untracked: 0,
+        abandoned: 0,
+        latency_sum_ns: 0,
+        latency_log2_us: [0; LATENCY_BUCKETS],
+    };
+
     /// Connections established and not yet closed.
     pub fn active(&self) -> u64 {
         self.successes.saturating_sub(self.closed)

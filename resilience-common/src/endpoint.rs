@@ -9,7 +9,9 @@ pub struct Endpoint {
     pub addr: [u8; 16],
     /// Port in host order; 0 means "any port" in policy keys.
     pub port: u16,
-    pub _pad: u16,
+    /// The policy set an EXACT key belongs to (0 or 1, see `Control::active_set`); 0 in every
+    /// other use (tracking, records, observed keys).
+    pub set: u16,
 }
 
 impl Endpoint {
@@ -23,41 +25,46 @@ impl Endpoint {
         addr[13] = ip[1];
         addr[14] = ip[2];
         addr[15] = ip[3];
-        Self {
-            addr,
-            port,
-            _pad: 0,
-        }
+        Self { addr, port, set: 0 }
     }
 
     #[inline(always)]
     pub const fn v6(addr: [u8; 16], port: u16) -> Self {
+        Self { addr, port, set: 0 }
+    }
+
+    /// The same address as a key of policy set `set`.
+    #[inline(always)]
+    pub const fn in_set(self, set: u16) -> Self {
         Self {
-            addr,
-            port,
-            _pad: 0,
+            addr: self.addr,
+            port: self.port,
+            set,
         }
     }
 }
 
-/// The data part of a CIDR key in the LPM trie: the port comes first so that one trie serves
-/// both "CIDR on one port" (prefix covers the port, then the address bits) and "CIDR on any
-/// port" (stored with port 0, looked up a second time with port 0).
+/// The data part of a CIDR key in the LPM trie. The policy set comes first, then the port, so
+/// that one trie serves both sets and both "CIDR on one port" (prefix covers set, port, then
+/// the address bits) and "CIDR on any port" (stored with port 0, looked up a second time with
+/// port 0).
 #[repr(C)]
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
 pub struct CidrData {
+    pub set: u8,
     /// Port in network order (the trie matches bits from the first byte on).
     pub port: [u8; 2],
     pub addr: [u8; 16],
 }
 
-/// Bits of the port in a CIDR key's prefix.
-pub const CIDR_PORT_BITS: u32 = 16;
+/// Bits of the set and the port in a CIDR key's prefix.
+pub const CIDR_HEAD_BITS: u32 = 8 + 16;
 
 impl CidrData {
     #[inline(always)]
-    pub const fn new(addr: [u8; 16], port: u16) -> Self {
+    pub const fn new(set: u8, addr: [u8; 16], port: u16) -> Self {
         Self {
+            set,
             port: port.to_be_bytes(),
             addr,
         }
@@ -65,6 +72,6 @@ impl CidrData {
 
     /// The prefix length of a key for `addr_bits` bits of the (IPv6 or IPv4-mapped) address.
     pub const fn prefix_len(addr_bits: u32) -> u32 {
-        CIDR_PORT_BITS + addr_bits
+        CIDR_HEAD_BITS + addr_bits
     }
 }

@@ -10,11 +10,13 @@ pub mod control;
 pub mod dest;
 pub mod endpoint;
 pub mod maps;
+pub mod saved;
 
 pub use conn::{ConnTrack, OutcomeEvent};
 pub use control::{Control, Stats};
 pub use dest::{Bucket, DestCounters, DestPolicy};
 pub use endpoint::{CidrData, Endpoint};
+pub use saved::SavedBreaker;
 
 #[cfg(feature = "user")]
 mod pod {
@@ -28,4 +30,5 @@ mod pod {
     unsafe impl aya::Pod for super::OutcomeEvent {}
     unsafe impl aya::Pod for super::Control {}
     unsafe impl aya::Pod for super::Stats {}
+    unsafe impl aya::Pod for super::SavedBreaker {}
 }

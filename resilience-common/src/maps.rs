@@ -2,42 +2,67 @@
 
 use core::mem::size_of;
 
-use crate::{Bucket, CidrData, ConnTrack, Control, DestCounters, DestPolicy, Endpoint, Stats};
+use crate::{
+    Bucket, CidrData, ConnTrack, Control, DestCounters, DestPolicy, Endpoint, SavedBreaker, Stats,
+};
 
-/// ip:port (or ip with port 0) -> destination slot.
+/// (set, ip:port) or (set, ip with port 0) -> destination slot.
 pub const EXACT: &str = "EXACT";
-/// CIDR (port first, see `CidrData`) -> destination slot.
+/// (set, CIDR, port first, see `CidrData`) -> destination slot.
 pub const CIDR: &str = "CIDR";
-/// slot -> verdict.
+/// set * MAX_SLOTS + slot -> verdict.
 pub const POLICY: &str = "POLICY";
 /// slot -> counters.
 pub const COUNTERS: &str = "COUNTERS";
 /// slot -> connections admitted and not yet closed (the bulkhead's count).
 pub const ACTIVE: &str = "ACTIVE";
-/// slot -> half-open probes left (signed; below zero once spent).
+/// slot -> half-open probes left (never below zero: taken by compare-and-swap).
 pub const PROBES: &str = "PROBES";
 /// slot -> token bucket.
 pub const BUCKETS: &str = "BUCKETS";
 /// slot -> consecutive counted connect failures since the last success (the trip fuse).
 pub const STREAKS: &str = "STREAKS";
+/// slot -> the daemon's saved breaker (never read by the programs).
+pub const SAVED: &str = "SAVED";
 /// Endpoint no policy names -> counters (LRU).
 pub const OBSERVED: &str = "OBSERVED";
-/// Socket cookie -> connection in flight or established (LRU).
+/// Socket cookie -> connection to a named destination in flight or established. A plain hash:
+/// an entry is never evicted, so a place it holds is never lost.
 pub const CONNS: &str = "CONNS";
+/// Socket cookie -> connection to an observed destination (LRU: a flood of unnamed connects
+/// evicts only its own kind and never touches CONNS).
+pub const OBS_CONNS: &str = "OBS_CONNS";
 /// Outcome records.
 pub const EVENTS: &str = "EVENTS";
-/// [0] -> lease.
+/// [0] -> lease and active set.
 pub const CONTROL: &str = "CONTROL";
 /// [0] -> per-CPU global counters.
 pub const STATS: &str = "STATS";
 
-pub const MAX_SLOTS: u32 = 16384;
-/// Exact ip:port keys (not preallocated: memory follows use).
+/// Slots, each destination keeping its own across reloads and restarts. Twice the number of
+/// destinations a policy may name: a slot freed by a reload is reused only after a grace
+/// period, so a reload that renames every destination still finds fresh slots.
+pub const MAX_SLOTS: u32 = 32768;
+pub const MAX_DESTINATIONS: u32 = MAX_SLOTS / 2;
+/// POLICY holds one array of slots per policy set.
+pub const POLICY_ENTRIES: u32 = 2 * MAX_SLOTS;
+/// Exact ip:port keys of both sets (not preallocated: memory follows use).
 pub const MAX_EXACT: u32 = 262144;
+/// CIDR keys of both sets.
 pub const MAX_CIDR: u32 = 65536;
+/// Keys one policy set may hold: both sets live in the same map during a reload.
+pub const MAX_EXACT_PER_SET: u32 = MAX_EXACT / 2;
+pub const MAX_CIDR_PER_SET: u32 = MAX_CIDR / 2;
 pub const MAX_OBSERVED: u32 = 16384;
+/// Connections to named destinations tracked at once (the daemon may set another size at
+/// load: `[daemon] max_connections`).
 pub const MAX_CONNS: u32 = 65536;
+pub const MAX_OBS_CONNS: u32 = 65536;
 pub const EVENTS_BYTES: u32 = 1 << 20;
+
+/// The array maps the daemon memory-maps (reads counters, writes verdicts without syscalls).
+pub const BPF_F_MMAPABLE: u32 = 1 << 10;
+pub const BPF_F_NO_PREALLOC: u32 = 1 << 0;
 
 /// Read-only global in the object: byte offset of `sk_err` in `struct sock`, found in the
 /// running kernel's BTF by the daemon at load time.
@@ -57,8 +82,22 @@ pub const LAYOUT: &[(&str, usize, usize)] = &[
     (PROBES, size_of::<u32>(), size_of::<u64>()),
     (BUCKETS, size_of::<u32>(), size_of::<Bucket>()),
     (STREAKS, size_of::<u32>(), size_of::<u64>()),
+    (SAVED, size_of::<u32>(), size_of::<SavedBreaker>()),
     (OBSERVED, size_of::<Endpoint>(), size_of::<DestCounters>()),
     (CONNS, size_of::<u64>(), size_of::<ConnTrack>()),
+    (OBS_CONNS, size_of::<u64>(), size_of::<ConnTrack>()),
     (CONTROL, size_of::<u32>(), size_of::<Control>()),
     (STATS, size_of::<u32>(), size_of::<Stats>()),
+];
+
+/// The memory-mapped arrays, with their entries.
+pub const MMAPPED: &[(&str, u32)] = &[
+    (POLICY, POLICY_ENTRIES),
+    (COUNTERS, MAX_SLOTS),
+    (ACTIVE, MAX_SLOTS),
+    (PROBES, MAX_SLOTS),
+    (BUCKETS, MAX_SLOTS),
+    (STREAKS, MAX_SLOTS),
+    (SAVED, MAX_SLOTS),
+    (CONTROL, 1),
 ];

@@ -1,187 +1,29 @@
-//! Write a policy into the kernel maps: slots, verdicts, guards, and the keys that lead to
-//! them. New keys go in before stale ones come out, so a destination never loses its entry.
+//! A destination's definition and its breaker's verdict as the kernel reads them. Pure.
 
-use std::{
-    collections::HashMap,
-    net::{SocketAddr, ToSocketAddrs},
-};
+use std::net::SocketAddr;
 
-use anyhow::{Context, Result};
-use aya::maps::lpm_trie::Key;
 use resilience_common::{
-    control::{LOOKUP_CIDR_ANY, LOOKUP_CIDR_PORT, LOOKUP_EXACT},
     dest::{
-        ACTION_ALLOW, ACTION_PROBE, ACTION_REJECT, FLAG_BULKHEAD, FLAG_COUNT_REFUSED,
-        FLAG_COUNT_TIMEOUT, FLAG_COUNT_UNREACHABLE, FLAG_DRY_RUN, FLAG_RATE_LIMIT,
+        FLAG_BULKHEAD, FLAG_COUNT_REFUSED, FLAG_COUNT_TIMEOUT, FLAG_COUNT_UNREACHABLE,
+        FLAG_DRY_RUN, FLAG_RATE_LIMIT,
     },
-    maps::MAX_SLOTS,
-    Bucket, CidrData, DestPolicy, Endpoint,
+    Bucket, DestPolicy, Endpoint,
 };
 
 use crate::{
-    config::{Destination, MatchKind, Mode, Policy},
-    engine::{KernelVerdict, Verdict},
-    kernel::{monotonic_ns, Tables},
+    config::{Destination, Mode},
+    daemon::publish::action,
+    engine::KernelVerdict,
     slots,
 };
 
-/// A destination as the daemon runs it.
-#[derive(Debug, Clone)]
-pub struct Applied {
-    pub dest: Destination,
-    pub slot: u32,
-    /// Addresses its DNS names resolved to (empty when it has none, or none resolved).
-    pub resolved: Vec<Endpoint>,
-}
-
-/// `verdict(dest)`: the breaker verdict to publish for each destination (a kept breaker may be
-/// open across a reload).
-pub fn apply(
-    tables: &mut Tables,
-    policy: &Policy,
-    previous: &[Applied],
-    mut verdict: impl FnMut(&Destination) -> KernelVerdict,
-) -> Result<Vec<Applied>> {
-    let mut taken = Vec::new();
-    let mut generation = HashMap::new();
-    for slot in 0..MAX_SLOTS {
-        let p = tables.policy(slot)?;
-        if p.name_id != 0 {
-            taken.push((slot, p.name_id));
-        }
-        generation.insert(slot, p.generation);
-    }
-    let names: Vec<&str> = policy
-        .destinations
-        .iter()
-        .map(|d| d.name.as_str())
-        .collect();
-    let plan = slots::plan(&taken, &names, MAX_SLOTS).map_err(anyhow::Error::msg)?;
-    for &slot in &plan.fresh {
-        tables.reset_counters(slot)?;
-        tables.reset_active(slot)?;
-    }
-
-    let mut exact: HashMap<Endpoint, u32> = HashMap::new();
-    let mut cidr: HashMap<(u32, CidrData), u32> = HashMap::new();
-    let mut applied = Vec::new();
-    for (dest, &slot) in policy.destinations.iter().zip(&plan.slots) {
-        let fresh = plan.fresh.contains(&slot);
-        let gen = generation.get(&slot).copied().unwrap_or(0);
-        let gen = if fresh { gen.wrapping_add(1) } else { gen };
-        let before = previous.iter().find(|a| a.slot == slot && !fresh);
-        let rate_changed = before.is_none_or(|b| b.dest.rate_limit != dest.rate_limit);
-        if dest.rate_limit.is_some() && (rate_changed || fresh) {
-            // A full bucket from now on.
-            let full = Bucket {
-                tat_ns: monotonic_ns(),
-                _pad: 0,
-            };
-            tables.set_bucket(slot, full)?;
-        }
-        publish(tables, slot, dest, gen, verdict(dest))?;
-        let mut resolved = Vec::new();
-        for m in &dest.matches {
-            match &m.kind {
-                MatchKind::Exact(ep) => {
-                    exact.insert(*ep, slot);
-                }
-                MatchKind::Cidr { addr, bits, port } => {
-                    cidr.insert(
-                        (CidrData::prefix_len(*bits), CidrData::new(*addr, *port)),
-                        slot,
-                    );
-                }
-                MatchKind::Host { host, port } => {
-                    for ep in resolve(host, *port) {
-                        exact.entry(ep).or_insert(slot);
-                        resolved.push(ep);
-                    }
-                }
-            }
-        }
-        applied.push(Applied {
-            dest: dest.clone(),
-            slot,
-            resolved,
-        });
-    }
-
-    for (ep, slot) in &exact {
-        tables.set_exact(*ep, *slot)?;
-    }
-    for ((len, data), slot) in &cidr {
-        tables.set_cidr(Key::new(*len, *data), *slot)?;
-    }
-    for (ep, _) in tables.exact_keys() {
-        if !exact.contains_key(&ep) {
-            tables.remove_exact(&ep)?;
-        }
-    }
-    for (key, _) in tables.cidr_keys() {
-        if !cidr.contains_key(&(key.prefix_len(), key.data())) {
-            tables.remove_cidr(&key)?;
-        }
-    }
-    for &slot in &plan.freed {
-        let gen = generation.get(&slot).copied().unwrap_or(0);
-        tables.set_policy(
-            slot,
-            DestPolicy {
-                generation: gen,
-                ..DestPolicy::default()
-            },
-        )?;
-        tables.reset_counters(slot)?;
-    }
-
+/// The POLICY entry of `dest` for the verdict `kv`.
+///
+/// `disabled` rejects nothing at all: the breaker is paused (its verdict is "allow"), and the
+/// bucket and bulkhead only count what they would have rejected, as in dry-run.
+pub fn kernel_policy(dest: &Destination, kv: KernelVerdict, generation: u32) -> DestPolicy {
     let mut flags = 0;
-    if !exact.is_empty() {
-        flags |= LOOKUP_EXACT;
-    }
-    if cidr.keys().any(|(_, d)| d.port != [0, 0]) {
-        flags |= LOOKUP_CIDR_PORT;
-    }
-    if cidr.keys().any(|(_, d)| d.port == [0, 0]) {
-        flags |= LOOKUP_CIDR_ANY;
-    }
-    let control = tables.control()?;
-    tables
-        .set_control(resilience_common::Control {
-            lookup_flags: flags,
-            ..control
-        })
-        .context("publishing lookup flags")?;
-    Ok(applied)
-}
-
-/// Publish a destination's verdict. For half-open the probe budget goes in first, so that the
-/// hook never sees PROBE with last time's budget.
-pub fn publish(
-    tables: &mut Tables,
-    slot: u32,
-    dest: &Destination,
-    generation: u32,
-    kv: KernelVerdict,
-) -> Result<()> {
-    let action = match kv.verdict {
-        Verdict::Allow => ACTION_ALLOW,
-        Verdict::Reject => ACTION_REJECT,
-        Verdict::Probe(n) => {
-            if tables.policy(slot)?.action != ACTION_PROBE {
-                tables.set_probes(slot, n)?;
-            }
-            ACTION_PROBE
-        }
-    };
-    let mut p = kernel_policy(dest, action, generation);
-    p.trip_after = kv.trip_after;
-    tables.set_policy(slot, p)
-}
-
-pub fn kernel_policy(dest: &Destination, action: u32, generation: u32) -> DestPolicy {
-    let mut flags = 0;
-    if dest.mode == Mode::DryRun {
+    if matches!(dest.mode, Mode::DryRun | Mode::Disabled) {
         flags |= FLAG_DRY_RUN;
     }
     let f = dest.breaker.failures;
@@ -197,9 +39,7 @@ pub fn kernel_policy(dest: &Destination, action: u32, generation: u32) -> DestPo
     let (ns_per_token, tolerance_ns) = match dest.rate_limit {
         Some(r) => {
             flags |= FLAG_RATE_LIMIT;
-            // Rounded up: the bucket never refills faster than the configured rate.
-            let t = (1e9 / r.rate).ceil().max(1.0) as u64;
-            (t, u64::from(r.burst - 1).saturating_mul(t))
+            (r.ns_per_token(), r.tolerance_ns().unwrap_or(u64::MAX))
         }
         None => (0, 0),
     };
@@ -215,7 +55,7 @@ pub fn kernel_policy(dest: &Destination, action: u32, generation: u32) -> DestPo
         Mode::Disabled | Mode::ForcedOpen => 0,
     };
     DestPolicy {
-        action,
+        action: action(kv.verdict),
         errno: dest.reject_errno.0 as u32,
         flags,
         max_concurrent,
@@ -224,7 +64,16 @@ pub fn kernel_policy(dest: &Destination, action: u32, generation: u32) -> DestPo
         tolerance_ns,
         slow_ns,
         generation,
-        trip_after: 0,
+        trip_after: kv.trip_after,
+    }
+}
+
+/// The entry of a slot no destination owns: `generation` moved on, so that connections of its
+/// last owner are charged to nobody.
+pub fn retired_policy(generation: u32) -> DestPolicy {
+    DestPolicy {
+        generation,
+        ..DestPolicy::default()
     }
 }
 
@@ -237,17 +86,6 @@ pub fn tokens_left(policy: &DestPolicy, b: &Bucket, now_ns: u64) -> u64 {
         return 0;
     }
     (policy.tolerance_ns - ahead) / t + 1
-}
-
-/// Addresses of a DNS name through the system resolver; none (and a warning) if it fails.
-fn resolve(host: &str, port: u16) -> Vec<Endpoint> {
-    match (host, port).to_socket_addrs() {
-        Ok(addrs) => addrs.map(|a| endpoint(&a)).collect(),
-        Err(e) => {
-            tracing::warn!(%host, error = %e, "cannot resolve; will retry on the next reload");
-            Vec::new()
-        }
-    }
 }
 
 pub fn endpoint(a: &SocketAddr) -> Endpoint {
@@ -286,5 +124,24 @@ mod tests {
         };
         assert_eq!(tokens_left(&p, &b, 1000), 0);
         assert_eq!(tokens_left(&p, &b, 1100), 1);
+    }
+
+    #[test]
+    fn disabled_rejects_nothing_and_counts_what_it_would() {
+        let mut d = crate::config::parse_str(
+            "[[destination]]\nname = \"a\"\nmatch = [\"127.0.0.1:80\"]\nmode = \"disabled\"\n[destination.rate_limit]\nrate = 1\n[destination.bulkhead]\nmax_concurrent = 1\n",
+            std::path::Path::new("p.toml"),
+        )
+        .expect("policy")
+        .destinations
+        .remove(0);
+        let kv = KernelVerdict {
+            verdict: crate::engine::Verdict::Allow,
+            trip_after: 0,
+        };
+        let p = kernel_policy(&d, kv, 1);
+        assert_ne!(p.flags & FLAG_DRY_RUN, 0, "disabled counts as dry-run does");
+        d.mode = Mode::Enforce;
+        assert_eq!(kernel_policy(&d, kv, 1).flags & FLAG_DRY_RUN, 0);
     }
 }

@@ -7,6 +7,7 @@ use crate::snapshot::{
     Counts, DaemonStats, DestinationStatus, EventRecord, Failures, KernelStats, Latency,
     ObservedStatus, Rejected, Snapshot, TransitionCounts, WindowView,
 };
+use crate::{config::Mode, engine::State};
 
 const T0: f64 = 1_795_000_000.0;
 
@@ -38,6 +39,8 @@ fn counts(attempts: u64, ok: u64, refused: u64, timeout: u64, rejected: [u64; 3]
         fail_open: 0,
         active: 0,
         closed: ok,
+        untracked: 0,
+        abandoned: 0,
         latency_ms: Latency {
             p50: (ok > 0).then_some(0.05),
             p99: (ok > 0).then_some(0.9),
@@ -77,8 +80,8 @@ fn dest(
     DestinationStatus {
         name: name.into(),
         matches: matches.iter().map(|m| m.to_string()).collect(),
-        mode: mode.into(),
-        state: state.into(),
+        mode: Mode::from_name(mode).unwrap_or(Mode::Enforce),
+        state: State::from_name(state).unwrap_or(State::Closed),
         since: 42.0,
         retry_in: None,
         resolved: Vec::new(),
@@ -187,6 +190,9 @@ pub fn fixture() -> Snapshot {
     Snapshot {
         version: "0.1.0".into(),
         lease_ms: 2000,
+        seq: 1,
+        delta: false,
+        removed: Vec::new(),
         destinations: vec![pay, inv, db, partner, staging, legacy, maint],
         observed: vec![
             ObservedStatus {
@@ -204,12 +210,15 @@ pub fn fixture() -> Snapshot {
             untracked: 0,
             hook_errors: 0,
             outcome_records: 8419,
+            stale: 0,
         },
         daemon: DaemonStats {
             uptime: 3725.0,
             reloads: 1,
             reload_failures: 0,
             policy_file: Some("/etc/resilience/policy.toml".into()),
+            stale_records: 0,
+            reconciled: 0,
         },
         events: vec![
             EventRecord {

@@ -1,11 +1,13 @@
 //! resilience: host-wide circuit breakers for outbound TCP connects.
 //!
 //! The data path, in module order: `kernel` (load, attach, typed maps) -> `apply` and `slots`
-//! (policy into maps) -> `engine` (pure breakers) -> `daemon` (the loop) -> `snapshot`
-//! (immutable pictures) -> `control` (socket), `metrics` (Prometheus) and `tui` (dashboard).
+//! (policy into kernel values) -> `engine` (pure breakers) -> `daemon` (the loop and its
+//! parts) -> `snapshot` (immutable pictures) -> `protocol` (typed requests and replies) ->
+//! `control` (socket), `metrics` (Prometheus), `client`, `cli` and `tui` (dashboard).
 
 pub mod apply;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod control;
 pub mod daemon;
@@ -14,6 +16,7 @@ pub mod fixture;
 pub mod kernel;
 pub mod latency;
 pub mod metrics;
+pub mod protocol;
 pub mod slots;
 pub mod snapshot;
 pub mod tui;

@@ -1,90 +1,156 @@
 //! The Prometheus endpoint: `GET /metrics` renders the daemon's snapshot in the text
 //! exposition format. Opt-in (`[daemon] metrics`), one small HTTP/1.1 exchange per connection.
 
-use std::fmt::Write;
+use std::{fmt::Write, sync::Arc, time::Duration};
 
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
-    sync::{mpsc, oneshot},
+    sync::{mpsc, Semaphore},
 };
 
-use crate::{control::Command, snapshot::Snapshot};
+use crate::{
+    control::{self, Command},
+    protocol::{Reply, Request},
+    snapshot::Snapshot,
+};
 
 /// Request heads longer than this are refused: a scrape's is a few hundred bytes.
 const MAX_HEAD: usize = 8192;
+/// Scrapes served at once; more connections are answered 503 and closed at once.
+const MAX_CONNECTIONS: usize = 8;
+/// A client has this long to send its request.
+const READ_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub async fn serve(listener: TcpListener, tx: mpsc::Sender<Command>) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                tokio::spawn(exchange(stream, tx.clone()));
+                let Ok(permit) = slots.clone().try_acquire_owned() else {
+                    let _ = stream.try_write(
+                        respond("503 Service Unavailable", "text/plain", "busy\n", true, &[])
+                            .as_bytes(),
+                    );
+                    continue;
+                };
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    exchange(stream, tx).await;
+                    drop(permit);
+                });
             }
             Err(e) => {
                 tracing::warn!(error = %e, "metrics endpoint accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
     }
+}
+
+/// The end of a request head: a blank line, with CRLF or bare LF line ends.
+fn head_end(head: &[u8]) -> bool {
+    head.windows(4).any(|w| w == b"\r\n\r\n") || head.windows(2).any(|w| w == b"\n\n")
+}
+
+fn respond(status: &str, kind: &str, body: &str, with_body: bool, extra: &[&str]) -> String {
+    let mut head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    for h in extra {
+        head.push_str(h);
+        head.push_str("\r\n");
+    }
+    head.push_str("\r\n");
+    if with_body {
+        head.push_str(body);
+    }
+    head
 }
 
 async fn exchange(mut stream: TcpStream, tx: mpsc::Sender<Command>) {
     let mut head = Vec::new();
     let mut buf = [0u8; 1024];
     let read = async {
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() <= MAX_HEAD {
+        while !head_end(&head) {
+            if head.len() > MAX_HEAD {
+                return Some(false);
+            }
             match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => return false,
+                Ok(0) | Err(_) => return None,
                 Ok(n) => head.extend_from_slice(&buf[..n]),
             }
         }
-        true
+        Some(true)
     };
-    // A client that never finishes its request does not hold a task forever.
-    let complete = tokio::time::timeout(std::time::Duration::from_secs(10), read).await;
-    if complete != Ok(true) {
+    // A client that never finishes its request does not hold a place for long.
+    let complete = match tokio::time::timeout(READ_TIMEOUT, read).await {
+        Ok(Some(c)) => c,
+        Ok(None) | Err(_) => return,
+    };
+    if !complete {
+        let r = respond(
+            "431 Request Header Fields Too Large",
+            "text/plain",
+            "request head too large\n",
+            true,
+            &[],
+        );
+        let _ = stream.write_all(r.as_bytes()).await;
         return;
     }
     let first = head.split(|&b| b == b'\n').next().unwrap_or_default();
     let first = String::from_utf8_lossy(first);
     let mut words = first.split_whitespace();
     let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
-    let (status, kind, body) = match (method, path.split('?').next().unwrap_or("")) {
-        ("GET", "/metrics") => match snapshot(&tx).await {
-            Ok(s) => (
-                "200 OK",
-                "text/plain; version=0.0.4; charset=utf-8",
-                render(&s),
-            ),
-            Err(e) => ("503 Service Unavailable", "text/plain", format!("{e}\n")),
-        },
-        ("GET", "/") => (
+    let with_body = method != "HEAD";
+    let response = match (method, path.split('?').next().unwrap_or("")) {
+        ("GET" | "HEAD", "/metrics") => {
+            match control::ask(&tx, Request::Snapshot { since: None }).await {
+                Reply::Snapshot { snapshot, .. } => respond(
+                    "200 OK",
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    &render(&snapshot),
+                    with_body,
+                    &[],
+                ),
+                Reply::Error(e) => respond(
+                    "503 Service Unavailable",
+                    "text/plain",
+                    &format!("{e}\n"),
+                    with_body,
+                    &[],
+                ),
+                _ => respond(
+                    "500 Internal Server Error",
+                    "text/plain",
+                    "unexpected reply\n",
+                    with_body,
+                    &[],
+                ),
+            }
+        }
+        ("GET" | "HEAD", "/") => respond(
             "200 OK",
             "text/plain",
-            "resilience: metrics at /metrics\n".to_string(),
+            "resilience: metrics at /metrics\n",
+            with_body,
+            &[],
         ),
-        ("GET", _) => ("404 Not Found", "text/plain", "not found\n".to_string()),
-        _ => (
+        ("GET" | "HEAD", _) => {
+            respond("404 Not Found", "text/plain", "not found\n", with_body, &[])
+        }
+        _ => respond(
             "405 Method Not Allowed",
             "text/plain",
-            "GET only\n".to_string(),
+            "GET or HEAD only\n",
+            true,
+            &["Allow: GET, HEAD"],
         ),
     };
-    let response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
     let _ = stream.write_all(response.as_bytes()).await;
     let _ = stream.shutdown().await;
-}
-
-async fn snapshot(tx: &mpsc::Sender<Command>) -> Result<Snapshot, String> {
-    let (reply, rx) = oneshot::channel();
-    let gone = || "daemon is shutting down".to_string();
-    tx.send(Command::Snapshot(reply))
-        .await
-        .map_err(|_| gone())?;
-    rx.await.map_err(|_| gone())?
 }
 
 /// A label value with `\`, `"` and newlines escaped.
@@ -145,7 +211,7 @@ pub fn render(s: &Snapshot) -> String {
     );
     for d in dests {
         for state in ["closed", "open", "half_open"] {
-            let v = u8::from(d.state == state);
+            let v = u8::from(d.state.as_str() == state);
             f.sample(
                 "resilience_breaker_state",
                 &[("destination", d.name.as_str()), ("state", state)],
@@ -162,7 +228,7 @@ pub fn render(s: &Snapshot) -> String {
     for d in dests {
         f.sample(
             "resilience_destination_mode",
-            &[("destination", d.name.as_str()), ("mode", &d.mode)],
+            &[("destination", d.name.as_str()), ("mode", d.mode.as_str())],
             1,
         );
     }

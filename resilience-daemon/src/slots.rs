@@ -24,8 +24,15 @@ pub struct Plan {
     pub freed: Vec<u32>,
 }
 
-/// `taken`: (slot, name id) of every slot in use now.
-pub fn plan(taken: &[(u32, u64)], names: &[&str], max_slots: u32) -> Result<Plan, String> {
+/// `taken`: (slot, name id) of every slot in use now; `available(slot)`: a free slot may be
+/// given to a new owner now (a slot freed a moment ago is not: connections of its previous
+/// owner may still be finishing).
+pub fn plan(
+    taken: &[(u32, u64)],
+    names: &[&str],
+    max_slots: u32,
+    available: impl Fn(u32) -> bool,
+) -> Result<Plan, String> {
     let by_id: HashMap<u64, u32> = taken.iter().map(|&(s, id)| (id, s)).collect();
     let wanted: Vec<u64> = names.iter().map(|n| name_id(n)).collect();
     let mut used: Vec<bool> = vec![false; max_slots as usize];
@@ -41,13 +48,20 @@ pub fn plan(taken: &[(u32, u64)], names: &[&str], max_slots: u32) -> Result<Plan
             used[s as usize] = true;
         }
     }
+    for (s, u) in used.iter_mut().enumerate() {
+        if !*u && !available(s as u32) {
+            *u = true;
+        }
+    }
     let mut next_free = 0usize;
     for slot in slots.iter_mut().filter(|s| s.is_none()) {
         while next_free < used.len() && used[next_free] {
             next_free += 1;
         }
         if next_free >= used.len() {
-            return Err(format!("more than {max_slots} destinations"));
+            return Err(format!(
+                "no free slot for a new destination ({max_slots} slots, some freed a moment ago)"
+            ));
         }
         used[next_free] = true;
         *slot = Some(next_free as u32);
@@ -68,7 +82,7 @@ mod tests {
 
     #[test]
     fn new_names_take_the_lowest_free_slots() {
-        let p = plan(&[], &["a", "b"], 8).unwrap();
+        let p = plan(&[], &["a", "b"], 8, |_| true).unwrap();
         assert_eq!(p.slots, vec![0, 1]);
         assert_eq!(p.fresh, vec![0, 1]);
         assert!(p.freed.is_empty());
@@ -77,7 +91,7 @@ mod tests {
     #[test]
     fn known_names_keep_their_slot_and_gone_ones_are_freed() {
         let taken = [(3, name_id("a")), (0, name_id("gone"))];
-        let p = plan(&taken, &["new", "a"], 8).unwrap();
+        let p = plan(&taken, &["new", "a"], 8, |_| true).unwrap();
         assert_eq!(p.slots, vec![1, 3]);
         assert_eq!(p.fresh, vec![1]);
         assert_eq!(p.freed, vec![0]);
@@ -85,7 +99,14 @@ mod tests {
 
     #[test]
     fn too_many_destinations_is_an_error() {
-        assert!(plan(&[], &["a", "b", "c"], 2).is_err());
+        assert!(plan(&[], &["a", "b", "c"], 2, |_| true).is_err());
+    }
+
+    #[test]
+    fn slots_freed_a_moment_ago_are_not_handed_out() {
+        let p = plan(&[], &["x"], 4, |s| s >= 2).unwrap();
+        assert_eq!(p.slots, vec![2]);
+        assert!(plan(&[], &["x", "y", "z"], 4, |s| s >= 2).is_err());
     }
 
     #[test]

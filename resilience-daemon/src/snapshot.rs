@@ -9,12 +9,26 @@ use resilience_common::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::{config::Mode, daemon::Running, engine::Transition, latency::Samples};
+use crate::{
+    config::Mode,
+    engine::{State, Transition},
+    latency::Samples,
+};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Snapshot {
     pub version: String,
     pub lease_ms: u64,
+    /// Numbers snapshots; a client passes it back as `since` to get only what changed.
+    #[serde(default)]
+    pub seq: u64,
+    /// True for an answer to `since`: `destinations` and `observed` then hold only the entries
+    /// that changed since that snapshot (seconds in state and tokens refilled by time alone do
+    /// not count as a change), and `removed` the names that left the policy. False: everything.
+    #[serde(default)]
+    pub delta: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<String>,
     pub destinations: Vec<DestinationStatus>,
     /// Destinations no policy names, busiest first.
     pub observed: Vec<ObservedStatus>,
@@ -35,6 +49,14 @@ pub struct DaemonStats {
     pub reload_failures: u64,
     /// The policy file; null for the built-in default.
     pub policy_file: Option<String>,
+    /// Outcome records of connections whose destination had been removed or replaced since
+    /// they were admitted (dropped).
+    #[serde(default)]
+    pub stale_records: u64,
+    /// At start: tracked connections found closed while no daemon ran (their places given
+    /// back).
+    #[serde(default)]
+    pub reconciled: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -91,8 +113,9 @@ pub struct DestinationStatus {
     pub name: String,
     #[serde(rename = "match")]
     pub matches: Vec<String>,
-    pub mode: String,
-    pub state: String,
+    pub mode: Mode,
+    /// What applications see: a forced-open destination is `open`.
+    pub state: State,
     /// Seconds in the current state.
     pub since: f64,
     /// Open: seconds until it goes half-open.
@@ -106,8 +129,9 @@ pub struct DestinationStatus {
     pub max_concurrent: Option<u32>,
     /// Set by `resilience disable`: the mode the operator put in force over the file's.
     #[serde(default, rename = "override")]
-    pub override_mode: Option<String>,
-    /// Transitions into each state since the daemon started (or the destination changed).
+    pub override_mode: Option<Mode>,
+    /// Transitions into each state since the destination got its slot (kept across reloads
+    /// and restarts).
     #[serde(default)]
     pub transitions: TransitionCounts,
     /// The breaker's window now.
@@ -128,11 +152,11 @@ pub struct TransitionCounts {
 }
 
 impl TransitionCounts {
-    pub fn count(&mut self, to: crate::engine::State) {
+    pub fn count(&mut self, to: State) {
         match to {
-            crate::engine::State::Open => self.open += 1,
-            crate::engine::State::HalfOpen => self.half_open += 1,
-            crate::engine::State::Closed => self.closed += 1,
+            State::Open => self.open += 1,
+            State::HalfOpen => self.half_open += 1,
+            State::Closed => self.closed += 1,
         }
     }
 }
@@ -180,15 +204,6 @@ impl WindowView {
     }
 }
 
-/// What a destination's entry needs beyond its `Running`: kernel values read for the
-/// snapshot, the time, and the operator's override.
-pub struct Live {
-    pub active: u64,
-    pub tokens: Option<u64>,
-    pub now_ns: u64,
-    pub override_mode: Option<crate::config::Mode>,
-}
-
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ObservedStatus {
     pub address: String,
@@ -208,6 +223,13 @@ pub struct Counts {
     pub fail_open: u64,
     pub active: u64,
     pub closed: u64,
+    /// Admitted connects whose outcome was never seen (tracking full, or closed while no
+    /// daemon ran).
+    #[serde(default)]
+    pub untracked: u64,
+    /// Admitted connects closed before their SYN was sent (Fast Open, never written to).
+    #[serde(default)]
+    pub abandoned: u64,
     pub latency_ms: Latency,
     /// Connect latency histogram: entry `i` counts connects under 2^i µs (and at least
     /// 2^(i-1) µs); the last entry takes everything slower.
@@ -249,6 +271,10 @@ pub struct KernelStats {
     pub untracked: u64,
     pub hook_errors: u64,
     pub outcome_records: u64,
+    /// Outcomes of connections whose destination was removed since they were admitted,
+    /// dropped by the kernel.
+    #[serde(default)]
+    pub stale: u64,
 }
 
 impl Counts {
@@ -273,6 +299,8 @@ impl Counts {
             fail_open: c.fail_open,
             active,
             closed: c.closed,
+            untracked: c.untracked,
+            abandoned: c.abandoned,
             latency_ms: Latency {
                 p50: samples.and_then(|s| s.quantile_ms(0.50)),
                 p99: samples.and_then(|s| s.quantile_ms(0.99)),
@@ -284,38 +312,6 @@ impl Counts {
     }
 }
 
-pub fn destination(d: &mut Running, c: &DestCounters, live: &Live) -> DestinationStatus {
-    let window = WindowView::new(&d.breaker.window_contents(live.now_ns), d.breaker.streak());
-    let dest = &d.applied.dest;
-    // What applications see: a forced-open destination is open whatever its breaker says.
-    let state = match dest.mode {
-        Mode::ForcedOpen => "open",
-        _ => d.breaker.state().as_str(),
-    };
-    DestinationStatus {
-        name: dest.name.clone(),
-        matches: dest.matches.iter().map(|m| m.text.clone()).collect(),
-        mode: dest.mode.as_str().to_string(),
-        state: state.to_string(),
-        since: live.now_ns.saturating_sub(d.breaker.since_ns()) as f64 / 1e9,
-        retry_in: d
-            .breaker
-            .open_until_ns()
-            .filter(|_| dest.mode != Mode::ForcedOpen)
-            .map(|t| t.saturating_sub(live.now_ns) as f64 / 1e9),
-        resolved: d.applied.resolved.iter().map(show_endpoint).collect(),
-        reject_errno: dest.reject_errno.name().to_string(),
-        tokens: live.tokens,
-        burst: dest.rate_limit.map(|r| r.burst),
-        max_concurrent: dest.bulkhead.map(|b| b.max_concurrent),
-        override_mode: live.override_mode.map(|m| m.as_str().to_string()),
-        transitions: d.transitions,
-        window,
-        policy: crate::config::destination_json(dest),
-        counts: Counts::new(c, Some(&d.samples), live.active),
-    }
-}
-
 pub fn kernel_stats(s: &Stats, outcome_records: u64) -> KernelStats {
     KernelStats {
         fail_open: s.fail_open,
@@ -323,6 +319,7 @@ pub fn kernel_stats(s: &Stats, outcome_records: u64) -> KernelStats {
         untracked: s.untracked,
         hook_errors: s.hook_errors,
         outcome_records,
+        stale: s.stale,
     }
 }
 

@@ -28,3 +28,6 @@ pub fn cas(p: *mut u64, old: u64, new: u64) -> (u64, bool) {
         atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(p, old, new)
     }
 }
+
+/// Two's complement of 1, for atomic decrements.
+pub const MINUS_ONE: u64 = u64::MAX;

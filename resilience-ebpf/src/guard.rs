@@ -1,5 +1,7 @@
-//! The connect hook's decision: find the destination, apply breaker, bulkhead and token bucket
-//! in that order, count, track. A connect rejected by one step takes nothing from the next.
+//! The connect hook's decision: find the destination in the active policy set, apply breaker,
+//! bulkhead and token bucket in that order, count, track. A connect rejected by one step takes
+//! nothing from the next; a connect let through (allowed, dry-run, disabled, fail-open) always
+//! holds a place until it ends.
 
 use aya_ebpf::{
     helpers::{bpf_get_socket_cookie, bpf_ktime_get_ns},
@@ -8,58 +10,62 @@ use aya_ebpf::{
     EbpfContext,
 };
 use resilience_common::{
-    conn::{CONN_CONNECTING, SLOT_OBSERVED, TRACK_HELD, TRACK_PROBE},
+    conn::{CONN_CONNECTING, OUTCOME_UNREACHABLE, SLOT_OBSERVED, TRACK_HELD, TRACK_PROBE},
     control::{LOOKUP_CIDR_ANY, LOOKUP_CIDR_PORT, LOOKUP_EXACT},
     dest::{
         ACTION_PROBE, ACTION_REJECT, FLAG_BULKHEAD, FLAG_DRY_RUN, FLAG_RATE_LIMIT, REJECT_BREAKER,
         REJECT_BULKHEAD, REJECT_RATE_LIMIT,
     },
-    endpoint::CIDR_PORT_BITS,
+    endpoint::CIDR_HEAD_BITS,
     Bucket, CidrData, ConnTrack, DestCounters, DestPolicy, Endpoint,
 };
 
 use crate::{
-    atomic::{add, cas, fetch_add},
+    atomic::{add, cas, fetch_add, MINUS_ONE},
     maps::{
-        stats, ACTIVE, BUCKETS, CIDR, CONNS, CONTROL, COUNTERS, EXACT, OBSERVED, POLICY, PROBES,
-        STREAKS,
+        policy, stats, ACTIVE, BUCKETS, CIDR, CONNS, CONTROL, COUNTERS, EXACT, OBSERVED, OBS_CONNS,
+        PROBES, STREAKS,
     },
+    outcome::settle,
     ALLOW,
 };
 
 /// Returned with `bpf_set_retval(-errno)` already called: the connect fails with that errno.
 const REJECT: i32 = 0;
-/// Prefix length of a CIDR key that matches every address on one port.
-const FULL_PREFIX: u32 = CIDR_PORT_BITS + 128;
-/// Two's complement of 1, for atomic decrements.
-const MINUS_ONE: u64 = u64::MAX;
+/// Prefix length of a CIDR key that matches every address on one port of one set.
+const FULL_PREFIX: u32 = CIDR_HEAD_BITS + 128;
+/// `bpf_map_update_elem` flags.
+const BPF_ANY: u64 = 0;
+const BPF_NOEXIST: u64 = 1;
 
 pub fn on_connect(ctx: &SockAddrContext, ep: Endpoint) -> i32 {
+    // SAFETY: the helper has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    let (lookup, lease_valid) = match CONTROL.get(0) {
-        Some(c) => (
-            c.lookup_flags,
-            now.wrapping_sub(c.heartbeat_ns) <= c.lease_ns,
-        ),
+    let Some(control) = CONTROL.get(0) else {
         // Cannot happen for an array; if it did, the guard fails open.
-        None => (0, false),
-    };
-
-    let Some(slot) = find_slot(&ep, lookup) else {
-        observe(ctx, &ep, now);
-        return ALLOW;
-    };
-    let (Some(counters), Some(policy)) = (COUNTERS.get_ptr_mut(slot), POLICY.get(slot)) else {
         count_hook_error();
         return ALLOW;
     };
+    let set = control.active_set & 1;
+    let lookup = control.lookup_flags[(set & 1) as usize];
+    let lease_valid = now.wrapping_sub(control.heartbeat_ns) <= control.lease_ns;
+
+    let Some(slot) = find_slot(&ep, lookup, set) else {
+        observe(ctx, &ep, now);
+        return ALLOW;
+    };
+    let (Some(counters), Some(p)) = (COUNTERS.get_ptr_mut(slot), policy(set, slot)) else {
+        count_hook_error();
+        return ALLOW;
+    };
+    // A copy: the daemon may publish a new verdict into this entry while we decide.
+    let p: DestPolicy = *p;
     // SAFETY (all derefs of `counters`): a pointer into an array map value, valid for the run.
     unsafe { add(&raw mut (*counters).attempts, 1) };
 
     let mut flags = 0;
-    let reason = admit(slot, policy, now, &mut flags);
-    if let Some(reason) = reason {
-        if policy.flags & FLAG_DRY_RUN != 0 {
+    if let Some(reason) = admit(slot, &p, now, &mut flags) {
+        if p.flags & FLAG_DRY_RUN != 0 {
             unsafe { add(&raw mut (*counters).would_reject[reason], 1) };
         } else if !lease_valid {
             // Fail-open: a daemon that stopped renewing its lease may hold stale verdicts.
@@ -71,26 +77,32 @@ pub fn on_connect(ctx: &SockAddrContext, ep: Endpoint) -> i32 {
             give_back(slot, flags);
             unsafe {
                 add(&raw mut (*counters).rejected[reason], 1);
-                aya_ebpf::helpers::generated::bpf_set_retval(-(policy.errno as i32));
+                aya_ebpf::helpers::generated::bpf_set_retval(-(p.errno as i32));
             }
             return REJECT;
         }
+        // Let through all the same: it holds a place like any other admitted connect, so the
+        // count stays exact for when enforcement resumes.
+        if flags & TRACK_HELD == 0 {
+            if let Some(active) = ACTIVE.get_ptr_mut(slot) {
+                add(active, 1);
+                flags |= TRACK_HELD;
+            }
+        }
     }
-    track(ctx, &ep, slot, policy.generation, flags, now);
+    track(ctx, &ep, slot, p.generation, flags, now, set);
     ALLOW
 }
 
 /// Breaker, then bulkhead, then token bucket. Returns the first step that says no; `flags`
 /// gets what the connect took (a probe, a bulkhead place), whatever the answer.
 #[inline(always)]
-fn admit(slot: u32, policy: &DestPolicy, now: u64, flags: &mut u32) -> Option<usize> {
-    match policy.action {
+fn admit(slot: u32, p: &DestPolicy, now: u64, flags: &mut u32) -> Option<usize> {
+    match p.action {
         ACTION_REJECT => return Some(REJECT_BREAKER),
         ACTION_PROBE => {
             let probes = PROBES.get_ptr_mut(slot)?;
-            // Exactly `budget` tickets are positive, whatever the number of CPUs racing.
-            let ticket = fetch_add(probes, MINUS_ONE) as i64;
-            if ticket <= 0 {
+            if !take_probe(probes) {
                 return Some(REJECT_BREAKER);
             }
             *flags |= TRACK_PROBE;
@@ -98,9 +110,9 @@ fn admit(slot: u32, policy: &DestPolicy, now: u64, flags: &mut u32) -> Option<us
         _ => {
             // The trip fuse: the failure that crosses the breaker's threshold closes the door
             // here and now, before the daemon has read it.
-            if policy.trip_after != 0 {
+            if p.trip_after != 0 {
                 let streak = STREAKS.get(slot).copied().unwrap_or(0);
-                if streak >= u64::from(policy.trip_after) {
+                if streak >= u64::from(p.trip_after) {
                     return Some(REJECT_BREAKER);
                 }
             }
@@ -110,31 +122,53 @@ fn admit(slot: u32, policy: &DestPolicy, now: u64, flags: &mut u32) -> Option<us
     // active count is known with or without a bulkhead.
     let active = ACTIVE.get_ptr_mut(slot)?;
     let ticket = fetch_add(active, 1);
-    if policy.flags & FLAG_BULKHEAD != 0 && ticket >= u64::from(policy.max_concurrent) {
+    if p.flags & FLAG_BULKHEAD != 0 && ticket >= u64::from(p.max_concurrent) {
         add(active, MINUS_ONE);
         return Some(REJECT_BULKHEAD);
     }
     *flags |= TRACK_HELD;
-    if policy.flags & FLAG_RATE_LIMIT != 0 {
+    if p.flags & FLAG_RATE_LIMIT != 0 {
         let bucket = BUCKETS.get_ptr_mut(slot)?;
-        if !take_token(bucket, policy, now) {
+        if !take_token(bucket, p, now) {
             return Some(REJECT_RATE_LIMIT);
         }
     }
     None
 }
 
-/// GCRA (the token bucket as one timestamp): see `resilience_common::Bucket` for why this is
-/// exact.
+/// Take one half-open probe ticket if any is left. A compare-and-swap, never an add that may
+/// go below zero: a ticket given back (`give_back`) then always makes one more admissible, and
+/// the budget can never be lost to a race. Under a storm of CPUs the loser of the last race is
+/// refused, which only ever admits fewer.
 #[inline(always)]
-fn take_token(b: *mut Bucket, policy: &DestPolicy, now: u64) -> bool {
-    let t = if policy.ns_per_token == 0 {
+fn take_probe(p: *mut u64) -> bool {
+    // SAFETY: pointer into an array map value.
+    let mut left = unsafe { core::ptr::read_volatile(p) };
+    for _ in 0..8 {
+        if left as i64 <= 0 {
+            return false;
+        }
+        let (found, swapped) = cas(p, left, left - 1);
+        if swapped {
+            return true;
+        }
+        left = found;
+    }
+    false
+}
+
+/// GCRA (the token bucket as one timestamp): see `resilience_common::Bucket` for why this is
+/// exact. The arithmetic saturates: a rate so low that an interval overflows admits nothing
+/// more rather than wrapping around to admit everything.
+#[inline(always)]
+fn take_token(b: *mut Bucket, p: &DestPolicy, now: u64) -> bool {
+    let t = if p.ns_per_token == 0 {
         1
     } else {
-        policy.ns_per_token
+        p.ns_per_token
     };
     // Up to `burst - 1` emission intervals early is within the bucket.
-    let tolerance = policy.tolerance_ns;
+    let tolerance = p.tolerance_ns;
     // SAFETY: pointer into an array map value.
     let tat_p = unsafe { &raw mut (*b).tat_ns };
     let mut tat = unsafe { core::ptr::read_volatile(tat_p) };
@@ -145,7 +179,7 @@ fn take_token(b: *mut Bucket, policy: &DestPolicy, now: u64) -> bool {
         if start - now > tolerance {
             return false;
         }
-        let (found, swapped) = cas(tat_p, tat, start + t);
+        let (found, swapped) = cas(tat_p, tat, start.saturating_add(t));
         if swapped {
             return true;
         }
@@ -169,22 +203,24 @@ fn give_back(slot: u32, flags: u32) {
     }
 }
 
-/// Exact ip:port first, then the longest CIDR on this port, then the longest CIDR on any port.
+/// Exact ip:port first, then the longest CIDR on this port, then the longest CIDR on any port,
+/// all in policy set `set`.
 #[inline(always)]
-fn find_slot(ep: &Endpoint, lookup: u32) -> Option<u32> {
+fn find_slot(ep: &Endpoint, lookup: u32, set: u32) -> Option<u32> {
     if lookup & LOOKUP_EXACT != 0 {
-        if let Some(slot) = unsafe { EXACT.get(ep) } {
+        let key = ep.in_set(set as u16);
+        if let Some(slot) = unsafe { EXACT.get(key) } {
             return Some(*slot);
         }
     }
     if lookup & LOOKUP_CIDR_PORT != 0 {
-        let key = Key::new(FULL_PREFIX, CidrData::new(ep.addr, ep.port));
+        let key = Key::new(FULL_PREFIX, CidrData::new(set as u8, ep.addr, ep.port));
         if let Some(slot) = CIDR.get(&key) {
             return Some(*slot);
         }
     }
     if lookup & LOOKUP_CIDR_ANY != 0 {
-        let key = Key::new(FULL_PREFIX, CidrData::new(ep.addr, 0));
+        let key = Key::new(FULL_PREFIX, CidrData::new(set as u8, ep.addr, 0));
         if let Some(slot) = CIDR.get(&key) {
             return Some(*slot);
         }
@@ -192,24 +228,42 @@ fn find_slot(ep: &Endpoint, lookup: u32) -> Option<u32> {
     None
 }
 
+/// The initial value of an observed destination's counters: a global, so that its 300-odd bytes
+/// are not built on the 512-byte BPF stack.
+static ZERO_COUNTERS: DestCounters = DestCounters::ZERO;
+
 /// A destination no policy names: never rejected, counted in the LRU map for the dashboard.
 #[inline(always)]
 fn observe(ctx: &SockAddrContext, ep: &Endpoint, now: u64) {
     let mut counters = OBSERVED.get_ptr_mut(ep);
     if counters.is_none() {
         // BPF_NOEXIST: when two CPUs race to create it, the loser just uses the winner's entry.
-        let _ = OBSERVED.insert(ep, DestCounters::default(), 1);
+        #[expect(
+            clippy::needless_borrows_for_generic_args,
+            reason = "by value, the 300-odd bytes would be copied onto the BPF stack"
+        )]
+        let _ = OBSERVED.insert(ep, &ZERO_COUNTERS, BPF_NOEXIST);
         counters = OBSERVED.get_ptr_mut(ep);
     }
     if let Some(c) = counters {
         unsafe { add(&raw mut (*c).attempts, 1) };
     }
-    track(ctx, ep, SLOT_OBSERVED, 0, 0, now);
+    track(ctx, ep, SLOT_OBSERVED, 0, 0, now, 0);
 }
 
-/// Remember the allowed connect so that the state tracker can count its outcome.
+/// Remember the allowed connect so that the outcome trackers can count it and give its place
+/// back. Named destinations go to CONNS (never evicted), observed ones to OBS_CONNS.
 #[inline(always)]
-fn track(ctx: &SockAddrContext, ep: &Endpoint, slot: u32, generation: u32, flags: u32, now: u64) {
+fn track(
+    ctx: &SockAddrContext,
+    ep: &Endpoint,
+    slot: u32,
+    generation: u32,
+    flags: u32,
+    now: u64,
+    set: u32,
+) {
+    // SAFETY: the context is a valid bpf_sock_addr for this program type.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let conn = ConnTrack {
         start_ns: now,
@@ -220,14 +274,77 @@ fn track(ctx: &SockAddrContext, ep: &Endpoint, slot: u32, generation: u32, flags
         generation,
         _pad: 0,
     };
-    if CONNS.insert(cookie, conn, 0).is_err() {
-        // Untracked: nobody would see its outcome or give its place back.
-        give_back(slot, flags);
-        if let Some(s) = stats() {
-            unsafe { (*s).untracked += 1 };
-        }
+    let tracked = if slot == SLOT_OBSERVED {
+        track_in(&OBS_CONNS, &CONNS, cookie, &conn, now, set)
+    } else {
+        track_in(&CONNS, &OBS_CONNS, cookie, &conn, now, set)
+    };
+    if tracked || slot == SLOT_OBSERVED {
+        return;
+    }
+    // Untracked: nobody would see its outcome or give its place back.
+    give_back(slot, flags);
+    if let Some(c) = COUNTERS.get_ptr_mut(slot) {
+        unsafe { add(&raw mut (*c).untracked, 1) };
+    }
+    if let Some(s) = stats() {
+        unsafe { (*s).untracked += 1 };
     }
 }
+
+/// Insert `conn` into `mine`. The socket may be connecting again: its earlier attempt failed
+/// before its SYN (no route, no local port), and that attempt ends here, once, in whichever
+/// map holds it.
+#[inline(always)]
+fn track_in(
+    mine: &impl Tracking,
+    other: &impl Tracking,
+    cookie: u64,
+    conn: &ConnTrack,
+    now: u64,
+    set: u32,
+) -> bool {
+    other.settle_stale(cookie, now, set);
+    if mine.insert(cookie, conn, BPF_NOEXIST) {
+        return true;
+    }
+    mine.settle_stale(cookie, now, set) && mine.insert(cookie, conn, BPF_ANY)
+}
+
+/// CONNS and OBS_CONNS, one way.
+trait Tracking {
+    fn insert(&self, cookie: u64, conn: &ConnTrack, flags: u64) -> bool;
+    /// If the socket has an entry, end it as a failure before its SYN; true if there was one.
+    fn settle_stale(&self, cookie: u64, now: u64, set: u32) -> bool;
+}
+
+macro_rules! tracking {
+    ($t:ty) => {
+        impl Tracking for $t {
+            #[inline(always)]
+            fn insert(&self, cookie: u64, conn: &ConnTrack, flags: u64) -> bool {
+                <$t>::insert(self, cookie, conn, flags).is_ok()
+            }
+
+            #[inline(always)]
+            fn settle_stale(&self, cookie: u64, now: u64, set: u32) -> bool {
+                let Some(old) = self.get_ptr(cookie) else {
+                    return false;
+                };
+                // SAFETY: pointer into a hash map value; copied before the entry goes away.
+                let old: ConnTrack = unsafe { *old };
+                // Whoever deletes the entry counts its outcome, so it is counted once.
+                if <$t>::remove(self, cookie).is_ok() {
+                    settle(&old, OUTCOME_UNREACHABLE, 0, now, set);
+                }
+                true
+            }
+        }
+    };
+}
+
+tracking!(aya_ebpf::maps::HashMap<u64, ConnTrack>);
+tracking!(aya_ebpf::maps::LruHashMap<u64, ConnTrack>);
 
 #[inline(always)]
 fn count_hook_error() {

@@ -12,6 +12,7 @@
 mod atomic;
 mod guard;
 mod maps;
+mod outcome;
 mod track;
 
 use aya_ebpf::{
@@ -25,6 +26,9 @@ const ALLOW: i32 = 1;
 const SOCK_STREAM: u32 = 1;
 const IPPROTO_TCP: u32 = 6;
 
+/// 127.0.0.1 as the hook sees `user_ip4`: network-order bytes in a host-order integer.
+const LOOPBACK4: [u8; 4] = [127, 0, 0, 1];
+
 #[cgroup_sock_addr(connect4)]
 pub fn connect4(ctx: SockAddrContext) -> i32 {
     // SAFETY: the kernel hands a valid bpf_sock_addr to this program type.
@@ -34,7 +38,14 @@ pub fn connect4(ctx: SockAddrContext) -> i32 {
     }
     // user_ip4 and user_port hold network-order values in host-order integers, so their
     // in-memory bytes are already the wire bytes.
-    let ip = sa.user_ip4.to_ne_bytes();
+    let mut ip = sa.user_ip4.to_ne_bytes();
+    if ip == [0; 4] {
+        // 0.0.0.0 connects to the socket's own bound address, or to 127.0.0.1 (the kernel's
+        // ip_route_connect): guard it as that address.
+        // SAFETY: `sk` is the connecting socket, never null in this program type.
+        let src = unsafe { (*sa.__bindgen_anon_1.sk).src_ip4 }.to_ne_bytes();
+        ip = if src == [0; 4] { LOOPBACK4 } else { src };
+    }
     let port = u16::from_be(sa.user_port as u16);
     guard::on_connect(&ctx, Endpoint::v4(ip, port))
 }
@@ -46,7 +57,36 @@ pub fn connect6(ctx: SockAddrContext) -> i32 {
     if sa.type_ != SOCK_STREAM || sa.protocol != IPPROTO_TCP {
         return ALLOW;
     }
-    let w = sa.user_ip6;
+    let mut addr = words_to_bytes(sa.user_ip6);
+    let port = u16::from_be(sa.user_port as u16);
+    // SAFETY: `sk` is the connecting socket, never null in this program type.
+    let src = words_to_bytes(unsafe { (*sa.__bindgen_anon_1.sk).src_ip6 });
+    if addr == [0; 16] {
+        // `::` connects to ::1, or to ::ffff:127.0.0.1 from a socket bound to an IPv4-mapped
+        // address (tcp_v6_connect); the latter is the IPv4 loopback.
+        addr = if is_v4_mapped(&src) {
+            Endpoint::v4(LOOPBACK4, 0).addr
+        } else {
+            let mut one = [0u8; 16];
+            one[15] = 1;
+            one
+        };
+    } else if is_v4_mapped(&addr) && addr[12..] == [0, 0, 0, 0] {
+        // ::ffff:0.0.0.0 is an IPv4 connect to 0.0.0.0: as connect4 resolves it.
+        let bound = [src[12], src[13], src[14], src[15]];
+        let ip = if is_v4_mapped(&src) && bound != [0; 4] {
+            bound
+        } else {
+            LOOPBACK4
+        };
+        addr = Endpoint::v4(ip, 0).addr;
+    }
+    // An IPv4-mapped address is already in the form connect4 keys IPv4 with.
+    guard::on_connect(&ctx, Endpoint::v6(addr, port))
+}
+
+#[inline(always)]
+fn words_to_bytes(w: [u32; 4]) -> [u8; 16] {
     let mut addr = [0u8; 16];
     let (a, b, c, d) = (
         w[0].to_ne_bytes(),
@@ -58,9 +98,12 @@ pub fn connect6(ctx: SockAddrContext) -> i32 {
     addr[4..8].copy_from_slice(&b);
     addr[8..12].copy_from_slice(&c);
     addr[12..16].copy_from_slice(&d);
-    let port = u16::from_be(sa.user_port as u16);
-    // An IPv4-mapped address is already in the form connect4 keys IPv4 with.
-    guard::on_connect(&ctx, Endpoint::v6(addr, port))
+    addr
+}
+
+#[inline(always)]
+fn is_v4_mapped(a: &[u8; 16]) -> bool {
+    a[..10] == [0; 10] && a[10] == 0xff && a[11] == 0xff
 }
 
 /// Outcomes of the connects `connect4`/`connect6` let through.
@@ -70,7 +113,7 @@ pub fn sock_ops(ctx: SockOpsContext) -> u32 {
     1
 }
 
-/// The last word on a socket whose connect failed before its SYN.
+/// The last word on a socket whose connect failed before its SYN, or never sent it.
 #[cgroup_sock(sock_release)]
 pub fn sock_release(ctx: SockContext) -> i32 {
     track::on_release(&ctx);

@@ -6,46 +6,52 @@ use aya_ebpf::{
     maps::{lpm_trie::LpmTrie, Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use resilience_common::{
-    maps::{EVENTS_BYTES, MAX_CIDR, MAX_CONNS, MAX_EXACT, MAX_OBSERVED, MAX_SLOTS},
-    Bucket, CidrData, ConnTrack, Control, DestCounters, DestPolicy, Endpoint, Stats,
+    maps::{
+        BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, EVENTS_BYTES, MAX_CIDR, MAX_CONNS, MAX_EXACT,
+        MAX_OBSERVED, MAX_OBS_CONNS, MAX_SLOTS, POLICY_ENTRIES,
+    },
+    Bucket, CidrData, ConnTrack, Control, DestCounters, DestPolicy, Endpoint, SavedBreaker, Stats,
 };
 
 // Pinned (by name, under the daemon's pin directory): a restarted daemon finds the same
-// policies, counters and connections.
+// policies, counters and connections. The arrays are memory-mapped by the daemon.
 #[map]
 pub static EXACT: HashMap<Endpoint, u32> = HashMap::pinned(MAX_EXACT, BPF_F_NO_PREALLOC);
+// (aya-ebpf adds BPF_F_NO_PREALLOC to LPM tries itself: the kernel requires it.)
 #[map]
 pub static CIDR: LpmTrie<CidrData, u32> = LpmTrie::pinned(MAX_CIDR, 0);
 #[map]
-pub static POLICY: Array<DestPolicy> = Array::pinned(MAX_SLOTS, 0);
+pub static POLICY: Array<DestPolicy> = Array::pinned(POLICY_ENTRIES, BPF_F_MMAPABLE);
 #[map]
-pub static COUNTERS: Array<DestCounters> = Array::pinned(MAX_SLOTS, 0);
+pub static COUNTERS: Array<DestCounters> = Array::pinned(MAX_SLOTS, BPF_F_MMAPABLE);
 // Each in its own array: the daemon writes PROBES and BUCKETS whole, and must never overwrite
-// ACTIVE, which only the hooks change.
+// ACTIVE, which only the hooks change while a slot is owned.
 #[map]
-pub static ACTIVE: Array<u64> = Array::pinned(MAX_SLOTS, 0);
+pub static ACTIVE: Array<u64> = Array::pinned(MAX_SLOTS, BPF_F_MMAPABLE);
 #[map]
-pub static PROBES: Array<u64> = Array::pinned(MAX_SLOTS, 0);
+pub static PROBES: Array<u64> = Array::pinned(MAX_SLOTS, BPF_F_MMAPABLE);
 #[map]
-pub static BUCKETS: Array<Bucket> = Array::pinned(MAX_SLOTS, 0);
+pub static BUCKETS: Array<Bucket> = Array::pinned(MAX_SLOTS, BPF_F_MMAPABLE);
 #[map]
-pub static STREAKS: Array<u64> = Array::pinned(MAX_SLOTS, 0);
-// LRU: a destination seen once, or a connection whose close was never seen (say, while no
-// daemon ran), ages out instead of filling the map. Per-CPU LRU lists: no shared lock on the
-// connect path. (Measured alternatives for CONNS: socket-local storage costs about twice as
-// much per connect here, its allocation dominating.)
+pub static STREAKS: Array<u64> = Array::pinned(MAX_SLOTS, BPF_F_MMAPABLE);
+// The daemon's own: saved breaker states. Declared here so that it is created and pinned with
+// the rest and checked by the same layout test.
 #[map]
-pub static OBSERVED: LruHashMap<Endpoint, DestCounters> =
-    LruHashMap::pinned(MAX_OBSERVED, BPF_F_NO_COMMON_LRU);
+pub static SAVED: Array<SavedBreaker> = Array::pinned(MAX_SLOTS, BPF_F_MMAPABLE);
+// LRU, one list for all CPUs: a destination seen once ages out instead of filling the map.
 #[map]
-pub static CONNS: LruHashMap<u64, ConnTrack> = LruHashMap::pinned(MAX_CONNS, BPF_F_NO_COMMON_LRU);
+pub static OBSERVED: LruHashMap<Endpoint, DestCounters> = LruHashMap::pinned(MAX_OBSERVED, 0);
+// Named destinations: a plain hash, never evicting (a full map leaves a connect untracked,
+// counted, with its place given back). Its size may be set at load.
 #[map]
-pub static CONTROL: Array<Control> = Array::pinned(1, 0);
+pub static CONNS: HashMap<u64, ConnTrack> = HashMap::pinned(MAX_CONNS, 0);
+// Observed destinations hold no places: an LRU, so that nobody can fill CONNS with them.
+#[map]
+pub static OBS_CONNS: LruHashMap<u64, ConnTrack> = LruHashMap::pinned(MAX_OBS_CONNS, 0);
+#[map]
+pub static CONTROL: Array<Control> = Array::pinned(1, BPF_F_MMAPABLE);
 #[map]
 pub static STATS: PerCpuArray<Stats> = PerCpuArray::pinned(1, 0);
-
-const BPF_F_NO_PREALLOC: u32 = 1 << 0;
-const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
 
 // Not pinned: each daemon reads the records produced while it runs.
 #[map]
@@ -59,4 +65,19 @@ pub static SK_ERR_OFFSET: u32 = 0;
 #[inline(always)]
 pub fn stats() -> Option<*mut Stats> {
     STATS.get_ptr_mut(0)
+}
+
+/// The active policy set's verdict for `slot`.
+#[inline(always)]
+pub fn policy(set: u32, slot: u32) -> Option<&'static DestPolicy> {
+    if slot >= MAX_SLOTS {
+        return None;
+    }
+    POLICY.get((set & 1) * MAX_SLOTS + slot)
+}
+
+/// The policy set the hooks read now.
+#[inline(always)]
+pub fn active_set() -> u32 {
+    CONTROL.get(0).map_or(0, |c| c.active_set & 1)
 }

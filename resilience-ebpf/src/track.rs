@@ -2,10 +2,7 @@
 //! and the close of established connections.
 
 use aya_ebpf::{
-    bindings::{
-        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
-        BPF_SOCK_OPS_TCP_CONNECT_CB,
-    },
+    bindings::{BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB},
     helpers::{
         bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_probe_read_kernel,
         generated::bpf_skc_to_tcp_sock,
@@ -15,19 +12,18 @@ use aya_ebpf::{
 };
 use resilience_common::{
     conn::{
-        CONN_CONNECTING, CONN_ESTABLISHED, OUTCOME_CLOSED, OUTCOME_REFUSED, OUTCOME_RESET,
-        OUTCOME_SUCCESS, OUTCOME_TIMEOUT, OUTCOME_UNREACHABLE, SLOT_OBSERVED, TRACK_HELD,
-        TRACK_PROBE, TRACK_SLOW,
+        CONN_CONNECTING, CONN_ESTABLISHED, OUTCOME_ABANDONED, OUTCOME_CLOSED, OUTCOME_REFUSED,
+        OUTCOME_RESET, OUTCOME_TIMEOUT, OUTCOME_UNREACHABLE, TRACK_ARMED,
     },
-    dest::{latency_bucket, FLAG_COUNT_REFUSED, FLAG_COUNT_TIMEOUT, FLAG_COUNT_UNREACHABLE},
-    ConnTrack, DestCounters, OutcomeEvent,
+    ConnTrack,
 };
 
 use crate::{
-    atomic::add,
-    maps::{stats, ACTIVE, CONNS, COUNTERS, EVENTS, OBSERVED, POLICY, SK_ERR_OFFSET, STREAKS},
+    maps::{active_set, CONNS, OBS_CONNS, SK_ERR_OFFSET},
+    outcome::{settle, succeed},
 };
 
+const TCP_ESTABLISHED: u32 = 1;
 const TCP_CLOSE: u32 = 7;
 
 const ECONNRESET: u32 = 104;
@@ -41,99 +37,116 @@ const EPIPE: u32 = 32;
 /// guarded sockets pay for it.
 pub fn on_sock_ops(ctx: &SockOpsContext) {
     match ctx.op() {
-        // The connect is about to send its SYN: follow this socket's state changes.
+        // The SYN is about to go out: follow this socket's state changes from now on.
         BPF_SOCK_OPS_TCP_CONNECT_CB => {
             let flags = ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG;
             let _ = ctx.set_cb_flags(flags as i32);
-        }
-        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => {
+            // SAFETY: the context is a valid bpf_sock_ops for this program type.
             let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-            established(cookie);
+            if !arm(&CONNS, cookie) {
+                arm(&OBS_CONNS, cookie);
+            }
         }
-        BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == TCP_CLOSE => {
-            let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-            closed(cookie, sk_err(ctx), None);
+        // Only sockets armed above get here. ESTABLISHED covers the active open and the
+        // simultaneous open (SYN_SENT -> SYN_RECV -> ESTABLISHED) alike.
+        BPF_SOCK_OPS_STATE_CB => {
+            let new = ctx.arg(1);
+            if new == TCP_ESTABLISHED {
+                let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+                if !established(&CONNS, cookie) {
+                    established(&OBS_CONNS, cookie);
+                }
+            } else if new == TCP_CLOSE {
+                let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+                let err = sk_err(ctx);
+                if !closed(&CONNS, cookie, err) {
+                    closed(&OBS_CONNS, cookie, err);
+                }
+            }
         }
         _ => {}
     }
 }
 
-/// cgroup/sock_release: a connect that failed after the hook let it through but before its SYN
-/// (no route, no local port) reaches CLOSE without a state callback. Its entry is still here
-/// when the application closes the socket; count it then.
+/// cgroup/sock_release: the application closed the socket. A connect that failed before its
+/// SYN (no route, no local port) reached CLOSE without a state callback, and a Fast Open
+/// connect never written to never sent its SYN at all: neither would ever be reported, so their
+/// end is counted here. Armed sockets are left to the state callback.
 pub fn on_release(ctx: &SockContext) {
     // SAFETY: the kernel hands a valid bpf_sock to this program type.
-    if unsafe { (*ctx.sock).state } != TCP_CLOSE {
-        // Closing from another state goes through the state callback.
-        return;
-    }
+    let state = unsafe { (*ctx.sock).state };
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    closed(cookie, 0, Some(OUTCOME_UNREACHABLE));
+    if !release(&CONNS, cookie, state) {
+        release(&OBS_CONNS, cookie, state);
+    }
 }
 
-/// SYN_SENT -> ESTABLISHED.
-#[inline(always)]
-fn established(cookie: u64) {
-    let Some(conn) = CONNS.get_ptr_mut(cookie) else {
-        // Not a connect the hook allowed (it started before the daemon did).
-        return;
-    };
-    let now = unsafe { bpf_ktime_get_ns() };
-    // SAFETY: pointer into an LRU map value; copied first.
-    let c: ConnTrack = unsafe { *conn };
-    let elapsed = now.wrapping_sub(c.start_ns);
-    unsafe { (*conn).state = CONN_ESTABLISHED };
-    if c.slot != SLOT_OBSERVED {
-        if let Some(streak) = STREAKS.get_ptr_mut(c.slot) {
-            // SAFETY: pointer into an array map value.
-            unsafe { core::ptr::write_volatile(streak, 0) };
-        }
-    }
-    let mut flags = c.flags & TRACK_PROBE;
-    if let Some(p) = POLICY.get(c.slot) {
-        if p.slow_ns != 0 && elapsed >= p.slow_ns && c.slot != SLOT_OBSERVED {
-            flags |= TRACK_SLOW;
-        }
-    }
-    if let Some(counters) = counters_for(&c) {
-        unsafe {
-            add(&raw mut (*counters).successes, 1);
-            if flags & TRACK_SLOW != 0 {
-                add(&raw mut (*counters).slow, 1);
-            }
-            add(&raw mut (*counters).latency_sum_ns, elapsed);
-            let b = latency_bucket(elapsed);
-            if b < (*counters).latency_log2_us.len() {
-                add(&raw mut (*counters).latency_log2_us[b], 1);
-            }
-        }
-    }
-    // The breaker acts on probes and slow calls: wake the daemon for them.
-    emit(now, elapsed, &c, OUTCOME_SUCCESS, 0, flags, flags != 0);
+/// CONNS and OBS_CONNS, as the trackers use them.
+trait Conns {
+    fn entry(&self, cookie: u64) -> Option<*mut ConnTrack>;
+    fn delete(&self, cookie: u64) -> bool;
 }
 
-/// The socket reached CLOSE. `forced`: the outcome of a failed connect when the socket error
-/// cannot tell.
+macro_rules! conns {
+    ($t:ty) => {
+        impl Conns for $t {
+            #[inline(always)]
+            fn entry(&self, cookie: u64) -> Option<*mut ConnTrack> {
+                self.get_ptr_mut(cookie)
+            }
+
+            #[inline(always)]
+            fn delete(&self, cookie: u64) -> bool {
+                self.remove(cookie).is_ok()
+            }
+        }
+    };
+}
+
+conns!(aya_ebpf::maps::HashMap<u64, ConnTrack>);
+conns!(aya_ebpf::maps::LruHashMap<u64, ConnTrack>);
+
 #[inline(always)]
-fn closed(cookie: u64, err: u32, forced: Option<u32>) {
-    let Some(conn) = CONNS.get_ptr_mut(cookie) else {
-        return;
+fn arm(map: &impl Conns, cookie: u64) -> bool {
+    let Some(conn) = map.entry(cookie) else {
+        return false;
+    };
+    // SAFETY: pointer into a hash map value; only this socket's own callbacks (under its lock)
+    // write it.
+    unsafe { (*conn).flags |= TRACK_ARMED };
+    true
+}
+
+#[inline(always)]
+fn established(map: &impl Conns, cookie: u64) -> bool {
+    let Some(conn) = map.entry(cookie) else {
+        return false;
     };
     let now = unsafe { bpf_ktime_get_ns() };
-    // SAFETY: pointer into an LRU map value; copied before the entry goes away.
+    // SAFETY: as above; copied first.
     let c: ConnTrack = unsafe { *conn };
-    let elapsed = now.wrapping_sub(c.start_ns);
+    if c.state == CONN_CONNECTING {
+        unsafe { (*conn).state = CONN_ESTABLISHED };
+        succeed(&c, now, active_set());
+    }
+    true
+}
 
-    // CLOSE. Whoever deletes the entry counts the outcome, so it is counted exactly once.
-    if CONNS.remove(cookie).is_err() {
-        return;
+/// The socket reached CLOSE: whoever deletes the entry counts the outcome, so it is counted
+/// exactly once.
+#[inline(always)]
+fn closed(map: &impl Conns, cookie: u64, err: u32) -> bool {
+    let Some(conn) = map.entry(cookie) else {
+        return false;
+    };
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: copied before the entry goes away.
+    let c: ConnTrack = unsafe { *conn };
+    if !map.delete(cookie) {
+        return true;
     }
-    if c.flags & TRACK_HELD != 0 {
-        release(&c);
-    }
-    let outcome = match (c.state, forced) {
-        (CONN_CONNECTING, Some(o)) => o,
-        (CONN_CONNECTING, None) => match err {
+    let outcome = match c.state {
+        CONN_CONNECTING => match err {
             ECONNREFUSED => OUTCOME_REFUSED,
             // The kernel gave up on SYN retries, or the application gave up waiting.
             0 | ETIMEDOUT => OUTCOME_TIMEOUT,
@@ -142,76 +155,31 @@ fn closed(cookie: u64, err: u32, forced: Option<u32>) {
         _ if err == ECONNRESET || err == EPIPE => OUTCOME_RESET,
         _ => OUTCOME_CLOSED,
     };
-    if let Some(counters) = counters_for(&c) {
-        unsafe {
-            let field = match outcome {
-                OUTCOME_REFUSED => &raw mut (*counters).refused,
-                OUTCOME_TIMEOUT => &raw mut (*counters).timeout,
-                OUTCOME_UNREACHABLE => &raw mut (*counters).unreachable,
-                _ => &raw mut (*counters).closed,
-            };
-            add(field, 1);
-            if outcome == OUTCOME_RESET {
-                add(&raw mut (*counters).reset, 1);
-            }
-        }
-    }
-    // A plain close is in the counters; records are for connect outcomes and resets. A
-    // failure of a named destination may trip its breaker: wake the daemon at once.
-    if outcome != OUTCOME_CLOSED {
-        let urgent = c.slot != SLOT_OBSERVED;
-        emit(
-            now,
-            elapsed,
-            &c,
-            outcome,
-            err,
-            c.flags & TRACK_PROBE,
-            urgent,
-        );
-    }
-    // After the record: a daemon that sees the streak has the record too.
-    if c.slot != SLOT_OBSERVED {
-        count_streak(c.slot, outcome);
-    }
+    settle(&c, outcome, err, now, active_set());
+    true
 }
 
-/// The trip fuse's streak: consecutive counted connect failures, zeroed by a success.
 #[inline(always)]
-fn count_streak(slot: u32, outcome: u32) {
-    let Some(p) = POLICY.get(slot) else { return };
-    let counted = match outcome {
-        OUTCOME_REFUSED => p.flags & FLAG_COUNT_REFUSED != 0,
-        OUTCOME_TIMEOUT => p.flags & FLAG_COUNT_TIMEOUT != 0,
-        OUTCOME_UNREACHABLE => p.flags & FLAG_COUNT_UNREACHABLE != 0,
-        _ => false,
+fn release(map: &impl Conns, cookie: u64, state: u32) -> bool {
+    let Some(conn) = map.entry(cookie) else {
+        return false;
     };
-    if counted {
-        if let Some(streak) = STREAKS.get_ptr_mut(slot) {
-            add(streak, 1);
-        }
+    // SAFETY: copied before the entry goes away.
+    let c: ConnTrack = unsafe { *conn };
+    if c.flags & TRACK_ARMED != 0 && state != TCP_CLOSE {
+        // The state callback reports it when the close completes.
+        return true;
     }
-}
-
-/// Give the bulkhead place back, unless the slot changed owner since (its count restarted).
-#[inline(always)]
-fn release(c: &ConnTrack) {
-    let Some(p) = POLICY.get(c.slot) else { return };
-    if p.generation != c.generation {
-        return;
+    if map.delete(cookie) {
+        let now = unsafe { bpf_ktime_get_ns() };
+        let outcome = if state == TCP_CLOSE {
+            OUTCOME_UNREACHABLE
+        } else {
+            OUTCOME_ABANDONED
+        };
+        settle(&c, outcome, 0, now, active_set());
     }
-    if let Some(active) = ACTIVE.get_ptr_mut(c.slot) {
-        add(active, u64::MAX);
-    }
-}
-
-#[inline(always)]
-fn counters_for(c: &ConnTrack) -> Option<*mut DestCounters> {
-    if c.slot == SLOT_OBSERVED {
-        OBSERVED.get_ptr_mut(c.endpoint)
-    } else {
-        COUNTERS.get_ptr_mut(c.slot)
-    }
+    true
 }
 
 /// The socket's pending error, read at the offset the daemon found in BTF.
@@ -234,41 +202,5 @@ fn sk_err(ctx: &SockOpsContext) -> u32 {
     match unsafe { bpf_probe_read_kernel(p) } {
         Ok(e) if e > 0 => e as u32,
         _ => 0,
-    }
-}
-
-/// `bpf_ringbuf_submit` flags and `bpf_ringbuf_query` selector.
-const BPF_RB_NO_WAKEUP: u64 = 1;
-const BPF_RB_FORCE_WAKEUP: u64 = 2;
-const BPF_RB_AVAIL_DATA: u64 = 0;
-/// Wake the daemon only once this much is pending; it also drains on a timer. A wakeup per
-/// record would put a daemon context switch on every connect.
-const WAKEUP_BYTES: u64 = 64 * 1024;
-
-#[inline(always)]
-fn emit(now: u64, elapsed: u64, c: &ConnTrack, outcome: u32, err: u32, flags: u32, urgent: bool) {
-    match EVENTS.reserve::<OutcomeEvent>(0) {
-        Some(mut entry) => {
-            entry.write(OutcomeEvent {
-                ts_ns: now,
-                latency_ns: elapsed,
-                endpoint: c.endpoint,
-                slot: c.slot,
-                outcome,
-                sk_err: err,
-                flags,
-            });
-            let wake = if urgent || EVENTS.query(BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES {
-                BPF_RB_FORCE_WAKEUP
-            } else {
-                BPF_RB_NO_WAKEUP
-            };
-            entry.submit(wake);
-        }
-        None => {
-            if let Some(s) = stats() {
-                unsafe { (*s).ringbuf_lost += 1 };
-            }
-        }
     }
 }

@@ -531,7 +531,10 @@ fn dns_names_resolve_through_the_system_resolver() {
     let cg = Cgroup::new("dns");
     let pins = PinDir::new("dns");
     let d = Daemon::start("dns", cg.path(), &pins, &policy, "2s");
-    let v = d.dest("byname");
+    // Names are looked up off the daemon's loop: the answer arrives a moment after start.
+    let v = d.wait_dest("byname", |v| {
+        v["resolved"].as_array().is_some_and(|a| !a.is_empty())
+    });
     let resolved: Vec<&str> = v["resolved"]
         .as_array()
         .expect("resolved")

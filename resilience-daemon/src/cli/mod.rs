@@ -7,12 +7,12 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::{Context, Result};
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
-use serde_json::json;
 
 use crate::{
+    client::{Client, Streamed, DEFAULT_TIMEOUT},
     config::{self, Policy},
-    control,
-    snapshot::{EventRecord, Snapshot},
+    protocol::Request,
+    snapshot::Snapshot,
     tui,
 };
 
@@ -47,7 +47,7 @@ enum LogFormat {
 
 /// Where the daemon's control socket is.
 #[derive(Args)]
-struct Client {
+struct ClientArgs {
     /// Control socket of the running daemon.
     #[arg(long, env = "RESILIENCE_SOCKET", default_value = config::DEFAULT_SOCKET)]
     socket: PathBuf,
@@ -67,7 +67,7 @@ enum Cmd {
     /// Per-destination state and counters from the running daemon.
     Status {
         #[command(flatten)]
-        client: Client,
+        client: ClientArgs,
         /// The daemon's full snapshot as JSON (destinations, observed, kernel, events).
         #[arg(long)]
         json: bool,
@@ -75,7 +75,7 @@ enum Cmd {
     /// State changes, reloads and errors: the last 1000, then (with --follow) as they happen.
     Events {
         #[command(flatten)]
-        client: Client,
+        client: ClientArgs,
         /// Keep printing new events until interrupted.
         #[arg(long, short)]
         follow: bool,
@@ -86,46 +86,64 @@ enum Cmd {
     /// Live dashboard of a running daemon (q quits, ? lists the keys).
     Top {
         #[command(flatten)]
-        client: Client,
-        /// Time between snapshots (e.g. "500ms", "2s").
-        #[arg(long, default_value = "1s", value_parser = parse_duration_arg)]
+        client: ClientArgs,
+        /// Time between snapshots (e.g. "500ms", "2s"; at least 100ms).
+        #[arg(long, default_value = "1s", value_parser = parse_refresh)]
         refresh: Duration,
     },
     /// Open a destination's breaker now (until its open time passes, then half-open).
     Trip {
         name: String,
         #[command(flatten)]
-        client: Client,
+        client: ClientArgs,
     },
     /// Close a destination's breaker now, with an empty window.
     Reset {
         name: String,
         #[command(flatten)]
-        client: Client,
+        client: ClientArgs,
     },
     /// Observe a destination only (reject nothing) until `enable`; survives reloads.
     Disable {
         name: String,
         #[command(flatten)]
-        client: Client,
+        client: ClientArgs,
     },
     /// Undo `disable`: the destination's mode is the policy file's again.
     Enable {
         name: String,
         #[command(flatten)]
-        client: Client,
+        client: ClientArgs,
     },
     /// Reload the policy file; a bad file is refused and the running policy stays.
     Reload {
         #[command(flatten)]
-        client: Client,
+        client: ClientArgs,
     },
     /// Print a shell completion script (e.g. `resilience completions bash > /etc/bash_completion.d/resilience`).
     Completions { shell: clap_complete::Shell },
 }
 
 fn parse_duration_arg(s: &str) -> Result<Duration, String> {
-    config::parse_duration(s)
+    let d = config::parse_duration(s)?;
+    if d < config::MIN_DURATION {
+        return Err(format!("{s:?} is below 1ms"));
+    }
+    Ok(d)
+}
+
+fn parse_lease(s: &str) -> Result<Duration, String> {
+    config::check_lease(parse_duration_arg(s)?)
+}
+
+/// The dashboard's refresh: faster than 10 a second costs the daemon CPU and shows nothing
+/// more.
+fn parse_refresh(s: &str) -> Result<Duration, String> {
+    let d = parse_duration_arg(s)?;
+    if d < Duration::from_millis(100) {
+        return Err(format!("refresh must be at least 100ms, not {s}"));
+    }
+    Ok(d)
 }
 
 pub fn dispatch(cli: Cli) -> Result<ExitCode> {
@@ -144,7 +162,7 @@ fn client(command: Cmd) -> Result<ExitCode> {
         Cmd::Run(_) => anyhow::bail!("run is not a client command"),
         Cmd::Check { file, json } => match config::load_file(&file) {
             Ok(policy) => {
-                print_policy(&policy, json);
+                print_policy(&policy, json)?;
                 Ok(ExitCode::SUCCESS)
             }
             Err(e) => {
@@ -153,14 +171,15 @@ fn client(command: Cmd) -> Result<ExitCode> {
             }
         },
         Cmd::Status { client, json } => {
-            let mut reply = control::request(&client.socket, &json!({"cmd": "snapshot"}))?;
+            let mut c = Client::new(&client.socket, DEFAULT_TIMEOUT);
+            let mut reply = c.call(&Request::Snapshot { since: None })?;
             let snapshot = reply["snapshot"].take();
             if json {
-                println!("{}", serde_json::to_string_pretty(&snapshot)?);
+                out(&format!("{}\n", serde_json::to_string_pretty(&snapshot)?))?;
             } else {
                 let snap: Snapshot = serde_json::from_value(snapshot)
                     .context("daemon sent an unexpected snapshot")?;
-                print!("{}", print::status(&snap));
+                out(&print::status(&snap))?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -170,71 +189,64 @@ fn client(command: Cmd) -> Result<ExitCode> {
             json,
         } => events(&client.socket, follow, json),
         Cmd::Top { client, refresh } => {
-            tui::run(&mut tui::SocketSource::new(client.socket), refresh, &|| {
-                false
-            })?;
+            tui::run_top(client.socket, refresh)?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Trip { name, client } => act(&client.socket, json!({"cmd": "trip", "name": name})),
-        Cmd::Reset { name, client } => act(&client.socket, json!({"cmd": "reset", "name": name})),
-        Cmd::Disable { name, client } => {
-            act(&client.socket, json!({"cmd": "disable", "name": name}))
-        }
-        Cmd::Enable { name, client } => act(&client.socket, json!({"cmd": "enable", "name": name})),
-        Cmd::Reload { client } => act(&client.socket, json!({"cmd": "reload"})),
+        Cmd::Trip { name, client } => act(&client.socket, Request::Trip { name }),
+        Cmd::Reset { name, client } => act(&client.socket, Request::Reset { name }),
+        Cmd::Disable { name, client } => act(&client.socket, Request::Disable { name }),
+        Cmd::Enable { name, client } => act(&client.socket, Request::Enable { name }),
+        Cmd::Reload { client } => act(&client.socket, Request::Reload),
         Cmd::Completions { shell } => {
-            clap_complete::generate(
-                shell,
-                &mut Cli::command(),
-                "resilience",
-                &mut std::io::stdout(),
-            );
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "resilience", &mut script);
+            out(&String::from_utf8_lossy(&script))?;
             Ok(ExitCode::SUCCESS)
         }
     }
 }
 
 /// Send a command that changes something; print the daemon's answer.
-fn act(socket: &std::path::Path, req: serde_json::Value) -> Result<ExitCode> {
-    let reply = control::request(socket, &req)?;
-    println!("{}", reply["message"].as_str().unwrap_or("ok"));
+fn act(socket: &std::path::Path, req: Request) -> Result<ExitCode> {
+    let message = Client::new(socket, DEFAULT_TIMEOUT).act(&req)?;
+    out(&format!("{message}\n"))?;
     Ok(ExitCode::SUCCESS)
 }
 
+/// Write to stdout. A reader that went away (`| head`) ends the command quietly: a closed pipe
+/// is not an error worth a message.
+pub fn out(text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut o = std::io::stdout().lock();
+    match o.write_all(text.as_bytes()).and_then(|()| o.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        r => r.context("writing to stdout"),
+    }
+}
+
 fn events(socket: &std::path::Path, follow: bool, json: bool) -> Result<ExitCode> {
-    use std::io::{BufRead, Write};
-    let mut stream = control::connect(socket)?;
-    let mut reply = control::exchange(&mut stream, &json!({"cmd": "events", "follow": follow}))?;
-    let backlog: Vec<EventRecord> =
-        serde_json::from_value(reply["events"].take()).context("daemon sent unexpected events")?;
-    let out = std::io::stdout();
-    let mut out = out.lock();
-    let show = |out: &mut std::io::StdoutLock, e: &EventRecord| -> Result<()> {
+    let mut c = Client::new(socket, DEFAULT_TIMEOUT);
+    let backlog = c.events(follow)?;
+    let show = |e: &crate::snapshot::EventRecord| -> Result<()> {
         if json {
-            writeln!(out, "{}", serde_json::to_string(e)?)?;
+            out(&format!("{}\n", serde_json::to_string(e)?))
         } else {
-            writeln!(out, "{}", print::event(e))?;
+            out(&format!("{}\n", print::event(e)))
         }
-        out.flush()?;
-        Ok(())
     };
     for e in &backlog {
-        show(&mut out, e)?;
+        show(e)?;
     }
     if !follow {
         return Ok(ExitCode::SUCCESS);
     }
-    for line in std::io::BufReader::new(stream).lines() {
-        let line = line.context("reading events")?;
-        let mut v: serde_json::Value =
-            serde_json::from_str(&line).context("daemon sent invalid JSON")?;
-        if let Some(n) = v.get("lagged").and_then(|n| n.as_u64()) {
-            eprintln!("resilience: {n} events were missed (this reader fell behind)");
-            continue;
+    while let Some(item) = c.next_event()? {
+        match item {
+            Streamed::Event(e) => show(&e)?,
+            Streamed::Lagged(n) => {
+                eprintln!("resilience: {n} events were missed (this reader fell behind)")
+            }
         }
-        let e: EventRecord =
-            serde_json::from_value(v["event"].take()).context("daemon sent an unexpected event")?;
-        show(&mut out, &e)?;
     }
     eprintln!("resilience: the daemon closed the event stream");
     Ok(ExitCode::FAILURE)
@@ -269,13 +281,13 @@ fn init_logs(format: LogFormat, file: Option<&std::path::Path>) -> Result<()> {
     Ok(())
 }
 
-fn print_policy(policy: &Policy, json: bool) {
+fn print_policy(policy: &Policy, json: bool) -> Result<()> {
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&config::to_json(policy)).unwrap_or_default()
-        );
+        out(&format!(
+            "{}\n",
+            serde_json::to_string_pretty(&config::to_json(policy))?
+        ))
     } else {
-        print!("{}", config::to_text(policy));
+        out(&config::to_text(policy))
     }
 }

@@ -79,8 +79,20 @@ pub fn status(s: &Snapshot) -> String {
         line(
             &mut out,
             [
-                &d.name, &d.mode, &d.state, &n[0], &n[1], &n[2], &n[3], &n[4], &n[5], &rejected,
-                &tokens, &active, &p50, &p99,
+                &d.name,
+                d.mode.as_str(),
+                d.state.as_str(),
+                &n[0],
+                &n[1],
+                &n[2],
+                &n[3],
+                &n[4],
+                &n[5],
+                &rejected,
+                &tokens,
+                &active,
+                &p50,
+                &p99,
             ],
         );
     }

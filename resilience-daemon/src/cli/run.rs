@@ -5,7 +5,7 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 use anyhow::{Context, Result};
 use clap::Args;
 
-use super::{init_logs, parse_duration_arg, LogFormat, DEFAULT_POLICY};
+use super::{init_logs, parse_lease, LogFormat, DEFAULT_POLICY};
 use crate::{config, daemon, tui};
 
 #[derive(Args)]
@@ -23,7 +23,7 @@ pub struct RunArgs {
     #[arg(long)]
     pin_dir: Option<PathBuf>,
     /// Heartbeat lease: past it without a heartbeat, the hooks fail open (e.g. "2s").
-    #[arg(long, value_parser = parse_duration_arg)]
+    #[arg(long, value_parser = parse_lease)]
     lease: Option<Duration>,
     /// Serve Prometheus metrics at this address (e.g. "127.0.0.1:9464"; a bare port means
     /// 127.0.0.1) [default: the policy's [daemon] metrics, else off]
@@ -63,6 +63,7 @@ pub fn run(args: RunArgs, format: LogFormat) -> Result<ExitCode> {
         config: args.config,
         policy,
         stop: Some(stop_rx),
+        tui: args.tui,
     };
     let daemon = move || -> Result<()> {
         tokio::runtime::Builder::new_current_thread()
@@ -85,7 +86,7 @@ pub fn run(args: RunArgs, format: LogFormat) -> Result<ExitCode> {
     );
     // The dashboard starts once the daemon answers; a daemon that fails to start says why.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while crate::control::connect(&socket).is_err() {
+    while crate::client::connect(&socket).is_err() {
         if handle.is_finished() || std::time::Instant::now() > deadline {
             let result = handle
                 .join()
@@ -96,10 +97,14 @@ pub fn run(args: RunArgs, format: LogFormat) -> Result<ExitCode> {
         std::thread::sleep(Duration::from_millis(50));
     }
     let shown = tui::run(
-        &mut tui::SocketSource::new(socket),
+        Box::new(tui::SocketSource::new(socket)),
         Duration::from_secs(1),
         &|| handle.is_finished(),
     );
+    if let Ok(tui::Exit::TerminalLost(why)) = &shown {
+        // As `q` would: detach, keep the pins, exit 0. Nobody is left to read stderr.
+        tracing::warn!(reason = %why, "terminal lost: stopping");
+    }
     let _ = stop_tx.send(());
     let stopped = handle
         .join()

@@ -16,6 +16,43 @@ pub enum Window {
     Time(Duration),
 }
 
+/// How a connect (or an established connection) failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailureClass {
+    /// SYN_SENT -> CLOSE on a reset (ECONNREFUSED).
+    Refused,
+    /// The kernel gave up on SYN retries, or the application did.
+    Timeout,
+    /// An ICMP error, or no route or local port before the SYN.
+    Unreachable,
+    /// An established connection ended by a reset.
+    Reset,
+}
+
+impl FailureClass {
+    pub const ALL: [FailureClass; 4] = [
+        FailureClass::Refused,
+        FailureClass::Timeout,
+        FailureClass::Unreachable,
+        FailureClass::Reset,
+    ];
+
+    /// The name in the policy file, status JSON and metrics labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            FailureClass::Refused => "refused",
+            FailureClass::Timeout => "timeout",
+            FailureClass::Unreachable => "unreachable",
+            FailureClass::Reset => "reset",
+        }
+    }
+
+    pub fn from_name(s: &str) -> Option<FailureClass> {
+        FailureClass::ALL.into_iter().find(|c| c.name() == s)
+    }
+}
+
 /// Which connect failures count against a breaker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FailureClasses {
@@ -26,17 +63,22 @@ pub struct FailureClasses {
 }
 
 impl FailureClasses {
+    pub fn counts(&self, c: FailureClass) -> bool {
+        match c {
+            FailureClass::Refused => self.refused,
+            FailureClass::Timeout => self.timeout,
+            FailureClass::Unreachable => self.unreachable,
+            FailureClass::Reset => self.reset,
+        }
+    }
+
     /// The classes counted, by name.
     pub fn names(&self) -> Vec<&'static str> {
-        [
-            (self.refused, "refused"),
-            (self.timeout, "timeout"),
-            (self.unreachable, "unreachable"),
-            (self.reset, "reset"),
-        ]
-        .into_iter()
-        .filter_map(|(on, n)| on.then_some(n))
-        .collect()
+        FailureClass::ALL
+            .into_iter()
+            .filter(|c| self.counts(*c))
+            .map(FailureClass::name)
+            .collect()
     }
 }
 
@@ -94,9 +136,42 @@ pub struct RateLimit {
     pub burst: u32,
 }
 
+/// The smallest rate: one token every 11.6 days. Below it the bucket's nanosecond arithmetic
+/// would leave no room for the burst.
+pub const MIN_RATE: f64 = 1e-6;
+/// How far ahead of now a full bucket's time may reach (about 146 years): the kernel adds it
+/// to CLOCK_MONOTONIC nanoseconds without overflowing.
+const MAX_SPAN_NS: u64 = 1 << 62;
+
+impl RateLimit {
+    /// Nanoseconds per token, rounded up so that the rate is never exceeded.
+    pub fn ns_per_token(&self) -> u64 {
+        (1e9 / self.rate).ceil().max(1.0) as u64
+    }
+
+    /// GCRA's tolerance, `(burst - 1) * ns_per_token`; None if it does not fit.
+    pub fn tolerance_ns(&self) -> Option<u64> {
+        let t = self.ns_per_token();
+        u64::from(self.burst - 1)
+            .checked_mul(t)
+            .filter(|v| v.checked_add(t).is_some_and(|s| s <= MAX_SPAN_NS))
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Bulkhead {
     pub max_concurrent: u32,
+}
+
+/// Shorter durations are refused: nothing in the daemon acts at a finer grain.
+pub const MIN_DURATION: Duration = Duration::from_millis(1);
+
+impl BreakerConfig {
+    /// A stable id of these settings: a restarted daemon restores a saved breaker only if it
+    /// ran with the same ones.
+    pub fn id(&self) -> u64 {
+        crate::slots::name_id(&format!("{self:?}"))
+    }
 }
 
 /// `[destination.breaker]` / `[defaults.breaker]` as written: every key optional, so that a
@@ -175,6 +250,12 @@ impl RawBreaker {
                     if d.is_zero() {
                         return Err((s.span(), format!("{name} must be longer than 0")));
                     }
+                    if d < MIN_DURATION {
+                        return Err((
+                            s.span(),
+                            format!("{name} must be at least 1ms (the daemon's resolution)"),
+                        ));
+                    }
                     Ok(d)
                 }
             }
@@ -225,9 +306,19 @@ impl RawBreaker {
                     Duration::from_secs(60),
                     "window_duration",
                 )?;
+                let span = self.window_duration.as_ref().map_or(0..0, |w| w.span());
                 if wd < Duration::from_secs(1) || wd > Duration::from_secs(3600) {
-                    let span = self.window_duration.as_ref().map_or(0..0, |w| w.span());
                     return Err((span, "window_duration must be between 1s and 1h".into()));
+                }
+                if wd.subsec_nanos() != 0 {
+                    return Err((
+                        span,
+                        format!(
+                            "window_duration must be a whole number of seconds (the window keeps \
+                             one-second buckets), not {}ms",
+                            wd.as_millis()
+                        ),
+                    ));
                 }
                 Window::Time(wd)
             }
@@ -258,15 +349,24 @@ impl RawBreaker {
                     reset: false,
                 };
                 for class in list.get_ref() {
-                    match class.get_ref().as_str() {
-                        "refused" => f.refused = true,
-                        "timeout" => f.timeout = true,
-                        "unreachable" => f.unreachable = true,
-                        "reset" => f.reset = true,
-                        other => {
-                            return Err((class.span(), format!(
-                                "unknown failure class {other:?}; one of \"refused\", \"timeout\", \"unreachable\", \"reset\""
-                            )))
+                    match FailureClass::from_name(class.get_ref()) {
+                        Some(FailureClass::Refused) => f.refused = true,
+                        Some(FailureClass::Timeout) => f.timeout = true,
+                        Some(FailureClass::Unreachable) => f.unreachable = true,
+                        Some(FailureClass::Reset) => f.reset = true,
+                        None => {
+                            let known: Vec<String> = FailureClass::ALL
+                                .iter()
+                                .map(|c| format!("{:?}", c.name()))
+                                .collect();
+                            return Err((
+                                class.span(),
+                                format!(
+                                    "unknown failure class {:?}; one of {}",
+                                    class.get_ref(),
+                                    known.join(", ")
+                                ),
+                            ));
                         }
                     }
                 }
@@ -316,12 +416,34 @@ impl RawRateLimit {
                 format!("rate must be above 0 and at most 1e9 per second, not {r}"),
             ));
         }
+        if r < MIN_RATE {
+            return Err((
+                rate.span(),
+                format!(
+                    "rate {r} is below the smallest rate the bucket can time, {MIN_RATE} per \
+                     second (one connection every {} days)",
+                    (1.0 / MIN_RATE / 86400.0).round()
+                ),
+            ));
+        }
         let burst = match &self.burst {
             None => r.ceil().max(1.0) as u32,
             Some(b) if *b.get_ref() > 0 => *b.get_ref(),
             Some(b) => return Err((b.span(), "burst must be at least 1".into())),
         };
-        Ok(RateLimit { rate: r, burst })
+        let limit = RateLimit { rate: r, burst };
+        if limit.tolerance_ns().is_none() {
+            let span = self.burst.as_ref().map_or(rate.span(), |b| b.span());
+            return Err((
+                span,
+                format!(
+                    "burst {burst} at rate {r}/s spans more than {} years: lower the burst or \
+                     raise the rate",
+                    MAX_SPAN_NS / 1_000_000_000 / 86400 / 365
+                ),
+            ));
+        }
+        Ok(limit)
     }
 }
 

@@ -126,11 +126,7 @@ fn addr_or_cidr(whole: &str, s: &str, port: u16) -> Result<MatchKind, String> {
         ));
     }
     if len == max && port != 0 {
-        return Ok(MatchKind::Exact(Endpoint {
-            addr,
-            port,
-            _pad: 0,
-        }));
+        return Ok(MatchKind::Exact(Endpoint { addr, port, set: 0 }));
     }
     Ok(MatchKind::Cidr { addr, bits, port })
 }

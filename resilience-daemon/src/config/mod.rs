@@ -9,9 +9,10 @@ mod show;
 
 pub use duration::parse_duration;
 pub use errno::Errno;
-#[cfg(test)]
-pub use guards::FailureClasses;
-pub use guards::{BreakerConfig, Bulkhead, RateLimit, Window};
+pub use guards::{
+    BreakerConfig, Bulkhead, FailureClass, FailureClasses, RateLimit, Window, MIN_DURATION,
+    MIN_RATE,
+};
 pub use matcher::{Match, MatchKind};
 pub use parse::{load_file, parse_metrics_addr, parse_str};
 pub use show::{destination_json, to_json, to_text};
@@ -36,11 +37,29 @@ pub struct DaemonSettings {
     pub pin_dir: PathBuf,
     /// Where the Prometheus endpoint listens; `None`: no endpoint.
     pub metrics: Option<std::net::SocketAddr>,
+    /// Connections to named destinations tracked at once (the size of the kernel's CONNS map).
+    pub max_connections: u32,
 }
 
 pub const DEFAULT_SOCKET: &str = "/run/resilience/control.sock";
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/resilience";
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(2);
+/// The heartbeat is renewed every lease / 4: shorter leases leave no room for scheduling.
+pub const MIN_LEASE: Duration = Duration::from_millis(100);
+pub const DEFAULT_MAX_CONNECTIONS: u32 = resilience_common::maps::MAX_CONNS;
+pub const MAX_CONNECTIONS_RANGE: std::ops::RangeInclusive<u32> = 1024..=4_194_304;
+
+/// A lease the daemon can keep: `MIN_LEASE` or more.
+pub fn check_lease(lease: Duration) -> Result<Duration, String> {
+    if lease < MIN_LEASE {
+        return Err(format!(
+            "lease must be at least {}ms (the heartbeat runs every lease / 4), not {:?}",
+            MIN_LEASE.as_millis(),
+            lease
+        ));
+    }
+    Ok(lease)
+}
 
 impl Default for DaemonSettings {
     fn default() -> Self {
@@ -50,11 +69,12 @@ impl Default for DaemonSettings {
             lease: DEFAULT_LEASE,
             pin_dir: PathBuf::from(DEFAULT_PIN_DIR),
             metrics: None,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Mode {
     /// Breakers, buckets and bulkheads decide.
@@ -67,7 +87,24 @@ pub enum Mode {
     ForcedOpen,
 }
 
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl Mode {
+    pub const ALL: [Mode; 4] = [
+        Mode::Enforce,
+        Mode::DryRun,
+        Mode::Disabled,
+        Mode::ForcedOpen,
+    ];
+
+    pub fn from_name(s: &str) -> Option<Mode> {
+        Mode::ALL.into_iter().find(|m| m.as_str() == s)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Mode::Enforce => "enforce",

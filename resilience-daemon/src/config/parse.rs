@@ -10,6 +10,8 @@ use std::{
 use serde::Deserialize;
 use toml::Spanned;
 
+use resilience_common::maps::{MAX_CIDR_PER_SET, MAX_DESTINATIONS, MAX_EXACT_PER_SET};
+
 use super::{
     duration::parse_duration,
     errno::Errno,
@@ -66,6 +68,7 @@ struct RawDaemon {
     lease: Option<Spanned<String>>,
     pin_dir: Option<String>,
     metrics: Option<Spanned<String>>,
+    max_connections: Option<Spanned<u32>>,
 }
 
 #[derive(Deserialize)]
@@ -107,14 +110,45 @@ pub fn parse_metrics_addr(s: &str) -> Result<std::net::SocketAddr, String> {
     })
 }
 
+/// Policy files larger than this are refused: a real one is kilobytes.
+pub const MAX_POLICY_BYTES: u64 = 16 * 1024 * 1024;
+
 pub fn load_file(path: &Path) -> Result<Policy, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+    let text = read_policy(path).map_err(|message| ConfigError {
         file: path.display().to_string(),
         line: 0,
         col: 0,
-        message: format!("cannot read: {e}"),
+        message,
     })?;
     parse_str(&text, path)
+}
+
+/// The file's text, if it is a regular file of a sane size. Opened without blocking (a FIFO
+/// would otherwise wait for a writer forever) and checked on the open descriptor.
+fn read_policy(path: &Path) -> Result<String, String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| format!("cannot read: {e}"))?;
+    let meta = file.metadata().map_err(|e| format!("cannot read: {e}"))?;
+    if !meta.is_file() {
+        return Err("not a regular file".into());
+    }
+    if meta.len() > MAX_POLICY_BYTES {
+        return Err(format!(
+            "{} bytes: larger than the {} MiB a policy file may have",
+            meta.len(),
+            MAX_POLICY_BYTES >> 20
+        ));
+    }
+    let mut text = String::new();
+    file.take(MAX_POLICY_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("cannot read: {e}"))?;
+    Ok(text)
 }
 
 pub fn parse_str(text: &str, path: &Path) -> Result<Policy, ConfigError> {
@@ -145,10 +179,25 @@ pub fn parse_str(text: &str, path: &Path) -> Result<Policy, ConfigError> {
             if lease.is_zero() {
                 return Err(at(l.span(), "lease must be longer than 0".into()));
             }
-            daemon.lease = lease;
+            daemon.lease = super::check_lease(lease).map_err(|m| at(l.span(), m))?;
         }
         if let Some(m) = d.metrics {
             daemon.metrics = Some(parse_metrics_addr(m.get_ref()).map_err(|e| at(m.span(), e))?);
+        }
+        if let Some(n) = d.max_connections {
+            let range = super::MAX_CONNECTIONS_RANGE;
+            if !range.contains(n.get_ref()) {
+                return Err(at(
+                    n.span(),
+                    format!(
+                        "max_connections must be between {} and {}, not {}",
+                        range.start(),
+                        range.end(),
+                        n.get_ref()
+                    ),
+                ));
+            }
+            daemon.max_connections = *n.get_ref();
         }
     }
 
@@ -157,14 +206,20 @@ pub fn parse_str(text: &str, path: &Path) -> Result<Policy, ConfigError> {
     let mut destinations = Vec::new();
     let mut names: HashMap<String, usize> = HashMap::new();
     let mut owners: HashMap<MatchKind, String> = HashMap::new();
+    // DNS names count as exact keys here (at least one address each); what they resolve to is
+    // checked again when it is known.
+    let (mut exact_keys, mut cidr_keys) = (0u32, 0u32);
     for d in raw.destination {
         let span = d.span();
         let d = d.into_inner();
         let name = d.name.get_ref().trim().to_string();
-        if name.is_empty() || name.len() > 64 || name.chars().any(|c| c.is_control()) {
+        if let Err(m) = check_name(&name) {
+            return Err(at(d.name.span(), m));
+        }
+        if destinations.len() as u32 >= MAX_DESTINATIONS {
             return Err(at(
                 d.name.span(),
-                "name must be 1 to 64 printable characters".into(),
+                format!("more than {MAX_DESTINATIONS} destinations"),
             ));
         }
         if names.insert(name.clone(), span.start).is_some() {
@@ -182,6 +237,17 @@ pub fn parse_str(text: &str, path: &Path) -> Result<Policy, ConfigError> {
         let mut matches = Vec::new();
         for m in d.matches.into_inner() {
             let parsed = Match::parse(m.get_ref()).map_err(|e| at(m.span(), e))?;
+            let (count, max, what) = match parsed.kind {
+                MatchKind::Cidr { .. } => (&mut cidr_keys, MAX_CIDR_PER_SET, "CIDR"),
+                _ => (&mut exact_keys, MAX_EXACT_PER_SET, "exact address"),
+            };
+            *count += 1;
+            if *count > max {
+                return Err(at(
+                    m.span(),
+                    format!("more than {max} {what} matches in one policy"),
+                ));
+            }
             if let Some(other) = owners.insert(parsed.kind.clone(), name.clone()) {
                 let msg = if other == name {
                     format!("{:?} is listed twice", m.get_ref())
@@ -197,18 +263,16 @@ pub fn parse_str(text: &str, path: &Path) -> Result<Policy, ConfigError> {
         }
         let mode = match d.mode.as_ref().or(defaults.mode.as_ref()) {
             None => Mode::Enforce,
-            Some(m) => match m.get_ref().as_str() {
-                "enforce" => Mode::Enforce,
-                "dry-run" => Mode::DryRun,
-                "disabled" => Mode::Disabled,
-                "forced-open" => Mode::ForcedOpen,
-                other => {
+            Some(m) => match Mode::from_name(m.get_ref()) {
+                Some(mode) => mode,
+                None => {
+                    let other = m.get_ref();
                     return Err(at(
                         m.span(),
                         format!(
                             "unknown mode {other:?}; one of \"enforce\", \"dry-run\", \"disabled\", \"forced-open\""
                         ),
-                    ))
+                    ));
                 }
             },
         };
@@ -239,6 +303,36 @@ pub fn parse_str(text: &str, path: &Path) -> Result<Policy, ConfigError> {
         daemon,
         destinations,
     })
+}
+
+/// Longest name, in characters.
+pub const MAX_NAME_CHARS: usize = 64;
+
+/// 1 to 64 characters, none of them a control character or an invisible or bidirectional
+/// formatting character (which would let two names look alike, or reorder what a terminal
+/// shows).
+pub fn check_name(name: &str) -> Result<(), String> {
+    let chars = name.chars().count();
+    if chars == 0 || chars > MAX_NAME_CHARS {
+        return Err(format!(
+            "name must be 1 to {MAX_NAME_CHARS} characters, not {chars}"
+        ));
+    }
+    if let Some(c) = name.chars().find(|&c| c.is_control() || invisible(c)) {
+        return Err(format!(
+            "name must be printable: U+{:04X} is a control or invisible character",
+            c as u32
+        ));
+    }
+    Ok(())
+}
+
+/// Unicode format (Cf) and separator characters that render as nothing or reorder text.
+fn invisible(c: char) -> bool {
+    matches!(c as u32,
+        0x00AD | 0x034F | 0x061C | 0x115F | 0x1160 | 0x17B4 | 0x17B5 | 0x180B..=0x180F
+        | 0x200B..=0x200F | 0x2028..=0x202E | 0x205F..=0x206F | 0x3164 | 0xFE00..=0xFE0F
+        | 0xFEFF | 0xFFA0 | 0xFFF0..=0xFFFB | 0x1D173..=0x1D17A | 0xE0000..=0xE0FFF)
 }
 
 /// 1-based line and column (in characters) of a byte offset.

@@ -8,19 +8,32 @@ use super::{
     window::{Call, CallWindow, WindowContents},
     Jitter,
 };
-use crate::config::{BreakerConfig, Mode};
+use crate::config::{BreakerConfig, FailureClass, Mode};
 
 /// How many failures ahead the trip fuse looks.
 const FUSE_LIMIT: u32 = 1024;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum State {
     Closed,
     Open,
     HalfOpen,
 }
 
+impl std::fmt::Display for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl State {
+    pub fn from_name(s: &str) -> Option<State> {
+        [State::Closed, State::Open, State::HalfOpen]
+            .into_iter()
+            .find(|x| x.as_str() == s)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             State::Closed => "closed",
@@ -39,7 +52,7 @@ pub enum Outcome {
     },
     /// `counted`: its class is one of the breaker's `failures`.
     Failure {
-        class: &'static str,
+        class: FailureClass,
         counted: bool,
         probe: bool,
     },
@@ -67,6 +80,17 @@ pub struct Transition {
     pub to: State,
     pub reason: String,
     pub at_ns: u64,
+}
+
+/// What a restarted daemon needs to resume a breaker where it was (the window's calls are not
+/// kept: a resumed closed breaker starts its window empty).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resume {
+    pub state: State,
+    pub since_ns: u64,
+    pub open_until_ns: u64,
+    pub trips: u32,
+    pub probes_ok: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -100,6 +124,36 @@ impl Breaker {
 
     pub fn state(&self) -> State {
         self.state
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// The file's or the operator's mode changed: the state machine stays where it is (an open
+    /// breaker disabled and enabled again is still open, with its time).
+    pub fn set_mode(&mut self, mode: Mode) {
+        self.mode = mode;
+    }
+
+    pub fn resume_point(&self) -> Resume {
+        Resume {
+            state: self.state,
+            since_ns: self.since_ns,
+            open_until_ns: self.open_until_ns,
+            trips: self.trips,
+            probes_ok: self.probes_ok,
+        }
+    }
+
+    /// A breaker as it was saved.
+    pub fn resumed(cfg: BreakerConfig, mode: Mode, r: Resume) -> Breaker {
+        let mut b = Breaker::new(cfg, mode, r.since_ns);
+        b.state = r.state;
+        b.open_until_ns = r.open_until_ns;
+        b.trips = r.trips;
+        b.probes_ok = r.probes_ok;
+        b
     }
 
     /// The verdict with its trip fuse.
@@ -354,7 +408,7 @@ impl Breaker {
 
 fn describe(outcome: Outcome, call: Call) -> String {
     match outcome {
-        Outcome::Failure { class, .. } => class.to_string(),
+        Outcome::Failure { class, .. } => class.name().to_string(),
         Outcome::Success { latency_ns, .. } if call.slow => {
             format!(
                 "slow ({})",
@@ -409,7 +463,7 @@ mod tests {
     }
     fn refused() -> Outcome {
         Outcome::Failure {
-            class: "refused",
+            class: FailureClass::Refused,
             counted: true,
             probe: false,
         }
@@ -422,7 +476,7 @@ mod tests {
     }
     fn probe_failed() -> Outcome {
         Outcome::Failure {
-            class: "timeout",
+            class: FailureClass::Timeout,
             counted: true,
             probe: true,
         }
@@ -492,7 +546,7 @@ mod tests {
     fn uncounted_failure_classes_are_ignored() {
         let mut b = Breaker::new(cfg(), Mode::Enforce, 0);
         let reset = Outcome::Failure {
-            class: "reset",
+            class: FailureClass::Reset,
             counted: false,
             probe: false,
         };

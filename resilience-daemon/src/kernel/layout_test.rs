@@ -36,3 +36,37 @@ fn programs_the_loader_attaches_are_there() {
         assert!(obj.programs.contains_key(p), "program {p} missing");
     }
 }
+
+#[test]
+fn mapped_arrays_are_mmapable_with_the_entries_the_daemon_maps() {
+    let obj = Object::parse(super::OBJECT).expect("parsing the embedded object");
+    for &(name, entries) in maps::MMAPPED {
+        let map = obj
+            .maps
+            .get(name)
+            .unwrap_or_else(|| panic!("map {name} missing"));
+        assert_ne!(
+            map.map_flags() & maps::BPF_F_MMAPABLE,
+            0,
+            "{name} must be created with BPF_F_MMAPABLE"
+        );
+        assert_eq!(map.max_entries(), entries, "entries of {name}");
+        assert_eq!(
+            map.value_size() % 8,
+            0,
+            "{name}: mapped values are 8-byte multiples"
+        );
+    }
+    // Named destinations' connections are in a plain hash (never evicting); observed ones in
+    // an LRU, so that an unnamed flood can never evict an entry that holds a place.
+    assert_eq!(
+        obj.maps[maps::CONNS].map_type(),
+        1,
+        "CONNS is BPF_MAP_TYPE_HASH"
+    );
+    assert_eq!(
+        obj.maps[maps::OBS_CONNS].map_type(),
+        9,
+        "OBS_CONNS is BPF_MAP_TYPE_LRU_HASH"
+    );
+}

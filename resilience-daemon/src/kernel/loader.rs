@@ -8,20 +8,28 @@ use aya::{
     programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, SockOps},
     EbpfLoader,
 };
-use resilience_common::{maps, Control};
+use resilience_common::maps;
 
-use super::{btf::Btf, features, fs, tables, Tables, OBJECT};
+use super::{
+    btf::Btf,
+    features,
+    fs::{self, PinLock},
+    Tables, OBJECT,
+};
 
 pub struct LoadOptions {
     pub cgroup: PathBuf,
     pub pin_dir: PathBuf,
     pub lease_ns: u64,
+    /// Entries of the CONNS map (connections to named destinations tracked at once).
+    pub max_connections: u32,
 }
 
 /// The loaded programs (attached while this lives) and their maps.
 pub struct Kernel {
     /// Dropping it detaches every program.
     _ebpf: aya::Ebpf,
+    _lock: PinLock,
     pub tables: Tables,
     /// Taken by the daemon's event loop.
     pub events: Option<RingBuf<aya::maps::MapData>>,
@@ -32,12 +40,14 @@ impl Kernel {
         features::check()?;
         fs::check_cgroup2(&opts.cgroup)?;
         fs::ensure_pin_dir(&opts.pin_dir)?;
-        tables::check_pinned_layout(&opts.pin_dir, OBJECT)?;
+        let lock = fs::lock_pin_dir(&opts.pin_dir)?;
+        super::layout::check_pinned_layout(&opts.pin_dir, OBJECT, opts.max_connections)?;
 
         let sk_err = Btf::from_sys_fs()?.member_offset("sock", "sk_err")?;
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&opts.pin_dir)
             .override_global(maps::GLOBAL_SK_ERR_OFFSET, &sk_err, true)
+            .map_max_entries(maps::CONNS, opts.max_connections)
             .load(OBJECT)
             .context("loading the eBPF object")?;
 
@@ -45,14 +55,11 @@ impl Kernel {
             .take_map(maps::EVENTS)
             .context("map EVENTS missing from the object")?;
         let events = RingBuf::try_from(events).context("map EVENTS")?;
-        let mut tables = Tables::take_from(&mut ebpf)?;
+        let tables = Tables::take_from(&mut ebpf)?;
         // A fresh lease before the hooks can see a connect.
-        let control = tables.control()?;
-        tables.set_control(Control {
-            heartbeat_ns: super::monotonic_ns(),
-            lease_ns: opts.lease_ns,
-            ..control
-        })?;
+        tables
+            .arrays
+            .heartbeat(super::monotonic_ns(), opts.lease_ns)?;
 
         let cgroup = File::open(&opts.cgroup)
             .with_context(|| format!("opening cgroup {}", opts.cgroup.display()))?;
@@ -92,6 +99,7 @@ impl Kernel {
         }
         Ok(Kernel {
             _ebpf: ebpf,
+            _lock: lock,
             tables,
             events: Some(events),
         })

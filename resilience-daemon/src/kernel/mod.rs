@@ -4,11 +4,16 @@
 pub mod btf;
 pub mod features;
 pub mod fs;
+pub mod keys;
+pub mod layout;
 pub mod loader;
+pub mod mmap;
+pub mod reconcile;
+pub mod sockdiag;
 pub mod tables;
 
 pub use loader::{Kernel, LoadOptions};
-pub use tables::Tables;
+pub use tables::{Arrays, Tables};
 
 /// The eBPF object, built by build.rs from the resilience-ebpf crate.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/resilience"));

@@ -1,63 +1,98 @@
-//! Typed handles on the object's maps, and the only code that reads or writes them.
+//! Typed handles on the object's maps, and the only code that reads or writes them (with
+//! `keys.rs` for the policy keys and `reconcile.rs` for the connection tables).
+//!
+//! Who writes what, so that nothing is overwritten by a race:
+//! - CONTROL: `heartbeat_ns` only by the lease thread; `active_set` and `lookup_flags` only by
+//!   the daemon's loop. Separate words, each one atomic store.
+//! - POLICY: the inactive set only by the loop while it builds a reload; the active set's
+//!   `action` and `trip_after` only by the loop (verdicts), as single-word stores.
+//! - COUNTERS, ACTIVE, STREAKS: the programs, with atomic adds; the daemon resets an entry
+//!   only while its slot is retired (no program charges it), and otherwise only adds
+//!   atomically (reconciliation).
+//! - PROBES, BUCKETS: the daemon sets them before publishing the verdict that uses them.
+//! - SAVED: the daemon only.
 
-use std::path::Path;
+use std::sync::{atomic::Ordering, Arc};
 
 use anyhow::{Context, Result};
-use aya::maps::{
-    lpm_trie::{Key, LpmTrie},
-    Array, HashMap, Map, MapData, PerCpuArray,
-};
+use aya::maps::{HashMap, Map, MapData, PerCpuArray};
 use resilience_common::{
-    maps, Bucket, CidrData, Control, DestCounters, DestPolicy, Endpoint, Stats,
+    maps::{self, MAX_SLOTS, POLICY_ENTRIES},
+    Bucket, Control, DestCounters, DestPolicy, Endpoint, SavedBreaker, Stats,
 };
 
+use super::{keys::KeySets, mmap::MmapArray};
+
+/// The memory-mapped arrays, shared by the loop, the lease thread and the workers.
+pub struct Arrays {
+    pub policy: MmapArray<DestPolicy>,
+    pub counters: MmapArray<DestCounters>,
+    pub active: MmapArray<u64>,
+    pub probes: MmapArray<u64>,
+    pub buckets: MmapArray<Bucket>,
+    pub streaks: MmapArray<u64>,
+    pub saved: MmapArray<SavedBreaker>,
+    pub control: MmapArray<Control>,
+}
+
 pub struct Tables {
-    pub exact: HashMap<MapData, Endpoint, u32>,
-    pub cidr: LpmTrie<MapData, CidrData, u32>,
-    pub policy: Array<MapData, DestPolicy>,
-    pub counters: Array<MapData, DestCounters>,
-    pub active: Array<MapData, u64>,
-    pub probes: Array<MapData, u64>,
-    pub buckets: Array<MapData, Bucket>,
-    pub streaks: Array<MapData, u64>,
+    pub arrays: Arc<Arrays>,
+    /// EXACT and CIDR, lent to the worker that builds a policy set (None while it has them).
+    pub keys: Option<KeySets>,
     pub observed: HashMap<MapData, Endpoint, DestCounters>,
-    pub control: Array<MapData, Control>,
     pub stats: PerCpuArray<MapData, Stats>,
+}
+
+/// The `MapData` inside a map of any kind.
+pub fn map_data(map: Map, name: &str) -> Result<MapData> {
+    match map {
+        Map::Array(m)
+        | Map::HashMap(m)
+        | Map::LruHashMap(m)
+        | Map::LpmTrie(m)
+        | Map::PerCpuArray(m)
+        | Map::RingBuf(m) => Ok(m),
+        _ => anyhow::bail!("map {name} has an unexpected type"),
+    }
 }
 
 impl Tables {
     /// Take every map out of the loaded object.
     pub fn take_from(src: &mut aya::Ebpf) -> Result<Tables> {
+        fn take(src: &mut aya::Ebpf, name: &'static str) -> Result<Map> {
+            src.take_map(name)
+                .with_context(|| format!("map {name} missing from the object"))
+        }
         fn typed<T: TryFrom<Map, Error = aya::maps::MapError>>(
             src: &mut aya::Ebpf,
             name: &'static str,
         ) -> Result<T> {
-            let map = src
-                .take_map(name)
-                .with_context(|| format!("map {name} missing from the object"))?;
-            T::try_from(map).with_context(|| format!("map {name} has the wrong type"))
+            T::try_from(take(src, name)?).with_context(|| format!("map {name} has the wrong type"))
         }
+        fn mapped<T: Copy>(
+            src: &mut aya::Ebpf,
+            name: &'static str,
+            n: u32,
+        ) -> Result<MmapArray<T>> {
+            MmapArray::new(map_data(take(src, name)?, name)?, name, n)
+        }
+        let arrays = Arrays {
+            policy: mapped(src, maps::POLICY, POLICY_ENTRIES)?,
+            counters: mapped(src, maps::COUNTERS, MAX_SLOTS)?,
+            active: mapped(src, maps::ACTIVE, MAX_SLOTS)?,
+            probes: mapped(src, maps::PROBES, MAX_SLOTS)?,
+            buckets: mapped(src, maps::BUCKETS, MAX_SLOTS)?,
+            streaks: mapped(src, maps::STREAKS, MAX_SLOTS)?,
+            saved: mapped(src, maps::SAVED, MAX_SLOTS)?,
+            control: mapped(src, maps::CONTROL, 1)?,
+        };
+        let keys = KeySets::load(typed(src, maps::EXACT)?, typed(src, maps::CIDR)?)?;
         Ok(Tables {
-            exact: typed(src, maps::EXACT)?,
-            cidr: typed(src, maps::CIDR)?,
-            policy: typed(src, maps::POLICY)?,
-            counters: typed(src, maps::COUNTERS)?,
-            active: typed(src, maps::ACTIVE)?,
-            probes: typed(src, maps::PROBES)?,
-            buckets: typed(src, maps::BUCKETS)?,
-            streaks: typed(src, maps::STREAKS)?,
+            arrays: Arc::new(arrays),
+            keys: Some(keys),
             observed: typed(src, maps::OBSERVED)?,
-            control: typed(src, maps::CONTROL)?,
             stats: typed(src, maps::STATS)?,
         })
-    }
-
-    pub fn set_control(&mut self, c: Control) -> Result<()> {
-        self.control.set(0, c, 0).context("writing map CONTROL")
-    }
-
-    pub fn control(&self) -> Result<Control> {
-        self.control.get(&0, 0).context("reading map CONTROL")
     }
 
     /// The global counters, summed over CPUs.
@@ -68,142 +103,134 @@ impl Tables {
             ringbuf_lost: a.ringbuf_lost + s.ringbuf_lost,
             untracked: a.untracked + s.untracked,
             hook_errors: a.hook_errors + s.hook_errors,
+            stale: a.stale + s.stale,
         }))
-    }
-
-    pub fn policy(&self, slot: u32) -> Result<DestPolicy> {
-        self.policy
-            .get(&slot, 0)
-            .with_context(|| format!("reading map POLICY[{slot}]"))
-    }
-
-    pub fn set_policy(&mut self, slot: u32, p: DestPolicy) -> Result<()> {
-        self.policy
-            .set(slot, p, 0)
-            .with_context(|| format!("writing map POLICY[{slot}]"))
-    }
-
-    pub fn counters(&self, slot: u32) -> Result<DestCounters> {
-        self.counters
-            .get(&slot, 0)
-            .with_context(|| format!("reading map COUNTERS[{slot}]"))
-    }
-
-    pub fn reset_counters(&mut self, slot: u32) -> Result<()> {
-        self.counters
-            .set(slot, DestCounters::default(), 0)
-            .with_context(|| format!("writing map COUNTERS[{slot}]"))
-    }
-
-    /// Connections admitted and not yet closed.
-    pub fn active(&self, slot: u32) -> Result<u64> {
-        self.active
-            .get(&slot, 0)
-            .with_context(|| format!("reading map ACTIVE[{slot}]"))
-    }
-
-    /// Only for a slot nobody can be holding places of (a fresh owner: see generations).
-    pub fn reset_active(&mut self, slot: u32) -> Result<()> {
-        self.active
-            .set(slot, 0, 0)
-            .with_context(|| format!("writing map ACTIVE[{slot}]"))
-    }
-
-    /// Write the half-open budget (only while the slot's action is not PROBE).
-    pub fn set_probes(&mut self, slot: u32, n: u32) -> Result<()> {
-        self.probes
-            .set(slot, u64::from(n), 0)
-            .with_context(|| format!("writing map PROBES[{slot}]"))
-    }
-
-    pub fn streak(&self, slot: u32) -> Result<u64> {
-        self.streaks
-            .get(&slot, 0)
-            .with_context(|| format!("reading map STREAKS[{slot}]"))
-    }
-
-    pub fn reset_streak(&mut self, slot: u32) -> Result<()> {
-        self.streaks
-            .set(slot, 0, 0)
-            .with_context(|| format!("writing map STREAKS[{slot}]"))
-    }
-
-    pub fn bucket(&self, slot: u32) -> Result<Bucket> {
-        self.buckets
-            .get(&slot, 0)
-            .with_context(|| format!("reading map BUCKETS[{slot}]"))
-    }
-
-    pub fn set_bucket(&mut self, slot: u32, b: Bucket) -> Result<()> {
-        self.buckets
-            .set(slot, b, 0)
-            .with_context(|| format!("writing map BUCKETS[{slot}]"))
     }
 
     pub fn observed(&self) -> Vec<(Endpoint, DestCounters)> {
         self.observed.iter().filter_map(|r| r.ok()).collect()
     }
-
-    pub fn exact_keys(&self) -> Vec<(Endpoint, u32)> {
-        self.exact.iter().filter_map(|r| r.ok()).collect()
-    }
-
-    pub fn set_exact(&mut self, ep: Endpoint, slot: u32) -> Result<()> {
-        self.exact.insert(ep, slot, 0).context("writing map EXACT")
-    }
-
-    pub fn remove_exact(&mut self, ep: &Endpoint) -> Result<()> {
-        self.exact.remove(ep).context("removing from map EXACT")
-    }
-
-    pub fn cidr_keys(&self) -> Vec<(Key<CidrData>, u32)> {
-        self.cidr.iter().filter_map(|r| r.ok()).collect()
-    }
-
-    pub fn set_cidr(&mut self, key: Key<CidrData>, slot: u32) -> Result<()> {
-        self.cidr.insert(&key, slot, 0).context("writing map CIDR")
-    }
-
-    pub fn remove_cidr(&mut self, key: &Key<CidrData>) -> Result<()> {
-        self.cidr.remove(key).context("removing from map CIDR")
-    }
 }
 
-/// Refuse to reuse pinned maps that differ from this build's (left by another version): loading
-/// would succeed and then every read would be garbage, or a map would keep an old size.
-pub fn check_pinned_layout(pin_dir: &Path, object: &[u8]) -> Result<()> {
-    let obj = aya_obj::Object::parse(object).context("parsing the eBPF object")?;
-    for (name, def) in &obj.maps {
-        let path = pin_dir.join(name);
-        if !path.exists() {
-            continue;
+impl Arrays {
+    pub fn control(&self) -> Control {
+        self.control.get(0).unwrap_or_default()
+    }
+
+    /// The policy set the hooks read now.
+    pub fn active_set(&self) -> u32 {
+        self.control().active_set & 1
+    }
+
+    fn control_ptr(&self) -> Result<*mut Control> {
+        self.control.ptr(0).context("map CONTROL has no entry")
+    }
+
+    /// The lease thread's one write.
+    pub fn heartbeat(&self, now_ns: u64, lease_ns: u64) -> Result<()> {
+        let c = self.control_ptr()?;
+        // SAFETY: aligned fields of the mapped entry; each an independent word.
+        unsafe {
+            super::mmap::atomic_u64(&raw mut (*c).lease_ns).store(lease_ns, Ordering::Release);
+            super::mmap::atomic_u64(&raw mut (*c).heartbeat_ns).store(now_ns, Ordering::Release);
         }
-        let data = MapData::from_pin(&path)
-            .with_context(|| format!("opening pinned map {}", path.display()))?;
-        let info = data
-            .info()
-            .with_context(|| format!("map {}", path.display()))?;
-        let pinned = (
-            info.key_size(),
-            info.value_size(),
-            info.max_entries(),
-            info.map_flags(),
-        );
-        let built = (
-            def.key_size(),
-            def.value_size(),
-            def.max_entries(),
-            def.map_flags(),
-        );
-        if pinned != built {
-            anyhow::bail!(
-                "pinned map {} has (key, value, entries, flags) {pinned:?} but this build uses \
-                 {built:?}; it was left by another version: remove {} (its counters are lost) \
-                 and restart",
-                path.display(),
-                pin_dir.display()
-            );
+        Ok(())
+    }
+
+    /// Which kinds of keys policy set `set` holds (written before it becomes active).
+    pub fn set_lookup_flags(&self, set: u32, flags: u32) -> Result<()> {
+        let c = self.control_ptr()?;
+        // SAFETY: as above.
+        unsafe {
+            super::mmap::atomic_u32(&raw mut (*c).lookup_flags[(set & 1) as usize])
+                .store(flags, Ordering::Release)
+        };
+        Ok(())
+    }
+
+    /// Make `set` the one the hooks read: the whole policy changes at once.
+    pub fn flip(&self, set: u32) -> Result<()> {
+        let c = self.control_ptr()?;
+        // SAFETY: as above.
+        unsafe {
+            super::mmap::atomic_u32(&raw mut (*c).active_set).store(set & 1, Ordering::Release)
+        };
+        Ok(())
+    }
+
+    pub fn policy(&self, set: u32, slot: u32) -> Option<DestPolicy> {
+        (slot < MAX_SLOTS)
+            .then(|| self.policy.get((set & 1) * MAX_SLOTS + slot))
+            .flatten()
+    }
+
+    pub fn policy_ptr(&self, set: u32, slot: u32) -> Option<*mut DestPolicy> {
+        (slot < MAX_SLOTS)
+            .then(|| self.policy.ptr((set & 1) * MAX_SLOTS + slot))
+            .flatten()
+    }
+
+    /// Write a whole policy entry of a set no connect reads (the one being built).
+    pub fn set_policy(&self, set: u32, slot: u32, p: DestPolicy) -> Result<()> {
+        (slot < MAX_SLOTS && self.policy.set((set & 1) * MAX_SLOTS + slot, p))
+            .then_some(())
+            .with_context(|| format!("POLICY[{set}][{slot}] out of range"))
+    }
+
+    pub fn counters(&self, slot: u32) -> DestCounters {
+        self.counters.get(slot).unwrap_or_default()
+    }
+
+    /// Connections admitted and not yet closed.
+    pub fn active(&self, slot: u32) -> u64 {
+        self.active.get(slot).unwrap_or(0)
+    }
+
+    pub fn streak(&self, slot: u32) -> u64 {
+        self.streaks.get(slot).unwrap_or(0)
+    }
+
+    pub fn reset_streak(&self, slot: u32) {
+        if let Some(a) = self.streaks.atomic(slot) {
+            a.store(0, Ordering::Release);
         }
     }
-    Ok(())
+
+    pub fn bucket(&self, slot: u32) -> Bucket {
+        self.buckets.get(slot).unwrap_or_default()
+    }
+
+    pub fn set_bucket(&self, slot: u32, b: Bucket) {
+        self.buckets.set(slot, b);
+    }
+
+    /// The half-open budget; written before the verdict that uses it.
+    pub fn set_probes(&self, slot: u32, n: u32) {
+        if let Some(a) = self.probes.atomic(slot) {
+            a.store(u64::from(n), Ordering::Release);
+        }
+    }
+
+    pub fn probes(&self, slot: u32) -> u64 {
+        self.probes.get(slot).unwrap_or(0)
+    }
+
+    /// A fresh owner's slot starts from zero: counters, places, streak, probes, bucket. Only
+    /// for a retired slot: no connect can be charged to it (see the generations).
+    pub fn reset_slot(&self, slot: u32) {
+        self.counters.set(slot, DestCounters::default());
+        self.active.set(slot, 0);
+        self.streaks.set(slot, 0);
+        self.probes.set(slot, 0);
+        self.buckets.set(slot, Bucket::default());
+        self.saved.set(slot, SavedBreaker::default());
+    }
+
+    pub fn saved(&self, slot: u32) -> SavedBreaker {
+        self.saved.get(slot).unwrap_or_default()
+    }
+
+    pub fn save(&self, slot: u32, s: SavedBreaker) {
+        self.saved.set(slot, s);
+    }
 }

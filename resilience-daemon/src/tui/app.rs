@@ -76,6 +76,8 @@ pub struct App {
     pub message: Option<(String, bool)>,
     /// Why the daemon cannot be reached, while it cannot.
     pub unreachable: Option<String>,
+    /// How long a snapshot has been awaited, once that is too long.
+    pub not_responding: Option<std::time::Duration>,
     prev: HashMap<String, Prev>,
     prev_uptime: Option<f64>,
 }
@@ -101,6 +103,7 @@ impl App {
             events: VecDeque::new(),
             message: None,
             unreachable: None,
+            not_responding: None,
             prev: HashMap::new(),
             prev_uptime: None,
         }
@@ -273,9 +276,9 @@ impl App {
             KeyCode::Char('d') => {
                 let n = self.needs_policy()?;
                 let disabled = self.snapshot.as_ref().is_some_and(|s| {
-                    s.destinations
-                        .iter()
-                        .any(|d| d.name == n && d.override_mode.as_deref() == Some("disabled"))
+                    s.destinations.iter().any(|d| {
+                        d.name == n && d.override_mode == Some(crate::config::Mode::Disabled)
+                    })
                 });
                 // `d` toggles the operator's override; a destination the file disables stays so.
                 return Some(if disabled {

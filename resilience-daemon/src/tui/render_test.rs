@@ -52,7 +52,7 @@ fn app() -> App {
     for (i, d) in s.destinations.iter_mut().enumerate() {
         d.counts.attempts += 10 * i as u64 + 4;
         d.counts.failures.refused += i as u64 % 3;
-        d.counts.rejected.breaker += u64::from(d.state == "open") * 6;
+        d.counts.rejected.breaker += u64::from(d.state == crate::engine::State::Open) * 6;
     }
     a.ingest(s);
     a

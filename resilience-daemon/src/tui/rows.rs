@@ -3,7 +3,11 @@
 
 use std::collections::HashMap;
 
-use crate::snapshot::{Counts, DestinationStatus, ObservedStatus, Snapshot};
+use crate::{
+    config::Mode,
+    engine::State,
+    snapshot::{Counts, DestinationStatus, ObservedStatus, Snapshot},
+};
 
 /// What colours a row's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -70,14 +74,14 @@ fn rate(now: u64, before: u64, dt: f64) -> f64 {
 }
 
 fn state_of(d: &DestinationStatus) -> (Tag, String) {
-    let (tag, mut text) = match (d.mode.as_str(), d.state.as_str()) {
-        ("forced-open", _) => (Tag::ForcedOpen, "FORCED-OPEN".to_string()),
-        ("disabled", _) => (Tag::Disabled, "DISABLED".to_string()),
-        (_, "open") => (Tag::Open, "OPEN".to_string()),
-        (_, "half_open") => (Tag::HalfOpen, "HALF-OPEN".to_string()),
-        _ => (Tag::Closed, "CLOSED".to_string()),
+    let (tag, mut text) = match (d.mode, d.state) {
+        (Mode::ForcedOpen, _) => (Tag::ForcedOpen, "FORCED-OPEN".to_string()),
+        (Mode::Disabled, _) => (Tag::Disabled, "DISABLED".to_string()),
+        (_, State::Open) => (Tag::Open, "OPEN".to_string()),
+        (_, State::HalfOpen) => (Tag::HalfOpen, "HALF-OPEN".to_string()),
+        (_, State::Closed) => (Tag::Closed, "CLOSED".to_string()),
     };
-    if d.mode == "dry-run" {
+    if d.mode == Mode::DryRun {
         // Dry-run rejects nothing: the state is what enforcing would do.
         text.push('~');
     }

@@ -1,13 +1,16 @@
 //! Where the dashboard's snapshots come from and where its actions go: the control socket,
 //! or (in tests) anything else that implements `Source`.
 
-use std::{os::unix::net::UnixStream, path::PathBuf};
+use std::path::PathBuf;
 
-use anyhow::{Context, Result};
-use serde_json::{json, Value};
+use anyhow::Result;
 
 use super::app::Action;
-use crate::{control, snapshot::Snapshot};
+use crate::{
+    client::{Client, DEFAULT_TIMEOUT},
+    protocol::Request,
+    snapshot::Snapshot,
+};
 
 pub trait Source {
     fn snapshot(&mut self) -> Result<Snapshot>;
@@ -15,48 +18,34 @@ pub trait Source {
     fn act(&mut self, action: &Action) -> Result<String>;
 }
 
-/// The running daemon, over one control-socket connection (made again after an error).
+/// The running daemon, over one control-socket connection (made again after an error), every
+/// call with a timeout.
 pub struct SocketSource {
-    path: PathBuf,
-    stream: Option<UnixStream>,
+    client: Client,
 }
 
 impl SocketSource {
     pub fn new(path: PathBuf) -> SocketSource {
-        SocketSource { path, stream: None }
-    }
-
-    fn exchange(&mut self, req: &Value) -> Result<Value> {
-        let stream = match &mut self.stream {
-            Some(s) => s,
-            None => self.stream.insert(control::connect(&self.path)?),
-        };
-        let reply = control::exchange(stream, req);
-        if reply.is_err() {
-            // The next request starts from a fresh connection.
-            self.stream = None;
+        SocketSource {
+            client: Client::new(path, DEFAULT_TIMEOUT),
         }
-        reply
     }
 }
 
 impl Source for SocketSource {
     fn snapshot(&mut self) -> Result<Snapshot> {
-        let mut v = self.exchange(&json!({"cmd": "snapshot"}))?;
-        serde_json::from_value(v["snapshot"].take())
-            .context("the daemon sent an unexpected snapshot")
+        self.client.snapshot(None)
     }
 
     fn act(&mut self, action: &Action) -> Result<String> {
         let req = match action {
             Action::Quit => return Ok(String::new()),
-            Action::Trip(n) => json!({"cmd": "trip", "name": n}),
-            Action::Reset(n) => json!({"cmd": "reset", "name": n}),
-            Action::Disable(n) => json!({"cmd": "disable", "name": n}),
-            Action::Enable(n) => json!({"cmd": "enable", "name": n}),
-            Action::Reload => json!({"cmd": "reload"}),
+            Action::Trip(n) => Request::Trip { name: n.clone() },
+            Action::Reset(n) => Request::Reset { name: n.clone() },
+            Action::Disable(n) => Request::Disable { name: n.clone() },
+            Action::Enable(n) => Request::Enable { name: n.clone() },
+            Action::Reload => Request::Reload,
         };
-        let v = self.exchange(&req)?;
-        Ok(v["message"].as_str().unwrap_or("ok").to_string())
+        self.client.act(&req)
     }
 }

@@ -95,6 +95,15 @@ fn header(app: &App) -> Line<'static> {
         " resilience ",
         Style::default().add_modifier(Modifier::BOLD | Modifier::REVERSED),
     )];
+    if let Some(w) = app.not_responding {
+        spans.push(Span::styled(
+            format!(" daemon not responding for {}s ", w.as_secs()),
+            Style::default()
+                .fg(Color::White)
+                .bg(Color::Red)
+                .add_modifier(Modifier::BOLD),
+        ));
+    }
     if let Some(e) = &app.unreachable {
         spans.push(Span::styled(
             format!(" DAEMON UNREACHABLE: {e} "),
@@ -459,7 +468,9 @@ fn detail(f: &mut Frame, area: Rect, app: &App, d: &DestinationStatus) {
 }
 
 fn summary(d: &DestinationStatus, row: Option<&Row>) -> Paragraph<'static> {
-    let (tag, state) = row.map_or((Tag::Closed, d.state.clone()), |r| (r.tag, r.state.clone()));
+    let (tag, state) = row.map_or((Tag::Closed, d.state.to_string()), |r| {
+        (r.tag, r.state.clone())
+    });
     let mut first = vec![
         Span::styled(
             d.name.clone(),
@@ -591,7 +602,7 @@ fn window(d: &DestinationStatus) -> Paragraph<'static> {
             .collect();
         lines.push(Line::from(spans));
     }
-    if d.state != "closed" {
+    if d.state != crate::engine::State::Closed {
         lines.push(Line::styled(
             "(empty outside closed: each transition starts a new window)",
             Style::default().fg(Color::DarkGray),

@@ -1,0 +1,79 @@
+//! The destinations being guarded: each one's definition, slot, breaker and history.
+
+use std::collections::HashMap;
+
+use resilience_common::Endpoint;
+
+use crate::{
+    config::{Destination, Mode},
+    engine::Breaker,
+    latency::Samples,
+    snapshot::TransitionCounts,
+};
+
+/// A destination being guarded.
+pub struct Dest {
+    /// The effective definition: the file's, with the operator's mode over it.
+    pub def: Destination,
+    /// `resilience disable`: the mode the operator put in force over the file's.
+    pub override_mode: Option<Mode>,
+    pub slot: u32,
+    /// The slot's generation for this owner: kernel records of other generations are dropped.
+    pub generation: u32,
+    pub breaker: Breaker,
+    pub samples: Samples,
+    pub transitions: TransitionCounts,
+    /// The trip fuse last published.
+    pub trip_after: u32,
+    /// What its DNS names resolved to.
+    pub resolved: Vec<Endpoint>,
+    /// The definition as `check --json` prints it (computed once).
+    pub policy_json: serde_json::Value,
+}
+
+#[derive(Default)]
+pub struct Guarded {
+    pub dests: Vec<Dest>,
+    by_slot: HashMap<u32, usize>,
+    by_name: HashMap<String, usize>,
+}
+
+impl Guarded {
+    pub fn new(dests: Vec<Dest>) -> Guarded {
+        let by_slot = dests.iter().enumerate().map(|(i, d)| (d.slot, i)).collect();
+        let by_name = dests
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (d.def.name.clone(), i))
+            .collect();
+        Guarded {
+            dests,
+            by_slot,
+            by_name,
+        }
+    }
+
+    pub fn by_slot(&self, slot: u32) -> Option<usize> {
+        self.by_slot.get(&slot).copied()
+    }
+
+    pub fn by_name(&self, name: &str) -> Option<usize> {
+        self.by_name.get(name).copied()
+    }
+
+    /// Every destination, by name, for the next state to take them from.
+    pub fn into_map(self) -> HashMap<String, Dest> {
+        self.dests
+            .into_iter()
+            .map(|d| (d.def.name.clone(), d))
+            .collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.dests.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.dests.is_empty()
+    }
+}

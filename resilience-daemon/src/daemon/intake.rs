@@ -1,0 +1,89 @@
+//! Kernel records in, breaker outcomes out: decode each outcome record, charge it to the
+//! destination that owns its slot under the same generation, feed the breaker.
+
+use resilience_common::{conn, OutcomeEvent};
+
+use super::{guarded::Guarded, journal::Journal, publish};
+use crate::{
+    config::FailureClass,
+    engine::{Jitter, Outcome},
+    kernel::Arrays,
+};
+
+/// Counts of what the intake read.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Intake {
+    pub records: u64,
+    /// Records of a previous owner of the slot (or of a removed destination): dropped.
+    pub stale: u64,
+}
+
+pub fn parse_event(bytes: &[u8]) -> Option<OutcomeEvent> {
+    if bytes.len() < std::mem::size_of::<OutcomeEvent>() {
+        return None;
+    }
+    // SAFETY: OutcomeEvent is plain old data and the length is checked.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<OutcomeEvent>()) })
+}
+
+/// The outcome a record reports, if it is one the breaker takes.
+pub fn outcome(ev: &OutcomeEvent, failures: crate::config::FailureClasses) -> Option<Outcome> {
+    let probe = ev.flags & conn::TRACK_PROBE != 0;
+    let failure = |class: FailureClass| Outcome::Failure {
+        class,
+        counted: failures.counts(class),
+        probe,
+    };
+    Some(match ev.outcome {
+        conn::OUTCOME_SUCCESS => Outcome::Success {
+            latency_ns: ev.latency_ns,
+            probe,
+        },
+        conn::OUTCOME_REFUSED => failure(FailureClass::Refused),
+        conn::OUTCOME_TIMEOUT => failure(FailureClass::Timeout),
+        conn::OUTCOME_UNREACHABLE => failure(FailureClass::Unreachable),
+        conn::OUTCOME_RESET => failure(FailureClass::Reset),
+        _ => return None,
+    })
+}
+
+/// Feed `records` to the breakers; publish what changed.
+pub fn feed(
+    records: &[OutcomeEvent],
+    guarded: &mut Guarded,
+    arrays: &Arrays,
+    journal: &mut Journal,
+    jitter: &mut impl Jitter,
+    counts: &mut Intake,
+) {
+    let mut touched = Vec::new();
+    for ev in records {
+        counts.records += 1;
+        let Some(i) = guarded.by_slot(ev.slot) else {
+            counts.stale += 1;
+            continue;
+        };
+        let d = &mut guarded.dests[i];
+        if d.generation != ev.generation {
+            counts.stale += 1;
+            continue;
+        }
+        if !touched.contains(&i) {
+            touched.push(i);
+        }
+        let Some(o) = outcome(ev, d.def.breaker.failures) else {
+            continue;
+        };
+        if let Outcome::Success { latency_ns, .. } = o {
+            d.samples.push(latency_ns);
+        }
+        if let Some(t) = d.breaker.on_outcome(ev.ts_ns, o, jitter) {
+            publish::transition(arrays, journal, d, &t);
+        }
+    }
+    for i in touched {
+        if let Err(e) = publish::refresh_fuse(arrays, &mut guarded.dests[i]) {
+            tracing::error!(error = %format!("{e:#}"), "cannot move a trip fuse");
+        }
+    }
+}

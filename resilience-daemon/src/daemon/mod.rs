@@ -1,0 +1,512 @@
+//! `resilience run`: load, keep the lease, apply the policy, run the breakers on the kernel's
+//! outcome records, serve the control socket, reload, detach on exit.
+//!
+//! The parts, each taking only what it needs:
+//! - `lease`: a thread of its own renews the heartbeat; nothing the loop does delays it.
+//! - `lifecycle` and `plan`: the policy's lifecycle, a reload as one transaction.
+//! - `resolver`: DNS off the loop, with deadlines and last good addresses.
+//! - `intake`: kernel records into the breakers; `publish`: verdicts out, in a safe order.
+//! - `journal`: the event log; `view`: snapshots.
+//!
+//! This file wires them to one loop: every slow thing (a key write, a file read, a lookup)
+//! runs elsewhere and comes back as a message.
+
+pub mod guarded;
+pub mod intake;
+pub mod journal;
+pub mod lease;
+pub mod lifecycle;
+pub mod plan;
+pub mod publish;
+pub mod resolver;
+pub mod view;
+
+use std::{
+    collections::HashSet,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+use resilience_common::OutcomeEvent;
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{signal, SignalKind},
+    sync::{broadcast, mpsc, oneshot},
+};
+
+use self::{
+    guarded::Guarded,
+    intake::Intake,
+    journal::Journal,
+    lease::Lease,
+    lifecycle::{Lifecycle, Want},
+    resolver::{Resolved, Resolver, LOOKUP_TIMEOUT, RESOLVE_EVERY},
+};
+use crate::{
+    config::{self, MatchKind, Mode, Policy},
+    control::{self, Command},
+    engine::XorShift,
+    kernel::{monotonic_ns, reconcile, Kernel, LoadOptions, Tables},
+    protocol::{Reply, Request},
+};
+
+pub struct RunOptions {
+    pub config: Option<PathBuf>,
+    pub policy: Policy,
+    /// Stops the daemon as SIGTERM does (the dashboard's quit).
+    pub stop: Option<oneshot::Receiver<()>>,
+    /// The dashboard runs in this process's terminal: a SIGHUP that comes with a lost terminal
+    /// is a hangup (stop), not a request to reload.
+    pub tui: bool,
+}
+
+/// How often breakers are checked for open -> half-open, and records drained.
+const TICK: Duration = Duration::from_millis(50);
+/// How often the policy file is checked for changes.
+const WATCH_EVERY: Duration = Duration::from_secs(1);
+/// How long reading the policy file may take.
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The state the loop's parts share.
+pub struct Daemon {
+    pub tables: Tables,
+    pub guarded: Guarded,
+    pub life: Lifecycle,
+    pub intake: Intake,
+    /// Tracked connections found closed at start.
+    pub reconciled: u64,
+}
+
+/// A policy file read off the loop.
+struct FileLoaded {
+    path: PathBuf,
+    policy: Result<Policy, String>,
+    reply: Option<oneshot::Sender<Reply>>,
+}
+
+/// What tells a changed file: modification time, size and inode.
+fn file_stamp(path: &Path) -> Option<(std::time::SystemTime, u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len(), m.ino()))
+}
+
+pub async fn run(mut opts: RunOptions) -> Result<()> {
+    let settings = opts.policy.daemon.clone();
+    let cgroup = match &settings.cgroup {
+        Some(c) => c.clone(),
+        None => crate::kernel::fs::cgroup2_root()?,
+    };
+    let mut kernel = Kernel::load(&LoadOptions {
+        cgroup: cgroup.clone(),
+        pin_dir: settings.pin_dir.clone(),
+        lease_ns: settings.lease.as_nanos() as u64,
+        max_connections: settings.max_connections,
+    })?;
+    let ring = kernel.events.take().context("map EVENTS already taken")?;
+    let arrays = kernel.tables.arrays.clone();
+    let lease = Lease::start(arrays.clone(), settings.lease)?;
+
+    // Connections that closed while no daemon ran still hold places: give them back before
+    // anything else counts. Connects made from now on are not touched.
+    let since = monotonic_ns();
+    let (pins, a) = (settings.pin_dir.clone(), arrays.clone());
+    let reconciled = tokio::task::spawn_blocking(move || reconcile::reconcile(&pins, &a, since))
+        .await
+        .context("reconciling tracked connections")??;
+
+    let listener = control::bind(&settings.socket)?;
+    let metrics = match settings.metrics {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the metrics endpoint {addr}"))?,
+        ),
+        None => None,
+    };
+    let (events_tx, _) = broadcast::channel(4096);
+    let mut journal = Journal::new(events_tx.clone());
+    if reconciled.removed > 0 {
+        journal.note(
+            "kernel",
+            format!(
+                "{} tracked connections closed while no daemon ran: {} bulkhead places given back",
+                reconciled.removed, reconciled.places
+            ),
+        );
+    }
+    let (dns_tx, mut dns_rx) = mpsc::channel::<Resolved>(256);
+    let mut resolver = Resolver::new(dns_tx, LOOKUP_TIMEOUT);
+    let mut life = Lifecycle::new(opts.policy.clone());
+    life.restore_overrides(&arrays);
+    let mut d = Daemon {
+        tables: kernel.tables,
+        guarded: Guarded::default(),
+        life,
+        intake: Intake::default(),
+        reconciled: reconciled.removed,
+    };
+    resolve_all(&d.life.wanted.file, &mut resolver);
+
+    // The first state, before anyone is served.
+    d.life.poll(&mut d.tables, &resolver, &mut journal);
+    let built = d.life.built().await;
+    d.life
+        .finish(built, &mut d.tables, &mut d.guarded, &mut journal);
+    if d.guarded.len() != d.life.wanted.file.destinations.len() {
+        anyhow::bail!("applying the policy failed (see the log above)");
+    }
+    tracing::info!(
+        cgroup = %cgroup.display(),
+        pins = %settings.pin_dir.display(),
+        socket = %settings.socket.display(),
+        destinations = d.guarded.len(),
+        metrics = %settings.metrics.map_or("off".into(), |m| m.to_string()),
+        "resilience is guarding outbound connects"
+    );
+
+    let (tx, mut rx) = mpsc::channel::<Command>(64);
+    let (file_tx, mut file_rx) = mpsc::channel::<FileLoaded>(8);
+    let metrics = metrics.map(|l| tokio::spawn(crate::metrics::serve(l, tx.clone())));
+    let server = tokio::spawn(control::serve(listener, tx, events_tx));
+    let mut tick = tokio::time::interval(TICK);
+    let mut resolve = tokio::time::interval(RESOLVE_EVERY);
+    let mut watch = tokio::time::interval(WATCH_EVERY);
+    let mut stamp = opts.config.as_deref().and_then(file_stamp);
+    resolve.tick().await;
+    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+    // SAFETY: the AsyncFd owns the ring buffer, and with it the fd, for as long as it is
+    // registered.
+    let mut events = unsafe { AsyncFd::register(ring) }
+        .map_err(|e| anyhow::anyhow!("watching map EVENTS: {e}"))?;
+    let mut jitter = XorShift(monotonic_ns() | 1);
+    let mut losses = Losses::new(&d.tables);
+    let started = Instant::now();
+    let config_path = opts.config.clone();
+    let mut snapshot_seq = 0u64;
+
+    let stop = async {
+        match opts.stop.take() {
+            // A dropped sender stops it too: nobody is left to ask.
+            Some(rx) => {
+                let _ = rx.await;
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(stop);
+    loop {
+        lease.alive();
+        d.life.poll(&mut d.tables, &resolver, &mut journal);
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => {
+                if opts.tui && !crate::tui::terminal_alive() {
+                    tracing::warn!("terminal lost: stopping");
+                    break;
+                }
+                read_policy(config_path.as_deref(), None, &file_tx);
+            }
+            built = d.life.built() => {
+                d.life.finish(built, &mut d.tables, &mut d.guarded, &mut journal);
+                let used = names(&d.life.wanted.file);
+                resolver.retain(&used);
+            }
+            ready = events.readable_mut() => {
+                let Ok(mut guard) = ready else { continue };
+                let records = drain(guard.get_inner_mut());
+                guard.clear_ready();
+                feed(&records, &mut d, &mut journal, &mut jitter);
+            }
+            // The kernel wakes us at once for failures, probes and slow calls; the rest of the
+            // records are read here.
+            _ = tick.tick() => {
+                let records = drain(events.get_mut());
+                feed(&records, &mut d, &mut journal, &mut jitter);
+                on_tick(&mut d, &mut journal);
+                losses.note(&d.tables, &mut journal);
+            }
+            // Polling rather than inotify: it also sees an editor's rename-over and a config
+            // management tool's replace, and costs one stat per second.
+            _ = watch.tick() => {
+                let now = config_path.as_deref().and_then(file_stamp);
+                if now.is_some() && now != stamp {
+                    stamp = now;
+                    tracing::info!("policy file changed");
+                    read_policy(config_path.as_deref(), None, &file_tx);
+                }
+            }
+            _ = resolve.tick() => resolve_all(&d.life.wanted.file, &mut resolver),
+            Some(r) = dns_rx.recv() => {
+                let change = resolver.on_result(r);
+                if let Some(m) = change.message {
+                    journal.warn("dns", m);
+                }
+                if change.addresses {
+                    d.life.request(Want::Dns);
+                }
+            }
+            Some(f) = file_rx.recv() => match f.policy {
+                Ok(policy) => {
+                    resolve_new(&policy, &mut resolver);
+                    d.life.set_file(policy);
+                    d.life.request(Want::Reload { path: f.path, reply: f.reply });
+                }
+                Err(e) => {
+                    d.life.reload_failures += 1;
+                    let m = format!("reload rejected, the running policy stays: {e}");
+                    journal.warn("reload", m.clone());
+                    if let Some(r) = f.reply {
+                        let _ = r.send(Reply::Error(m));
+                    }
+                }
+            },
+            Some(cmd) = rx.recv() => {
+                let Command { req, reply } = cmd;
+                match req {
+                    Request::Snapshot { .. } | Request::Status => {
+                        let field = if req == Request::Status { "status" } else { "snapshot" };
+                        let records = drain(events.get_mut());
+                        feed(&records, &mut d, &mut journal, &mut jitter);
+                        snapshot_seq += 1;
+                        let info = view::Info {
+                            started,
+                            lease: settings.lease,
+                            config_path: config_path.as_deref(),
+                        };
+                        let r = match view::snapshot(&mut d, &journal, &info, snapshot_seq) {
+                            Ok(s) => Reply::Snapshot { field, snapshot: Box::new(s) },
+                            Err(e) => Reply::Error(format!("{e:#}")),
+                        };
+                        let _ = reply.send(r);
+                    }
+                    Request::Events { .. } => {
+                        let _ = reply.send(Reply::Events(journal.all()));
+                    }
+                    Request::Version => {
+                        let _ = reply.send(Reply::Version(env!("CARGO_PKG_VERSION").into()));
+                    }
+                    Request::Trip { name } => {
+                        let _ = reply.send(operate(&mut d, &mut journal, &mut jitter, &name, true));
+                    }
+                    Request::Reset { name } => {
+                        let _ = reply.send(operate(&mut d, &mut journal, &mut jitter, &name, false));
+                    }
+                    Request::Disable { name } => set_override(&mut d, &name, Some(Mode::Disabled), reply),
+                    Request::Enable { name } => set_override(&mut d, &name, None, reply),
+                    Request::Reload => read_policy(config_path.as_deref(), Some(reply), &file_tx),
+                }
+            }
+        }
+    }
+    server.abort();
+    if let Some(m) = metrics {
+        m.abort();
+    }
+    let _ = control::unlink(&settings.socket);
+    tracing::info!("detaching and exiting; pinned maps stay for the next start");
+    drop(lease);
+    Ok(())
+}
+
+/// Every DNS name of the policy.
+fn names(p: &Policy) -> HashSet<resolver::Name> {
+    p.destinations
+        .iter()
+        .flat_map(|d| &d.matches)
+        .filter_map(|m| match &m.kind {
+            MatchKind::Host { host, port } => Some((host.clone(), *port)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn resolve_all(p: &Policy, resolver: &mut Resolver) {
+    for n in names(p) {
+        resolver.request(n);
+    }
+}
+
+/// Names a new policy brings: looked up at once.
+fn resolve_new(p: &Policy, resolver: &mut Resolver) {
+    for n in names(p) {
+        if !resolver.known(&n) {
+            resolver.request(n);
+        }
+    }
+}
+
+/// Read and check the policy file off the loop; the result comes back as a message.
+fn read_policy(
+    path: Option<&Path>,
+    reply: Option<oneshot::Sender<Reply>>,
+    file_tx: &mpsc::Sender<FileLoaded>,
+) {
+    let Some(path) = path.map(Path::to_path_buf) else {
+        tracing::warn!("reload: running the built-in default policy, nothing to reload");
+        if let Some(r) = reply {
+            let _ = r.send(Reply::Error(
+                "the daemon runs the built-in default policy: no file to reload".into(),
+            ));
+        }
+        return;
+    };
+    let tx = file_tx.clone();
+    tokio::spawn(async move {
+        let p = path.clone();
+        let read = tokio::task::spawn_blocking(move || config::load_file(&p));
+        let policy = match tokio::time::timeout(READ_TIMEOUT, read).await {
+            Ok(Ok(r)) => r.map_err(|e| e.to_string()),
+            Ok(Err(e)) => Err(format!("reading {}: {e}", path.display())),
+            Err(_) => Err(format!(
+                "{}: not read within {READ_TIMEOUT:?}",
+                path.display()
+            )),
+        };
+        let _ = tx
+            .send(FileLoaded {
+                path,
+                policy,
+                reply,
+            })
+            .await;
+    });
+}
+
+fn set_override(d: &mut Daemon, name: &str, mode: Option<Mode>, reply: oneshot::Sender<Reply>) {
+    if !d
+        .life
+        .wanted
+        .file
+        .destinations
+        .iter()
+        .any(|x| x.name == name)
+    {
+        let _ = reply.send(Reply::Error(format!("no destination named {name:?}")));
+        return;
+    }
+    d.life.request(Want::Override {
+        name: name.to_string(),
+        mode,
+        reply: Some(reply),
+    });
+}
+
+/// Trip (open) or reset (close) a destination's breaker by hand.
+fn operate(
+    d: &mut Daemon,
+    journal: &mut Journal,
+    jitter: &mut XorShift,
+    name: &str,
+    trip: bool,
+) -> Reply {
+    let Some(i) = d.guarded.by_name(name) else {
+        return Reply::Error(format!("no destination named {name:?}"));
+    };
+    let now = monotonic_ns();
+    let dest = &mut d.guarded.dests[i];
+    let t = if trip {
+        dest.breaker.trip(now, jitter)
+    } else {
+        dest.breaker.reset(now)
+    };
+    match t {
+        Some(t) => {
+            let message = format!("{name}: {} -> {}", t.from.as_str(), t.to.as_str());
+            publish::transition(&d.tables.arrays, journal, dest, &t);
+            Reply::Message(message)
+        }
+        None => Reply::Message(format!("{name}: already {}", dest.breaker.state().as_str())),
+    }
+}
+
+/// Every pending outcome record.
+fn drain(ring: &mut aya::maps::RingBuf<aya::maps::MapData>) -> Vec<OutcomeEvent> {
+    let mut records = Vec::new();
+    while let Some(item) = ring.next() {
+        if let Some(ev) = intake::parse_event(&item) {
+            records.push(ev);
+        }
+    }
+    records
+}
+
+fn feed(records: &[OutcomeEvent], d: &mut Daemon, journal: &mut Journal, jitter: &mut XorShift) {
+    if records.is_empty() {
+        return;
+    }
+    let arrays = d.tables.arrays.clone();
+    intake::feed(
+        records,
+        &mut d.guarded,
+        &arrays,
+        journal,
+        jitter,
+        &mut d.intake,
+    );
+}
+
+/// Open -> half-open with the clock; a time window's fuse moves with the clock too.
+fn on_tick(d: &mut Daemon, journal: &mut Journal) {
+    let now = monotonic_ns();
+    let arrays = d.tables.arrays.clone();
+    for dest in &mut d.guarded.dests {
+        if let Some(t) = dest.breaker.on_tick(now) {
+            publish::transition(&arrays, journal, dest, &t);
+        }
+        if matches!(dest.def.breaker.window, config::Window::Time(_)) {
+            if let Err(e) = publish::refresh_fuse(&arrays, dest) {
+                tracing::error!(error = %format!("{e:#}"), "cannot move a trip fuse");
+            }
+        }
+    }
+}
+
+/// What the kernel counted that the operator must hear of: lost ring-buffer records and
+/// connects let through unguarded (fail-open). An event when a count grows.
+struct Losses {
+    lost: u64,
+    fail_open: u64,
+}
+
+impl Losses {
+    fn new(tables: &Tables) -> Losses {
+        let s = tables.stats().unwrap_or_default();
+        Losses {
+            lost: s.ringbuf_lost,
+            fail_open: s.fail_open,
+        }
+    }
+
+    fn note(&mut self, tables: &Tables, journal: &mut Journal) {
+        let Ok(stats) = tables.stats() else {
+            return;
+        };
+        if let Some(n) = grew(stats.ringbuf_lost, &mut self.lost) {
+            journal.warn(
+                "kernel",
+                format!("{n} outcome records lost (ring buffer full): breakers saw fewer calls"),
+            );
+        }
+        if let Some(n) = grew(stats.fail_open, &mut self.fail_open) {
+            journal.warn(
+                "kernel",
+                format!(
+                    "fail-open: {n} connects let through unguarded (the daemon missed its lease)"
+                ),
+            );
+        }
+    }
+}
+
+/// How much a kernel counter grew since `before`, which moves up to it.
+fn grew(now: u64, before: &mut u64) -> Option<u64> {
+    let n = now.checked_sub(*before).filter(|n| *n > 0)?;
+    *before = now;
+    Some(n)
+}

@@ -1,0 +1,137 @@
+//! Publishing a breaker's verdict into the active policy set, in an order the hooks can never
+//! catch half-done, and saving the breaker for a restarted daemon.
+
+use std::sync::atomic::Ordering;
+
+use anyhow::{Context, Result};
+use resilience_common::{
+    dest::{ACTION_ALLOW, ACTION_PROBE, ACTION_REJECT},
+    saved::{OVERRIDE_DISABLED, OVERRIDE_NONE, SAVED_CLOSED, SAVED_HALF_OPEN, SAVED_OPEN},
+    SavedBreaker,
+};
+
+use super::{guarded::Dest, journal::Journal};
+use crate::{
+    config::Mode,
+    engine::{State, Transition, Verdict},
+    kernel::{mmap, monotonic_ns, Arrays},
+    slots,
+    snapshot::EventRecord,
+};
+
+pub fn action(v: Verdict) -> u32 {
+    match v {
+        Verdict::Allow => ACTION_ALLOW,
+        Verdict::Reject => ACTION_REJECT,
+        Verdict::Probe(_) => ACTION_PROBE,
+    }
+}
+
+/// Publish `d`'s verdict and trip fuse into the active set. The probe budget goes in before
+/// the PROBE action (the hook never sees PROBE with last time's budget); the fuse before the
+/// action; each one a single-word store.
+pub fn verdict(arrays: &Arrays, d: &mut Dest) -> Result<()> {
+    let now = monotonic_ns();
+    let kv = d.breaker.kernel_verdict(now);
+    let set = arrays.active_set();
+    let p = arrays
+        .policy_ptr(set, d.slot)
+        .with_context(|| format!("POLICY[{set}][{}] out of range", d.slot))?;
+    // SAFETY: aligned u32 fields of a mapped entry; the loop is their only writer.
+    let (action_word, fuse_word) = unsafe {
+        (
+            mmap::atomic_u32(&raw mut (*p).action),
+            mmap::atomic_u32(&raw mut (*p).trip_after),
+        )
+    };
+    if let Verdict::Probe(n) = kv.verdict {
+        if action_word.load(Ordering::Acquire) != ACTION_PROBE {
+            arrays.set_probes(d.slot, n);
+        }
+    }
+    fuse_word.store(kv.trip_after, Ordering::Release);
+    action_word.store(action(kv.verdict), Ordering::Release);
+    d.trip_after = kv.trip_after;
+    Ok(())
+}
+
+/// A breaker changed state: publish, record, save. A new state starts a new streak, and order
+/// matters: a breaker that opens must be rejecting before the streak that tripped it is
+/// cleared (else one connect slips through); one that closes must have its streak cleared
+/// before the fuse is armed (else an old streak trips it).
+pub fn transition(arrays: &Arrays, journal: &mut Journal, d: &mut Dest, t: &Transition) {
+    let name = d.def.name.clone();
+    let result = if t.to == State::Closed {
+        arrays.reset_streak(d.slot);
+        verdict(arrays, d)
+    } else {
+        let r = verdict(arrays, d);
+        arrays.reset_streak(d.slot);
+        r
+    };
+    if let Err(e) = result {
+        journal.fault(&format!("{name}: cannot publish the verdict"), &e);
+    }
+    d.transitions.count(t.to);
+    save(arrays, d);
+    tracing::info!(
+        "{name}: {} -> {}: {}",
+        t.from.as_str(),
+        t.to.as_str(),
+        t.reason
+    );
+    journal.push(EventRecord::transition(&name, t));
+}
+
+/// After records for `d` were read: move its trip fuse, and undo a kernel trip the breaker
+/// does not agree with (a time window's old failures expired under a stale fuse).
+pub fn refresh_fuse(arrays: &Arrays, d: &mut Dest) -> Result<()> {
+    let kv = d.breaker.kernel_verdict(monotonic_ns());
+    let closed = kv.verdict == Verdict::Allow;
+    // Stale only if the breaker itself has seen the whole streak and did not trip; a kernel
+    // streak ahead of the breaker's means records still on their way.
+    if closed
+        && d.trip_after != 0
+        && d.breaker.streak() >= d.trip_after
+        && arrays.streak(d.slot) >= u64::from(d.trip_after)
+    {
+        tracing::debug!(destination = %d.def.name, "stale trip fuse undone");
+        arrays.reset_streak(d.slot);
+    }
+    if kv.trip_after != d.trip_after {
+        verdict(arrays, d)?;
+    }
+    Ok(())
+}
+
+/// Keep `d`'s breaker, override and transition counts where a restarted daemon finds them.
+pub fn save(arrays: &Arrays, d: &Dest) {
+    let r = d.breaker.resume_point();
+    arrays.save(
+        d.slot,
+        SavedBreaker {
+            name_id: slots::name_id(&d.def.name),
+            config_id: d.def.breaker.id(),
+            since_ns: r.since_ns,
+            open_until_ns: r.open_until_ns,
+            transitions: [
+                d.transitions.open,
+                d.transitions.half_open,
+                d.transitions.closed,
+            ],
+            generation: d.generation,
+            state: match r.state {
+                State::Closed => SAVED_CLOSED,
+                State::Open => SAVED_OPEN,
+                State::HalfOpen => SAVED_HALF_OPEN,
+            },
+            trips: r.trips,
+            probes_ok: r.probes_ok,
+            override_mode: match d.override_mode {
+                Some(Mode::Disabled) => OVERRIDE_DISABLED,
+                _ => OVERRIDE_NONE,
+            },
+            _pad: 0,
+        },
+    );
+}

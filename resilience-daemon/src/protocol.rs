@@ -1,0 +1,274 @@
+//! The control protocol, typed: one `Request` and one `Reply` enum shared by the daemon's
+//! server, the CLI, the dashboard and the metrics endpoint. The wire format is JSON lines,
+//! protocol version 1 (see `control.rs` for the table); names only ever grow.
+
+use serde::{de::MapAccess, Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::snapshot::{EventRecord, Snapshot};
+
+pub const PROTOCOL_VERSION: u64 = 1;
+
+/// A request, as the client sends it and as the server understood it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "cmd", rename_all = "lowercase")]
+pub enum Request {
+    Version,
+    /// The whole picture, under "snapshot". With `since` (the `seq` of an earlier reply on
+    /// the same daemon), only what changed since then: see `Snapshot::delta`.
+    Snapshot {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        since: Option<u64>,
+    },
+    /// The same snapshot under "status" (kept from the first release).
+    Status,
+    Events {
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        follow: bool,
+    },
+    Trip {
+        name: String,
+    },
+    Reset {
+        name: String,
+    },
+    Disable {
+        name: String,
+    },
+    Enable {
+        name: String,
+    },
+    Reload,
+}
+
+impl Request {
+    pub fn line(&self) -> String {
+        let mut s = serde_json::to_string(self).unwrap_or_default();
+        s.push('\n');
+        s
+    }
+}
+
+pub const COMMANDS: &str =
+    "version, snapshot, status, events, trip, reset, disable, enable, reload";
+
+/// A JSON object's fields in order, duplicates kept so that they can be refused: with
+/// `{"cmd":"version","cmd":"trip"}` a last-one-wins parser would trip a breaker.
+struct Fields(Vec<(String, Value)>);
+
+impl<'de> Deserialize<'de> for Fields {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Fields;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Fields, A::Error> {
+                let mut out = Vec::new();
+                while let Some((k, v)) = m.next_entry::<String, Value>()? {
+                    out.push((k, v));
+                }
+                Ok(Fields(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// Parse one request line; the error says what is wrong, for the client to show.
+pub fn parse(line: &[u8]) -> Result<Request, String> {
+    let v: Value = serde_json::from_slice(line).map_err(|e| format!("not JSON: {e}"))?;
+    if !v.is_object() {
+        return Err("a request is a JSON object, e.g. {\"cmd\": \"status\"}".into());
+    }
+    let Fields(fields) = serde_json::from_slice(line).map_err(|e| format!("not JSON: {e}"))?;
+    for (i, (k, _)) in fields.iter().enumerate() {
+        if fields[..i].iter().any(|(o, _)| o == k) {
+            return Err(format!("field {k:?} is given twice"));
+        }
+    }
+    let get = |k: &str| fields.iter().find(|(n, _)| n == k).map(|(_, v)| v);
+    let cmd = match get("cmd") {
+        Some(Value::String(c)) => c.as_str(),
+        Some(other) => return Err(format!("\"cmd\" must be a string, not {}", kind(other))),
+        None => return Err("missing field \"cmd\"".into()),
+    };
+    let name = |word: &str| match get("name") {
+        Some(Value::String(n)) => Ok(n.clone()),
+        Some(other) => Err(format!(
+            "{word}: \"name\" must be a string, not {}",
+            kind(other)
+        )),
+        None => Err(format!("{word} needs a string field \"name\"")),
+    };
+    match cmd {
+        "version" => Ok(Request::Version),
+        "snapshot" => match get("since") {
+            None | Some(Value::Null) => Ok(Request::Snapshot { since: None }),
+            Some(Value::Number(n)) if n.as_u64().is_some() => {
+                Ok(Request::Snapshot { since: n.as_u64() })
+            }
+            Some(other) => Err(format!(
+                "snapshot: \"since\" must be a sequence number, not {}",
+                kind(other)
+            )),
+        },
+        "status" => Ok(Request::Status),
+        "events" => match get("follow") {
+            None => Ok(Request::Events { follow: false }),
+            Some(Value::Bool(f)) => Ok(Request::Events { follow: *f }),
+            Some(other) => Err(format!(
+                "events: \"follow\" must be a bool, not {}",
+                kind(other)
+            )),
+        },
+        "trip" => Ok(Request::Trip { name: name(cmd)? }),
+        "reset" => Ok(Request::Reset { name: name(cmd)? }),
+        "disable" => Ok(Request::Disable { name: name(cmd)? }),
+        "enable" => Ok(Request::Enable { name: name(cmd)? }),
+        "reload" => Ok(Request::Reload),
+        other => Err(format!("unknown command {other:?}; known: {COMMANDS}")),
+    }
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a bool",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// The daemon's answer to one request.
+#[derive(Debug, Clone)]
+pub enum Reply {
+    Version(String),
+    /// `field` is "snapshot" or "status", as asked.
+    Snapshot {
+        field: &'static str,
+        snapshot: Box<Snapshot>,
+    },
+    Events(Vec<EventRecord>),
+    Message(String),
+    Error(String),
+}
+
+impl Reply {
+    pub fn to_json(&self) -> Value {
+        let ok = |field: &str, v: Value| json!({"v": PROTOCOL_VERSION, "ok": true, field: v});
+        match self {
+            Reply::Version(v) => ok("version", json!(v)),
+            Reply::Snapshot { field, snapshot } => match serde_json::to_value(snapshot) {
+                Ok(v) => ok(field, v),
+                Err(e) => error(e.to_string()),
+            },
+            Reply::Events(ev) => ok("events", serde_json::to_value(ev).unwrap_or_default()),
+            Reply::Message(m) => ok("message", json!(m)),
+            Reply::Error(e) => error(e.clone()),
+        }
+    }
+
+    /// One line of the wire format, newline included.
+    pub fn line(&self) -> String {
+        line(&self.to_json())
+    }
+}
+
+pub fn error(message: String) -> Value {
+    json!({"v": PROTOCOL_VERSION, "ok": false, "error": message})
+}
+
+pub fn line(v: &Value) -> String {
+    let mut out = v.to_string();
+    out.push('\n');
+    out
+}
+
+/// One line of an `events` stream after the backlog.
+pub fn event_line(e: &EventRecord) -> String {
+    line(&json!({"v": PROTOCOL_VERSION, "event": e}))
+}
+
+pub fn lagged_line(n: u64) -> String {
+    line(&json!({"v": PROTOCOL_VERSION, "lagged": n}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_parse_or_say_what_is_wrong() {
+        assert_eq!(parse(br#"{"cmd":"version"}"#), Ok(Request::Version));
+        assert_eq!(
+            parse(br#"{"cmd":"events","follow":true}"#),
+            Ok(Request::Events { follow: true })
+        );
+        assert_eq!(
+            parse(br#"{"cmd":"disable","name":"db"}"#),
+            Ok(Request::Disable { name: "db".into() })
+        );
+        assert_eq!(
+            parse(br#"{"cmd":"snapshot","since":42}"#),
+            Ok(Request::Snapshot { since: Some(42) })
+        );
+        let cases: [(&[u8], &str); 10] = [
+            (br#"{"cmd":"stat"#, "not JSON: EOF while parsing"),
+            (b"[1,2]", "a request is a JSON object"),
+            (br#"{"name":"x"}"#, "missing field \"cmd\""),
+            (br#"{"cmd":5}"#, "\"cmd\" must be a string, not a number"),
+            (br#"{"cmd":"trip"}"#, "trip needs a string field \"name\""),
+            (
+                br#"{"cmd":"reset","name":["x"]}"#,
+                "reset: \"name\" must be a string, not an array",
+            ),
+            (
+                br#"{"cmd":"events","follow":"yes"}"#,
+                "events: \"follow\" must be a bool, not a string",
+            ),
+            (
+                br#"{"cmd":"explode"}"#,
+                "unknown command \"explode\"; known: version",
+            ),
+            (
+                br#"{"cmd":"version","cmd":"trip","name":"x"}"#,
+                "field \"cmd\" is given twice",
+            ),
+            (
+                br#"{"cmd":"snapshot","since":-1}"#,
+                "snapshot: \"since\" must be a sequence number",
+            ),
+        ];
+        for (input, want) in cases {
+            let got = parse(input).expect_err("must be refused");
+            assert!(
+                got.starts_with(want),
+                "{}: got {got:?}",
+                String::from_utf8_lossy(input)
+            );
+        }
+    }
+
+    #[test]
+    fn requests_round_trip_through_their_own_wire_form() {
+        for r in [
+            Request::Version,
+            Request::Snapshot { since: None },
+            Request::Snapshot { since: Some(7) },
+            Request::Status,
+            Request::Events { follow: true },
+            Request::Events { follow: false },
+            Request::Trip { name: "a".into() },
+            Request::Reset { name: "a".into() },
+            Request::Disable { name: "a".into() },
+            Request::Enable { name: "a".into() },
+            Request::Reload,
+        ] {
+            assert_eq!(parse(r.line().as_bytes()), Ok(r.clone()), "{}", r.line());
+        }
+    }
+}
