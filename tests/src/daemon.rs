@@ -38,18 +38,39 @@ pub struct Daemon {
     /// The policy file the daemon reads (and reloads).
     pub config: PathBuf,
     args: Vec<String>,
+    opts: StartOpts,
+}
+
+/// How to start the daemon beyond policy, cgroup, pins and lease.
+#[derive(Debug, Clone, Default)]
+pub struct StartOpts {
+    /// Run the daemon through this command (e.g. `unshare -m ... sh -c '... exec "$@"' --`).
+    pub wrapper: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub extra_args: Vec<String>,
 }
 
 impl Daemon {
     /// Start the daemon with `policy` (TOML text) guarding `cgroup`; returns once it answers.
     pub fn start(tag: &str, cgroup: &Path, pins: &PinDir, policy: &str, lease: &str) -> Daemon {
+        Daemon::start_with(tag, cgroup, pins, policy, lease, StartOpts::default())
+    }
+
+    pub fn start_with(
+        tag: &str,
+        cgroup: &Path,
+        pins: &PinDir,
+        policy: &str,
+        lease: &str,
+        opts: StartOpts,
+    ) -> Daemon {
         let name = crate::unique(tag);
         let dir = std::env::temp_dir().join(format!("resilience-test-{name}"));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let config = dir.join("policy.toml");
         std::fs::write(&config, policy).expect("writing policy");
         let socket = dir.join("control.sock");
-        let args = vec![
+        let mut args: Vec<String> = vec![
             "run".into(),
             "--config".into(),
             config.display().to_string(),
@@ -62,20 +83,36 @@ impl Daemon {
             "--lease".into(),
             lease.into(),
         ];
+        args.extend(opts.extra_args.iter().cloned());
         let mut d = Daemon {
             child: None,
             socket,
             log: dir.join("daemon.log"),
             config,
             args,
+            opts,
         };
         d.spawn();
         d
     }
 
     fn spawn(&mut self) {
-        let log = std::fs::File::create(&self.log).expect("log file");
-        let child = Command::new(crate::daemon_bin())
+        // Appended: a restart keeps the earlier daemon's log, which a failing test prints.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        let mut cmd = match self.opts.wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(crate::daemon_bin());
+                c
+            }
+            None => Command::new(crate::daemon_bin()),
+        };
+        cmd.envs(self.opts.env.iter().map(|(k, v)| (k, v)));
+        let child = cmd
             .args(&self.args)
             .stdout(Stdio::null())
             .stderr(log)
@@ -108,6 +145,23 @@ impl Daemon {
     pub fn restart(&mut self) {
         self.stop();
         self.spawn();
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Start again after `kill` (no stop first).
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "the daemon still runs");
+        self.spawn();
+    }
+
+    /// Whether the daemon process still runs.
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     pub fn signal(&self, sig: Signal) {
@@ -238,4 +292,31 @@ impl Drop for Daemon {
             let _ = c.wait();
         }
     }
+}
+
+/// Run `resilience ARGS` to completion (bounded): (exit code, stdout, stderr).
+pub fn run_to_end(args: &[&str], within: Duration) -> (Option<i32>, String, String) {
+    let mut child = Command::new(crate::daemon_bin())
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting resilience");
+    let deadline = Instant::now() + within;
+    loop {
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().expect("output");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }

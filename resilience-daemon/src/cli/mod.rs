@@ -133,7 +133,7 @@ fn parse_duration_arg(s: &str) -> Result<Duration, String> {
 }
 
 fn parse_lease(s: &str) -> Result<Duration, String> {
-    config::check_lease(parse_duration_arg(s)?)
+    config::check_lease(config::parse_duration(s)?)
 }
 
 /// The dashboard's refresh: faster than 10 a second costs the daemon CPU and shows nothing

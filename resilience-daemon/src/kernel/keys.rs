@@ -56,6 +56,29 @@ enum Undo {
     Cidr(Cidr, Option<u32>),
 }
 
+/// A testing seam: with `RESILIENCE_FAULT_KEY_WRITE=N` in the environment, the N-th key write
+/// of this process fails (once), as a kernel that ran out of memory would. It shows that a
+/// reload refused midway leaves the running policy untouched.
+fn injected_fault() -> Result<()> {
+    use std::sync::{
+        atomic::{AtomicU64, Ordering},
+        OnceLock,
+    };
+    static AT: OnceLock<Option<u64>> = OnceLock::new();
+    static WRITES: AtomicU64 = AtomicU64::new(0);
+    let Some(at) = *AT.get_or_init(|| {
+        std::env::var("RESILIENCE_FAULT_KEY_WRITE")
+            .ok()
+            .and_then(|v| v.parse().ok())
+    }) else {
+        return Ok(());
+    };
+    if WRITES.fetch_add(1, Ordering::Relaxed) + 1 == at {
+        anyhow::bail!("injected fault at key write {at} (RESILIENCE_FAULT_KEY_WRITE)");
+    }
+    Ok(())
+}
+
 fn cidr_key(set: u32, &(bits, addr, port): &Cidr) -> Key<CidrData> {
     Key::new(
         CIDR_HEAD_BITS + bits,
@@ -113,6 +136,7 @@ impl KeySets {
         for (ep, &slot) in &want.exact {
             let before = have.exact.get(ep).copied();
             if before != Some(slot) {
+                injected_fault()?;
                 self.exact
                     .insert(ep.in_set(s), slot, 0)
                     .with_context(|| format!("writing map EXACT ({} keys)", want.exact.len()))?;
@@ -122,6 +146,7 @@ impl KeySets {
         for (c, &slot) in &want.cidr {
             let before = have.cidr.get(c).copied();
             if before != Some(slot) {
+                injected_fault()?;
                 self.cidr
                     .insert(&cidr_key(set, c), slot, 0)
                     .with_context(|| format!("writing map CIDR ({} keys)", want.cidr.len()))?;
@@ -130,6 +155,7 @@ impl KeySets {
         }
         for (ep, &slot) in &have.exact {
             if !want.exact.contains_key(ep) {
+                injected_fault()?;
                 self.exact
                     .remove(&ep.in_set(s))
                     .context("removing from map EXACT")?;
@@ -138,6 +164,7 @@ impl KeySets {
         }
         for (c, &slot) in &have.cidr {
             if !want.cidr.contains_key(c) {
+                injected_fault()?;
                 self.cidr
                     .remove(&cidr_key(set, c))
                     .context("removing from map CIDR")?;

@@ -50,6 +50,7 @@ struct Record {
 
 fn main() {
     let args = Args::parse();
+    raise_nofile();
     let procs = args.cgroup.join("cgroup.procs");
     if let Err(e) = std::fs::write(&procs, std::process::id().to_string()) {
         eprintln!("connector: cannot join {}: {e}", procs.display());
@@ -113,6 +114,21 @@ fn main() {
             r#"{{"addr":"{addr}","ok":{},"errno":{},"t":{},"ns":{}}}"#,
             r.ok, r.errno, r.t, r.ns
         );
+    }
+}
+
+/// Tests hold thousands of sockets: lift the soft descriptor limit to the hard one.
+fn raise_nofile() {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit on a struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 {
+            r.rlim_cur = r.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        }
     }
 }
 
