@@ -16,6 +16,7 @@ use resilience_tests::{
     daemon::{Daemon, PinDir},
     listener::{closed_port, Server},
     privileged,
+    tmux::{exit_code, wait_screen, Session},
 };
 use serde_json::{json, Value};
 
@@ -485,84 +486,6 @@ mode = "forced-open"
     s.read_to_string(&mut out).expect("read");
     assert!(out.starts_with("HTTP/1.1 405"), "{out}");
     assert!(scrape(metrics).contains("resilience_connect_attempts_total"));
-}
-
-fn tmux(args: &[&str]) -> String {
-    let out = Command::new("tmux")
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("tmux {args:?}: {e} (cargo xtask setup installs tmux)"));
-    assert!(
-        out.status.success(),
-        "tmux {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A tmux session running a shell (so that what is left after a program exits, the restored
-/// screen, can be seen), killed however the test ends.
-struct Session(String);
-
-impl Session {
-    fn new(tag: &str) -> Session {
-        let s = Session(resilience_tests::unique(tag));
-        tmux(&[
-            "new-session",
-            "-d",
-            "-s",
-            &s.0,
-            "-x",
-            "120",
-            "-y",
-            "32",
-            "sh",
-        ]);
-        s
-    }
-
-    fn keys(&self, keys: &[&str]) {
-        let mut args = vec!["send-keys", "-t", &self.0];
-        args.extend(keys);
-        tmux(&args);
-    }
-
-    /// Whether the alternate screen (the dashboard's) is showing.
-    fn alternate_on(&self) -> bool {
-        tmux(&["display", "-p", "-t", &self.0, "#{alternate_on}"]).trim() == "1"
-    }
-}
-
-impl Drop for Session {
-    fn drop(&mut self) {
-        let _ = Command::new("tmux")
-            .args(["kill-session", "-t", &self.0])
-            .output();
-    }
-}
-
-/// The exit status the shell printed (`echo TAG-exited-$?`): a word `TAG-exited-<digits>`, so
-/// the typed command line (`TAG-exited-$?`) never counts, wherever a prompt lands.
-fn exit_code(screen: &str, tag: &str) -> Option<i32> {
-    let prefix = format!("{tag}-exited-");
-    screen
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix(&prefix)?.parse().ok())
-}
-
-fn wait_screen(session: &str, what: &str, pred: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + 10 * SECOND;
-    loop {
-        let screen = tmux(&["capture-pane", "-p", "-t", session]);
-        if pred(&screen) {
-            return screen;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "waited 10 s for {what}; screen:\n{screen}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[test]
