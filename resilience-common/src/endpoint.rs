@@ -3,7 +3,7 @@
 /// One destination socket address. IPv4 is stored IPv4-mapped (`::ffff:a.b.c.d`), so a connect4
 /// to 10.0.0.1 and a connect6 to `::ffff:10.0.0.1` find the same entries.
 #[repr(C)]
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Endpoint {
     /// Address bytes in network order.
     pub addr: [u8; 16],

@@ -92,7 +92,7 @@ fn dest(
         override_mode: None,
         transitions: TransitionCounts::default(),
         window: window("", 0),
-        policy: json!({
+        policy: Some(std::sync::Arc::new(json!({
             "name": name,
             "match": matches,
             "mode": mode,
@@ -101,7 +101,7 @@ fn dest(
                         "open_duration_ms": 30000, "half_open_probes": 3},
             "rate_limit": null,
             "bulkhead": null,
-        }),
+        }))),
         counts,
     }
 }
@@ -191,8 +191,10 @@ pub fn fixture() -> Snapshot {
         version: "0.1.0".into(),
         lease_ms: 2000,
         seq: 1,
+        instance: 1,
         delta: false,
         removed: Vec::new(),
+        removed_observed: Vec::new(),
         destinations: vec![pay, inv, db, partner, staging, legacy, maint],
         observed: vec![
             ObservedStatus {

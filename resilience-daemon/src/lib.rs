@@ -13,6 +13,7 @@ pub mod control;
 pub mod daemon;
 pub mod engine;
 pub mod fixture;
+pub mod fuzzing;
 pub mod kernel;
 pub mod latency;
 pub mod metrics;

@@ -107,7 +107,15 @@ async fn exchange(mut stream: TcpStream, tx: mpsc::Sender<Command>) {
     let with_body = method != "HEAD";
     let response = match (method, path.split('?').next().unwrap_or("")) {
         ("GET" | "HEAD", "/metrics") => {
-            match control::ask(&tx, Request::Snapshot { since: None }).await {
+            match control::ask(
+                &tx,
+                Request::Snapshot {
+                    since: None,
+                    instance: None,
+                },
+            )
+            .await
+            {
                 Reply::Snapshot { snapshot, .. } => respond(
                     "200 OK",
                     "text/plain; version=0.0.4; charset=utf-8",

@@ -19,6 +19,9 @@ pub enum Request {
     Snapshot {
         #[serde(skip_serializing_if = "Option::is_none")]
         since: Option<u64>,
+        /// The `instance` of the snapshot `since` came from; another daemon's gets a full one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        instance: Option<u64>,
     },
     /// The same snapshot under "status" (kept from the first release).
     Status,
@@ -104,16 +107,20 @@ pub fn parse(line: &[u8]) -> Result<Request, String> {
     };
     match cmd {
         "version" => Ok(Request::Version),
-        "snapshot" => match get("since") {
-            None | Some(Value::Null) => Ok(Request::Snapshot { since: None }),
-            Some(Value::Number(n)) if n.as_u64().is_some() => {
-                Ok(Request::Snapshot { since: n.as_u64() })
-            }
-            Some(other) => Err(format!(
-                "snapshot: \"since\" must be a sequence number, not {}",
-                kind(other)
-            )),
-        },
+        "snapshot" => {
+            let number = |k: &str| match get(k) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::Number(n)) if n.as_u64().is_some() => Ok(n.as_u64()),
+                Some(other) => Err(format!(
+                    "snapshot: {k:?} must be a number from an earlier snapshot, not {}",
+                    kind(other)
+                )),
+            };
+            Ok(Request::Snapshot {
+                since: number("since")?,
+                instance: number("instance")?,
+            })
+        }
         "status" => Ok(Request::Status),
         "events" => match get("follow") {
             None => Ok(Request::Events { follow: false }),
@@ -172,9 +179,24 @@ impl Reply {
         }
     }
 
-    /// One line of the wire format, newline included.
+    /// One line of the wire format, newline included. A snapshot is written straight to
+    /// text (a `Value` tree of a big snapshot would cost ten times as much).
     pub fn line(&self) -> String {
-        line(&self.to_json())
+        match self {
+            Reply::Snapshot { field, snapshot } => match serde_json::to_string(snapshot) {
+                Ok(s) => {
+                    let mut out = String::with_capacity(s.len() + 32);
+                    out.push_str(&format!(
+                        "{{\"v\":{PROTOCOL_VERSION},\"ok\":true,\"{field}\":"
+                    ));
+                    out.push_str(&s);
+                    out.push_str("}\n");
+                    out
+                }
+                Err(e) => line(&error(e.to_string())),
+            },
+            other => line(&other.to_json()),
+        }
     }
 }
 
@@ -214,7 +236,10 @@ mod tests {
         );
         assert_eq!(
             parse(br#"{"cmd":"snapshot","since":42}"#),
-            Ok(Request::Snapshot { since: Some(42) })
+            Ok(Request::Snapshot {
+                since: Some(42),
+                instance: None
+            })
         );
         let cases: [(&[u8], &str); 10] = [
             (br#"{"cmd":"stat"#, "not JSON: EOF while parsing"),
@@ -240,7 +265,7 @@ mod tests {
             ),
             (
                 br#"{"cmd":"snapshot","since":-1}"#,
-                "snapshot: \"since\" must be a sequence number",
+                "snapshot: \"since\" must be a number from an earlier snapshot",
             ),
         ];
         for (input, want) in cases {
@@ -257,8 +282,14 @@ mod tests {
     fn requests_round_trip_through_their_own_wire_form() {
         for r in [
             Request::Version,
-            Request::Snapshot { since: None },
-            Request::Snapshot { since: Some(7) },
+            Request::Snapshot {
+                since: None,
+                instance: None,
+            },
+            Request::Snapshot {
+                since: Some(7),
+                instance: Some(99),
+            },
             Request::Status,
             Request::Events { follow: true },
             Request::Events { follow: false },

@@ -19,9 +19,13 @@ use crate::{
 pub struct Snapshot {
     pub version: String,
     pub lease_ms: u64,
-    /// Numbers snapshots; a client passes it back as `since` to get only what changed.
+    /// Numbers snapshots; a client passes it back as `since` (with `instance`) to get only
+    /// what changed.
     #[serde(default)]
     pub seq: u64,
+    /// Changes with every daemon start: a delta is only ever relative to the same daemon.
+    #[serde(default)]
+    pub instance: u64,
     /// True for an answer to `since`: `destinations` and `observed` then hold only the entries
     /// that changed since that snapshot (seconds in state and tokens refilled by time alone do
     /// not count as a change), and `removed` the names that left the policy. False: everything.
@@ -29,6 +33,9 @@ pub struct Snapshot {
     pub delta: bool,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub removed: Vec<String>,
+    /// Delta: observed addresses that aged out.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed_observed: Vec<String>,
     pub destinations: Vec<DestinationStatus>,
     /// Destinations no policy names, busiest first.
     pub observed: Vec<ObservedStatus>,
@@ -38,6 +45,75 @@ pub struct Snapshot {
     /// The most recent state changes, reloads and errors, oldest first.
     #[serde(default)]
     pub events: Vec<EventRecord>,
+}
+
+impl Snapshot {
+    /// Bring a whole picture up to date with a delta (the answer to `since = self.seq`): the
+    /// entries that changed replace theirs, the others only see time pass. A whole snapshot
+    /// replaces the picture.
+    pub fn apply(&mut self, d: Snapshot) {
+        if !d.delta {
+            *self = d;
+            return;
+        }
+        let dt = (d.daemon.uptime - self.daemon.uptime).max(0.0);
+        for x in &mut self.destinations {
+            x.since += dt;
+            if let Some(r) = &mut x.retry_in {
+                *r = (*r - dt).max(0.0);
+            }
+        }
+        let index: std::collections::HashMap<String, usize> = self
+            .destinations
+            .iter()
+            .enumerate()
+            .map(|(i, x)| (x.name.clone(), i))
+            .collect();
+        for mut nd in d.destinations {
+            match index.get(&nd.name) {
+                Some(&i) => {
+                    let old = &mut self.destinations[i];
+                    if nd.matches.is_empty() {
+                        nd.matches = std::mem::take(&mut old.matches);
+                    }
+                    if nd.policy.is_none() {
+                        nd.policy = old.policy.take();
+                    }
+                    *old = nd;
+                }
+                None => self.destinations.push(nd),
+            }
+        }
+        self.destinations.retain(|x| !d.removed.contains(&x.name));
+        let index: std::collections::HashMap<String, usize> = self
+            .observed
+            .iter()
+            .enumerate()
+            .map(|(i, x)| (x.address.clone(), i))
+            .collect();
+        for no in d.observed {
+            match index.get(&no.address) {
+                Some(&i) => self.observed[i] = no,
+                None => self.observed.push(no),
+            }
+        }
+        self.observed
+            .retain(|x| !d.removed_observed.contains(&x.address));
+        // Busiest first, as the daemon sends them.
+        self.observed
+            .sort_by_key(|o| std::cmp::Reverse(o.counts.attempts));
+        let last = self.events.last().map_or(0, |e| e.seq);
+        self.events
+            .extend(d.events.into_iter().filter(|e| e.seq > last));
+        let extra = self.events.len().saturating_sub(100);
+        self.events.drain(..extra);
+        self.version = d.version;
+        self.lease_ms = d.lease_ms;
+        self.seq = d.seq;
+        self.instance = d.instance;
+        self.kernel = d.kernel;
+        self.daemon = d.daemon;
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -111,7 +187,9 @@ impl EventRecord {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct DestinationStatus {
     pub name: String,
-    #[serde(rename = "match")]
+    /// Left out of a delta's entries (only a policy change changes it, and that brings a
+    /// whole snapshot).
+    #[serde(rename = "match", default, skip_serializing_if = "Vec::is_empty")]
     pub matches: Vec<String>,
     pub mode: Mode,
     /// What applications see: a forced-open destination is `open`.
@@ -137,9 +215,10 @@ pub struct DestinationStatus {
     /// The breaker's window now.
     #[serde(default)]
     pub window: WindowView,
-    /// The effective policy, as `resilience check --json` prints a destination.
-    #[serde(default)]
-    pub policy: serde_json::Value,
+    /// The effective policy, as `resilience check --json` prints a destination (shared, not
+    /// copied, between snapshots). Left out of a delta's entries, as `match` is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<std::sync::Arc<serde_json::Value>>,
     #[serde(flatten)]
     pub counts: Counts,
 }
@@ -175,7 +254,8 @@ pub struct WindowView {
     pub slow_rate: Option<f64>,
     /// Consecutive counted failures since the last success.
     pub consecutive_failures: u32,
-    /// Count window: its calls, oldest first ('.' success, 's' slow, 'x' failure).
+    /// Count window: its calls, oldest first ('.' success, 's' slow, 'x' failure); at most
+    /// the last 200 (the totals above count them all).
     pub recent: String,
     /// Time window: [calls, failures, slow] per second, oldest first.
     pub seconds: Vec<[u32; 3]>,
@@ -331,4 +411,46 @@ pub fn show_endpoint(ep: &Endpoint) -> String {
         None => IpAddr::V6(v6),
     };
     SocketAddr::new(ip, ep.port).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_delta_replaces_what_changed_and_moves_time_on_for_the_rest() {
+        let mut base = crate::fixture::fixture();
+        let mut delta = base.clone();
+        delta.delta = true;
+        delta.seq = base.seq + 1;
+        delta.daemon.uptime += 2.0;
+        let mut changed = base.destinations[1].clone();
+        changed.counts.attempts += 50;
+        let mut sent = changed.clone();
+        sent.matches.clear();
+        sent.policy = None;
+        delta.destinations = vec![sent];
+        delta.observed = vec![];
+        delta.removed_observed = vec![base.observed[1].address.clone()];
+        let since_before = base.destinations[0].since;
+        let retry_before = base.destinations.iter().find_map(|d| d.retry_in);
+        let mut ev = base.events.last().cloned().expect("events");
+        ev.seq += 1;
+        ev.message = "new".into();
+        delta.events = vec![base.events[0].clone(), ev];
+        let n = base.destinations.len();
+        let events = base.events.len();
+        base.apply(delta);
+        assert_eq!(base.destinations.len(), n);
+        assert_eq!(base.destinations[1], changed);
+        assert_eq!(base.destinations[0].since, since_before + 2.0);
+        if let Some(r) = retry_before {
+            let now = base.destinations.iter().find_map(|d| d.retry_in);
+            assert_eq!(now, Some((r - 2.0).max(0.0)));
+        }
+        assert_eq!(base.observed.len(), 1, "the aged-out address is gone");
+        assert_eq!(base.events.len(), events + 1, "only the new event is added");
+        assert_eq!(base.seq, 2);
+        assert!(!base.delta);
+    }
 }

@@ -23,6 +23,10 @@ pub struct Opts {
     pub raw: bool,
     /// Start connects this far apart.
     pub interval: Option<Duration>,
+    /// Cycle through the addresses (`count` passes) under one `for_time` deadline.
+    pub cycle: bool,
+    /// Only a summary: `wait_summary`.
+    pub summary: bool,
 }
 
 pub fn connector_bin() -> std::path::PathBuf {
@@ -77,6 +81,12 @@ pub fn spawn(cgroup: &Path, addrs: &[SocketAddr], count: u32, opts: &Opts) -> Ru
     if opts.raw {
         cmd.arg("--raw");
     }
+    if opts.cycle {
+        cmd.arg("--cycle");
+    }
+    if opts.summary {
+        cmd.arg("--summary");
+    }
     if let Some(t) = opts.for_time {
         cmd.args(["--for-ms", &t.as_millis().to_string()]);
     }
@@ -101,6 +111,28 @@ pub fn spawn(cgroup: &Path, addrs: &[SocketAddr], count: u32, opts: &Opts) -> Ru
 }
 
 impl Running {
+    /// Stop a connector early.
+    pub fn kill(mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+
+    /// For a connector started with `summary`: (connects, successful ones).
+    pub fn wait_summary(self) -> (u64, u64) {
+        let out = self.0.wait_with_output().expect("waiting for connector");
+        assert!(
+            out.status.success(),
+            "connector failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value =
+            serde_json::from_slice(&out.stdout).expect("connector summary JSON");
+        (
+            v["count"].as_u64().unwrap_or(0),
+            v["ok"].as_u64().unwrap_or(0),
+        )
+    }
+
     pub fn wait(self) -> Vec<Outcome> {
         let out = self.0.wait_with_output().expect("waiting for connector");
         assert!(

@@ -2,6 +2,7 @@
 //! tested daemon.
 
 mod bpf_toolchain;
+mod fuzz;
 mod step;
 
 use std::{path::PathBuf, process::Command};
@@ -37,7 +38,20 @@ enum Cmd {
     Test,
     /// Set up, build, and measure: dashboard frame time with 10k destinations
     /// (bench/dashboard.md, no root needed), then connect() overhead, breaker overshoot, token
-    /// bucket accuracy and map size (bench/results.md, root).
+    /// bucket accuracy and map size (bench/results.md, root), then what a dashboard refresh
+    /// costs the daemon at 10k destinations (bench/refresh.md, root; set
+    /// RESILIENCE_BENCH_BEFORE=BIN to measure an earlier build beside it).
+    /// Coverage-guided fuzzing of the policy parser, the control request parser and the
+    /// kernel record decoder (cargo-fuzz on rustup's nightly; installs cargo-fuzz). Results in
+    /// fuzz/results.md.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 600)]
+        seconds: u64,
+        /// Only this target (policy, request or records).
+        #[arg(long)]
+        target: Option<String>,
+    },
     Bench {
         /// Only the dashboard benchmark.
         #[arg(long)]
@@ -80,6 +94,10 @@ fn main() -> Result<()> {
             cmd.args(&args);
             step::run_inherit("resilience run", &mut cmd)
         }
+        Cmd::Fuzz { seconds, target } => {
+            bpf_toolchain::setup()?;
+            fuzz::fuzz(&root, seconds, target.as_deref())
+        }
         Cmd::Test => {
             bpf_toolchain::setup()?;
             build(&root)?;
@@ -121,7 +139,19 @@ fn main() -> Result<()> {
                 ])
                 .arg("--out")
                 .arg(root.join("bench/results.md"));
-            step::run_inherit("benchmark", &mut cmd)
+            step::run_inherit("benchmark", &mut cmd)?;
+            let mut cmd = Command::new(root.join("target/release/refresh"));
+            cmd.env("RESILIENCE_BIN", root.join("target/release/resilience"))
+                .arg("--out")
+                .arg(root.join("bench/refresh.md"));
+            // An earlier build to compare with, in the same run.
+            if let Some(before) = std::env::var_os("RESILIENCE_BENCH_BEFORE") {
+                cmd.arg("--before").arg(before);
+            }
+            step::run_inherit(
+                "dashboard refresh cost, 10k destinations (bench/refresh.md)",
+                &mut cmd,
+            )
         }
     }
 }

@@ -172,7 +172,10 @@ fn client(command: Cmd) -> Result<ExitCode> {
         },
         Cmd::Status { client, json } => {
             let mut c = Client::new(&client.socket, DEFAULT_TIMEOUT);
-            let mut reply = c.call(&Request::Snapshot { since: None })?;
+            let mut reply = c.call(&Request::Snapshot {
+                since: None,
+                instance: None,
+            })?;
             let snapshot = reply["snapshot"].take();
             if json {
                 out(&format!("{}\n", serde_json::to_string_pretty(&snapshot)?))?;

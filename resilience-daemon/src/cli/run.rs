@@ -66,7 +66,10 @@ pub fn run(args: RunArgs, format: LogFormat) -> Result<ExitCode> {
         tui: args.tui,
     };
     let daemon = move || -> Result<()> {
-        tokio::runtime::Builder::new_current_thread()
+        // Two workers: the control socket's clients serialize their replies there, never on the
+        // thread that runs the daemon's loop.
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
             .enable_all()
             .build()
             .context("starting the runtime")?

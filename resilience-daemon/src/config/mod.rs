@@ -14,7 +14,7 @@ pub use guards::{
     MIN_RATE,
 };
 pub use matcher::{Match, MatchKind};
-pub use parse::{load_file, parse_metrics_addr, parse_str};
+pub use parse::{check_name, load_file, parse_metrics_addr, parse_str};
 pub use show::{destination_json, to_json, to_text};
 
 use std::{path::PathBuf, time::Duration};

@@ -27,8 +27,11 @@ pub struct Dest {
     pub trip_after: u32,
     /// What its DNS names resolved to.
     pub resolved: Vec<Endpoint>,
-    /// The definition as `check --json` prints it (computed once).
-    pub policy_json: serde_json::Value,
+    /// The definition as `check --json` prints it (computed once, shared by snapshots).
+    pub policy_json: std::sync::Arc<serde_json::Value>,
+    /// What a snapshot last showed of it (a hash), and the snapshot `seq` that changed it.
+    pub shown: u64,
+    pub rev: u64,
 }
 
 #[derive(Default)]

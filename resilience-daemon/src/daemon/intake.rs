@@ -56,7 +56,9 @@ pub fn feed(
     jitter: &mut impl Jitter,
     counts: &mut Intake,
 ) {
+    // Destinations that got records, each once, in the order first seen.
     let mut touched = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for ev in records {
         counts.records += 1;
         let Some(i) = guarded.by_slot(ev.slot) else {
@@ -68,7 +70,7 @@ pub fn feed(
             counts.stale += 1;
             continue;
         }
-        if !touched.contains(&i) {
+        if seen.insert(i) {
             touched.push(i);
         }
         let Some(o) = outcome(ev, d.def.breaker.failures) else {

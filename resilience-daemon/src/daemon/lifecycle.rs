@@ -66,6 +66,8 @@ pub struct Lifecycle {
     retry_at: Option<Instant>,
     pub reloads: u64,
     pub reload_failures: u64,
+    /// Commits so far: a snapshot delta never spans one.
+    pub commits: u64,
     /// Names and overrides a restarted daemon found saved, applied by the first build.
     started: bool,
 }
@@ -87,6 +89,7 @@ impl Lifecycle {
             retry_at: None,
             reloads: 0,
             reload_failures: 0,
+            commits: 0,
             started: false,
         }
     }
@@ -236,6 +239,7 @@ impl Lifecycle {
             !self.started,
         );
         self.last_flip = Some(Instant::now());
+        self.commits += 1;
         self.started = true;
         self.committed = inputs;
         self.succeed(wants, n, journal);
@@ -344,7 +348,9 @@ fn commit(
         let prev = old.remove(&p.def.name).filter(|o| o.slot == p.slot);
         let (breaker, transitions, samples, kept) = carry(&p, prev, arrays, journal, first, now_ns);
         let mut d = Dest {
-            policy_json: crate::config::destination_json(&p.def),
+            policy_json: std::sync::Arc::new(crate::config::destination_json(&p.def)),
+            shown: 0,
+            rev: 0,
             def: p.def,
             override_mode: p.override_mode,
             slot: p.slot,

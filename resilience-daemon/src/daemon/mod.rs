@@ -186,7 +186,7 @@ pub async fn run(mut opts: RunOptions) -> Result<()> {
     let mut losses = Losses::new(&d.tables);
     let started = Instant::now();
     let config_path = opts.config.clone();
-    let mut snapshot_seq = 0u64;
+    let mut revisions = view::Revisions::new();
 
     let stop = async {
         match opts.stop.take() {
@@ -270,16 +270,18 @@ pub async fn run(mut opts: RunOptions) -> Result<()> {
                 let Command { req, reply } = cmd;
                 match req {
                     Request::Snapshot { .. } | Request::Status => {
-                        let field = if req == Request::Status { "status" } else { "snapshot" };
+                        let (field, since, instance) = match req {
+                            Request::Snapshot { since, instance } => ("snapshot", since, instance),
+                            _ => ("status", None, None),
+                        };
                         let records = drain(events.get_mut());
                         feed(&records, &mut d, &mut journal, &mut jitter);
-                        snapshot_seq += 1;
                         let info = view::Info {
                             started,
                             lease: settings.lease,
                             config_path: config_path.as_deref(),
                         };
-                        let r = match view::snapshot(&mut d, &journal, &info, snapshot_seq) {
+                        let r = match view::snapshot(&mut d, &mut revisions, &journal, &info, since, instance) {
                             Ok(s) => Reply::Snapshot { field, snapshot: Box::new(s) },
                             Err(e) => Reply::Error(format!("{e:#}")),
                         };

@@ -105,6 +105,9 @@ pub struct Breaker {
     trips: u32,
     open_until_ns: u64,
     probes_ok: u32,
+    /// Counts every change to what the breaker shows (a call recorded, a transition): a
+    /// snapshot's delta tells a changed breaker by it without walking its window.
+    changes: u64,
 }
 
 impl Breaker {
@@ -119,7 +122,22 @@ impl Breaker {
             trips: 0,
             open_until_ns: 0,
             probes_ok: 0,
+            changes: 0,
         }
+    }
+
+    /// Changes when anything the breaker shows changes (or, in a time window with calls,
+    /// every second, as old calls expire).
+    pub fn changes(&self, now_ns: u64) -> u64 {
+        let ticking =
+            matches!(self.cfg.window, crate::config::Window::Time(_)) && self.streak_or_calls();
+        self.changes
+            .wrapping_mul(31)
+            .wrapping_add(if ticking { now_ns / 1_000_000_000 } else { 0 })
+    }
+
+    fn streak_or_calls(&self) -> bool {
+        self.streak > 0 || !self.window.is_empty()
     }
 
     pub fn state(&self) -> State {
@@ -184,17 +202,12 @@ impl Breaker {
             0 => None,
             cf => Some(cf.saturating_sub(self.streak).max(1)),
         };
-        for k in 1..=FUSE_LIMIT {
-            if best.is_some_and(|b| b <= k) {
-                break;
-            }
-            let t = self.window.totals_after_failures(now_ns, k);
-            if t.calls >= min
-                && f64::from(t.failures) * 100.0 >= self.cfg.failure_rate * f64::from(t.calls)
-            {
-                best = Some(k);
-                break;
-            }
+        let limit = best.map_or(FUSE_LIMIT, |b| b.saturating_sub(1).min(FUSE_LIMIT));
+        if let Some(k) = self
+            .window
+            .failures_to_trip(now_ns, min, self.cfg.failure_rate, limit)
+        {
+            best = Some(k);
         }
         best.map(|k| self.streak + k)
     }
@@ -275,6 +288,7 @@ impl Breaker {
                     self.open(now_ns, format!("probe {what}"), jitter)
                 } else {
                     self.probes_ok += 1;
+                    self.changes += 1;
                     if self.probes_ok >= self.cfg.half_open_probes {
                         let n = self.probes_ok;
                         Some(self.close(now_ns, format!("{n} of {n} probes succeeded")))
@@ -294,6 +308,7 @@ impl Breaker {
         jitter: &mut impl Jitter,
     ) -> Option<Transition> {
         self.window.record(now_ns, call);
+        self.changes += 1;
         self.streak = if call.failure { self.streak + 1 } else { 0 };
         let cf = self.cfg.consecutive_failures;
         if cf > 0 && self.streak >= cf {
@@ -393,6 +408,7 @@ impl Breaker {
     fn to(&mut self, to: State, now_ns: u64, reason: String) -> Transition {
         let from = self.state;
         self.state = to;
+        self.changes += 1;
         self.since_ns = now_ns;
         self.window.clear();
         self.streak = 0;

@@ -29,20 +29,40 @@ pub struct WindowContents {
     pub seconds: Vec<Totals>,
 }
 
+/// Both kinds keep their running totals, so that reading them costs nothing whatever the
+/// window's size.
 #[derive(Debug, Clone)]
 pub enum CallWindow {
     Count {
         size: usize,
         calls: VecDeque<Call>,
+        totals: Totals,
     },
     /// (second, totals of that second), oldest first.
     Time {
         secs: u64,
         buckets: VecDeque<(u64, Totals)>,
+        totals: Totals,
     },
 }
 
+impl Totals {
+    fn add(&mut self, c: Call) {
+        self.calls += 1;
+        self.failures += u32::from(c.failure);
+        self.slow += u32::from(c.slow);
+    }
+
+    fn remove(&mut self, c: Call) {
+        self.calls -= 1;
+        self.failures -= u32::from(c.failure);
+        self.slow -= u32::from(c.slow);
+    }
+}
+
 const NS: u64 = 1_000_000_000;
+/// A count window shows at most its most recent calls this many (the totals cover them all).
+pub const RECENT_SHOWN: usize = 200;
 
 impl CallWindow {
     pub fn new(w: Window) -> CallWindow {
@@ -50,42 +70,61 @@ impl CallWindow {
             Window::Count(n) => CallWindow::Count {
                 size: n as usize,
                 calls: VecDeque::new(),
+                totals: Totals::default(),
             },
             Window::Time(d) => CallWindow::Time {
                 secs: d.as_secs().max(1),
                 buckets: VecDeque::new(),
+                totals: Totals::default(),
             },
         }
     }
 
     pub fn record(&mut self, now_ns: u64, call: Call) {
         match self {
-            CallWindow::Count { size, calls } => {
+            CallWindow::Count {
+                size,
+                calls,
+                totals,
+            } => {
                 if calls.len() == *size {
-                    calls.pop_front();
+                    if let Some(old) = calls.pop_front() {
+                        totals.remove(old);
+                    }
                 }
                 calls.push_back(call);
+                totals.add(call);
             }
-            CallWindow::Time { buckets, .. } => {
+            CallWindow::Time {
+                buckets, totals, ..
+            } => {
                 let sec = now_ns / NS;
                 if buckets.back().is_none_or(|(s, _)| *s != sec) {
                     buckets.push_back((sec, Totals::default()));
                 }
                 if let Some((_, t)) = buckets.back_mut() {
-                    t.calls += 1;
-                    t.failures += u32::from(call.failure);
-                    t.slow += u32::from(call.slow);
+                    t.add(call);
                 }
+                totals.add(call);
                 self.expire(now_ns);
             }
         }
     }
 
     fn expire(&mut self, now_ns: u64) {
-        if let CallWindow::Time { secs, buckets } = self {
+        if let CallWindow::Time {
+            secs,
+            buckets,
+            totals,
+        } = self
+        {
             let oldest = (now_ns / NS).saturating_sub(*secs - 1);
             while buckets.front().is_some_and(|(s, _)| *s < oldest) {
-                buckets.pop_front();
+                if let Some((_, t)) = buckets.pop_front() {
+                    totals.calls -= t.calls;
+                    totals.failures -= t.failures;
+                    totals.slow -= t.slow;
+                }
             }
         }
     }
@@ -93,47 +132,46 @@ impl CallWindow {
     pub fn totals(&mut self, now_ns: u64) -> Totals {
         self.expire(now_ns);
         match self {
-            CallWindow::Count { calls, .. } => Totals {
-                calls: calls.len() as u32,
-                failures: calls.iter().filter(|c| c.failure).count() as u32,
-                slow: calls.iter().filter(|c| c.slow).count() as u32,
-            },
-            CallWindow::Time { buckets, .. } => {
-                buckets.iter().fold(Totals::default(), |a, (_, t)| Totals {
-                    calls: a.calls + t.calls,
-                    failures: a.failures + t.failures,
-                    slow: a.slow + t.slow,
-                })
-            }
+            CallWindow::Count { totals, .. } | CallWindow::Time { totals, .. } => *totals,
         }
     }
 
-    /// Totals after `k` more failed calls at `now_ns` (a count window drops its oldest).
-    pub fn totals_after_failures(&mut self, now_ns: u64, k: u32) -> Totals {
+    /// The fewest failed calls from now (1..=`limit`) after which the window holds at least
+    /// `minimum` calls with a failure rate at or above `rate` percent; None if no such number
+    /// up to `limit`. O(limit): a count window drops its oldest calls as failures come in,
+    /// walked once from the front.
+    pub fn failures_to_trip(
+        &mut self,
+        now_ns: u64,
+        minimum: u32,
+        rate: f64,
+        limit: u32,
+    ) -> Option<u32> {
         let t = self.totals(now_ns);
+        let trips = |calls: u32, failures: u32| {
+            calls >= minimum && f64::from(failures) * 100.0 >= rate * f64::from(calls)
+        };
         match self {
-            CallWindow::Count { size, calls } => {
+            CallWindow::Count { size, calls, .. } => {
                 let size = *size as u32;
-                let evicted = (t.calls + k).saturating_sub(size) as usize;
-                let gone = calls
-                    .iter()
-                    .take(evicted)
-                    .fold(Totals::default(), |a, c| Totals {
-                        calls: a.calls + 1,
-                        failures: a.failures + u32::from(c.failure),
-                        slow: a.slow + u32::from(c.slow),
-                    });
-                Totals {
-                    calls: (t.calls + k).min(size),
-                    failures: t.failures - gone.failures + k.min(size),
-                    slow: t.slow - gone.slow,
+                let mut oldest = calls.iter();
+                let mut gone_failures = 0u32;
+                for k in 1..=limit {
+                    if t.calls + k > size {
+                        // One more of the oldest calls leaves the window.
+                        if let Some(c) = oldest.next() {
+                            gone_failures += u32::from(c.failure);
+                        }
+                    }
+                    let n = (t.calls + k).min(size);
+                    let f = (t.failures - gone_failures + k.min(size)).min(n);
+                    if trips(n, f) {
+                        return Some(k);
+                    }
                 }
+                None
             }
-            CallWindow::Time { .. } => Totals {
-                calls: t.calls + k,
-                failures: t.failures + k,
-                slow: t.slow,
-            },
+            CallWindow::Time { .. } => (1..=limit).find(|&k| trips(t.calls + k, t.failures + k)),
         }
     }
 
@@ -152,12 +190,13 @@ impl CallWindow {
     pub fn contents(&mut self, now_ns: u64) -> WindowContents {
         let totals = self.totals(now_ns);
         match self {
-            CallWindow::Count { size, calls } => WindowContents {
+            CallWindow::Count { size, calls, .. } => WindowContents {
                 kind: "count",
                 size: *size as u64,
                 totals,
                 calls: calls
                     .iter()
+                    .skip(calls.len().saturating_sub(RECENT_SHOWN))
                     .map(|c| match (c.failure, c.slow) {
                         (true, _) => 'x',
                         (false, true) => 's',
@@ -166,7 +205,7 @@ impl CallWindow {
                     .collect(),
                 seconds: Vec::new(),
             },
-            CallWindow::Time { secs, buckets } => {
+            CallWindow::Time { secs, buckets, .. } => {
                 let last = now_ns / NS;
                 let first = last.saturating_sub(*secs - 1);
                 let seconds = (first..=last)
@@ -188,10 +227,25 @@ impl CallWindow {
         }
     }
 
+    pub fn is_empty(&self) -> bool {
+        match self {
+            CallWindow::Count { calls, .. } => calls.is_empty(),
+            CallWindow::Time { buckets, .. } => buckets.is_empty(),
+        }
+    }
+
     pub fn clear(&mut self) {
         match self {
-            CallWindow::Count { calls, .. } => calls.clear(),
-            CallWindow::Time { buckets, .. } => buckets.clear(),
+            CallWindow::Count { calls, totals, .. } => {
+                calls.clear();
+                *totals = Totals::default();
+            }
+            CallWindow::Time {
+                buckets, totals, ..
+            } => {
+                buckets.clear();
+                *totals = Totals::default();
+            }
         }
     }
 }
@@ -230,6 +284,47 @@ mod tests {
         );
         assert_eq!(w.minimum(5), 3);
         assert_eq!(w.contents(0).calls, "x.s");
+    }
+
+    /// The incremental search agrees with recomputing the window for each k.
+    #[test]
+    fn failures_to_trip_matches_brute_force() {
+        let mut seed = 7u64;
+        for size in [1u32, 3, 10, 50] {
+            for _ in 0..200 {
+                let mut w = CallWindow::new(Window::Count(size));
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let n = (seed >> 33) % (2 * u64::from(size) + 1);
+                for i in 0..n {
+                    let failure = (seed >> (i % 60)) & 1 == 1;
+                    w.record(
+                        0,
+                        Call {
+                            failure,
+                            slow: false,
+                        },
+                    );
+                }
+                let min = ((seed >> 20) % u64::from(size + 2)) as u32 + 1;
+                let rate = [10.0, 50.0, 60.0, 100.0][(seed >> 40) as usize % 4];
+                let brute = (1..=40u32).find(|&k| {
+                    let mut c = w.clone();
+                    for _ in 0..k {
+                        c.record(0, F);
+                    }
+                    let t = c.totals(0);
+                    t.calls >= min.min(size)
+                        && f64::from(t.failures) * 100.0 >= rate * f64::from(t.calls)
+                });
+                assert_eq!(
+                    w.failures_to_trip(0, min.min(size), rate, 40),
+                    brute,
+                    "size {size}, {n} calls, min {min}, rate {rate}"
+                );
+            }
+        }
     }
 
     #[test]

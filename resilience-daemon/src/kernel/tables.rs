@@ -107,8 +107,16 @@ impl Tables {
         }))
     }
 
+    /// Every observed destination: one batch read, or entry by entry where the kernel cannot
+    /// batch.
     pub fn observed(&self) -> Vec<(Endpoint, DestCounters)> {
-        self.observed.iter().filter_map(|r| r.ok()).collect()
+        use aya::maps::IterableMap;
+        use std::os::fd::AsFd;
+        let fd = IterableMap::map(&self.observed).fd().as_fd();
+        match super::batch::lookup_all::<Endpoint, DestCounters>(fd) {
+            Ok(v) => v,
+            Err(_) => self.observed.iter().filter_map(|r| r.ok()).collect(),
+        }
     }
 }
 

@@ -615,7 +615,7 @@ fn window(d: &DestinationStatus) -> Paragraph<'static> {
 
 fn policy(d: &DestinationStatus) -> Paragraph<'static> {
     let mut lines = Vec::new();
-    if let Some(obj) = d.policy.as_object() {
+    if let Some(obj) = d.policy.as_deref().and_then(|p| p.as_object()) {
         for (k, v) in obj {
             if k == "name" || k == "match" || v.is_null() {
                 continue;

@@ -36,6 +36,13 @@ struct Args {
     /// pile-up), timed as one iteration; the minimal syscall path, IPv4 only.
     #[arg(long)]
     raw: bool,
+    /// Go through the whole address list again and again (`--count` passes, `--for-ms` in all),
+    /// instead of `--count` connects to each address in turn.
+    #[arg(long)]
+    cycle: bool,
+    /// Print one summary line, {"count", "ok"}, instead of a line per connect (long runs).
+    #[arg(long)]
+    summary: bool,
     /// Addresses, in order.
     addrs: Vec<SocketAddr>,
 }
@@ -71,11 +78,27 @@ fn main() {
     // Results are printed at the end: a pipe write per connect would wake the reader and
     // disturb the timing.
     let mut out: Vec<(SocketAddr, Record)> = Vec::new();
-    for addr in &args.addrs {
-        let until = args
-            .for_ms
-            .map(|ms| Instant::now() + Duration::from_millis(ms));
-        for _ in 0..args.count {
+    let (mut total, mut ok_total) = (0u64, 0u64);
+    let deadline = args
+        .for_ms
+        .map(|ms| Instant::now() + Duration::from_millis(ms));
+    // (address, connects to it) in the order they are made.
+    let plan: Box<dyn Iterator<Item = (&SocketAddr, u32)>> = if args.cycle {
+        Box::new((0..args.count).flat_map(|_| args.addrs.iter().map(|a| (a, 1))))
+    } else {
+        Box::new(args.addrs.iter().map(|a| (a, args.count)))
+    };
+    for (addr, count) in plan {
+        if args.cycle && deadline.is_some_and(|u| Instant::now() >= u) {
+            break;
+        }
+        let until = if args.cycle {
+            deadline
+        } else {
+            args.for_ms
+                .map(|ms| Instant::now() + Duration::from_millis(ms))
+        };
+        for _ in 0..count {
             if until.is_some_and(|u| Instant::now() >= u) {
                 break;
             }
@@ -102,12 +125,20 @@ fn main() {
                 }
                 Record { ok, errno, t, ns }
             };
-            out.push((*addr, record));
+            total += 1;
+            ok_total += u64::from(record.ok);
+            if !args.summary {
+                out.push((*addr, record));
+            }
         }
     }
     if !held.is_empty() {
         std::thread::sleep(Duration::from_millis(args.hold_ms));
         drop(held);
+    }
+    if args.summary {
+        println!(r#"{{"count":{total},"ok":{ok_total}}}"#);
+        return;
     }
     for (addr, r) in out {
         println!(

@@ -1,0 +1,6 @@
+//! Fuzz target: see resilience_daemon::fuzzing::request.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    resilience_daemon::fuzzing::request(data);
+});
