@@ -8,6 +8,7 @@ pub mod cgroup;
 pub mod client;
 pub mod daemon;
 pub mod listener;
+pub mod soak;
 pub mod tmux;
 
 use std::path::PathBuf;

@@ -52,6 +52,13 @@ enum Cmd {
         #[arg(long)]
         target: Option<String>,
     },
+    /// Sustained load on 1000 destinations under faults (reloads every second, two kills,
+    /// a 3 s stop, a dashboard attached); checks that every count reconciles at the end
+    /// (root). Report in bench/soak.md. A 20 s version runs in `cargo xtask test`.
+    Soak {
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
     Bench {
         /// Only the dashboard benchmark.
         #[arg(long)]
@@ -93,6 +100,20 @@ fn main() -> Result<()> {
             }
             cmd.args(&args);
             step::run_inherit("resilience run", &mut cmd)
+        }
+        Cmd::Soak { seconds } => {
+            bpf_toolchain::setup()?;
+            build(&root)?;
+            require_root("cargo xtask soak")?;
+            let mut cmd = cargo(&root);
+            cmd.args(["build", "--release", "-p", "resilience-tests", "--bins"]);
+            step::run_inherit("build the soak and its clients", &mut cmd)?;
+            let mut cmd = Command::new(root.join("target/release/soak"));
+            cmd.env("RESILIENCE_BIN", root.join("target/release/resilience"))
+                .args(["--seconds", &seconds.to_string()])
+                .arg("--out")
+                .arg(root.join("bench/soak.md"));
+            step::run_inherit(&format!("soak, {seconds} s (bench/soak.md)"), &mut cmd)
         }
         Cmd::Fuzz { seconds, target } => {
             bpf_toolchain::setup()?;
