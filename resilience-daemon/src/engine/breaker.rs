@@ -383,7 +383,7 @@ impl Breaker {
         reason: String,
         jitter: &mut impl Jitter,
     ) -> Option<Transition> {
-        self.trips += 1;
+        self.trips = self.trips.saturating_add(1);
         let base = self.cfg.open_duration.as_secs_f64();
         let max = self.cfg.open_duration_max.as_secs_f64();
         let mut secs_open = base * 2f64.powi(self.trips.saturating_sub(1).min(30) as i32);
@@ -392,7 +392,8 @@ impl Breaker {
             secs_open *= 0.9 + 0.2 * jitter.unit();
         }
         let secs_open = secs_open.min(max);
-        self.open_until_ns = now_ns + (secs_open * 1e9) as u64;
+        // Saturating: a record's timestamp comes from outside (found by fuzzing).
+        self.open_until_ns = now_ns.saturating_add((secs_open * 1e9) as u64);
         let reason = format!(
             "{reason}; open for {}",
             secs(std::time::Duration::from_secs_f64(secs_open))
