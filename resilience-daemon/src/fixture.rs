@@ -90,6 +90,7 @@ fn dest(
         burst: None,
         max_concurrent: None,
         override_mode: None,
+        probes_left: None,
         transitions: TransitionCounts::default(),
         window: window("", 0),
         policy: Some(std::sync::Arc::new(json!({

@@ -205,6 +205,9 @@ pub struct DestinationStatus {
     pub tokens: Option<u64>,
     pub burst: Option<u32>,
     pub max_concurrent: Option<u32>,
+    /// Half-open: probes still to be admitted (the kernel's budget); null otherwise.
+    #[serde(default)]
+    pub probes_left: Option<u64>,
     /// Set by `resilience disable`: the mode the operator put in force over the file's.
     #[serde(default, rename = "override")]
     pub override_mode: Option<Mode>,

@@ -27,6 +27,16 @@ pub struct Opts {
     pub cycle: bool,
     /// Only a summary: `wait_summary`.
     pub summary: bool,
+    /// Run on this CPU only.
+    pub cpu: Option<usize>,
+    /// After a failed connect, connect the same socket to this address.
+    pub reconnect_to: Option<SocketAddr>,
+    /// TCP_FASTOPEN_CONNECT, closed before any write.
+    pub tfo_defer: bool,
+    /// Bind to the address and connect to it (simultaneous open).
+    pub self_connect: bool,
+    /// Enter this network namespace (from `ip netns add`) after joining the cgroup.
+    pub netns: Option<String>,
 }
 
 pub fn connector_bin() -> std::path::PathBuf {
@@ -86,6 +96,21 @@ pub fn spawn(cgroup: &Path, addrs: &[SocketAddr], count: u32, opts: &Opts) -> Ru
     }
     if opts.summary {
         cmd.arg("--summary");
+    }
+    if let Some(c) = opts.cpu {
+        cmd.args(["--cpu", &c.to_string()]);
+    }
+    if let Some(a) = opts.reconnect_to {
+        cmd.args(["--reconnect-to", &a.to_string()]);
+    }
+    if opts.tfo_defer {
+        cmd.arg("--tfo-defer");
+    }
+    if opts.self_connect {
+        cmd.arg("--self-connect");
+    }
+    if let Some(ns) = &opts.netns {
+        cmd.args(["--netns", ns]);
     }
     if let Some(t) = opts.for_time {
         cmd.args(["--for-ms", &t.as_millis().to_string()]);

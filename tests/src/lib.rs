@@ -54,3 +54,41 @@ pub fn unique(tag: &str) -> String {
         N.fetch_add(1, Ordering::Relaxed)
     )
 }
+
+/// A network namespace of the test's own (`ip netns add`), removed when dropped.
+pub struct Netns(pub String);
+
+impl Netns {
+    /// A new namespace; with `lo_up`, its loopback is up.
+    pub fn new(tag: &str, lo_up: bool) -> Netns {
+        let name = format!("resilience-test-{}", unique(tag));
+        let ok = std::process::Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .expect("ip netns add");
+        assert!(ok.success(), "ip netns add {name} failed");
+        let ns = Netns(name);
+        if lo_up {
+            ns.exec(&["ip", "link", "set", "lo", "up"]);
+        }
+        ns
+    }
+
+    /// Run a command inside the namespace; it must succeed.
+    pub fn exec(&self, cmd: &[&str]) {
+        let ok = std::process::Command::new("ip")
+            .args(["netns", "exec", &self.0])
+            .args(cmd)
+            .status()
+            .expect("ip netns exec");
+        assert!(ok.success(), "{cmd:?} in {} failed", self.0);
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .status();
+    }
+}

@@ -65,7 +65,7 @@ fn parse_kind(s: &str) -> Result<MatchKind, String> {
         None => (s, 0),
     };
     let first = host.split('/').next().unwrap_or(host);
-    if first.parse::<IpAddr>().is_ok() {
+    if ip(first).is_some() {
         return addr_or_cidr(s, host, port);
     }
     if host.contains('/') {
@@ -96,9 +96,8 @@ fn addr_or_cidr(whole: &str, s: &str, port: u16) -> Result<MatchKind, String> {
         Some((a, l)) => (a, Some(l)),
         None => (s, None),
     };
-    let ip: IpAddr = addr_text
-        .parse()
-        .map_err(|_| format!("{whole:?}: {addr_text:?} is not an IP address"))?;
+    let ip: IpAddr =
+        ip(addr_text).ok_or_else(|| format!("{whole:?}: {addr_text:?} is not an IP address"))?;
     let (addr, max, offset) = match ip {
         IpAddr::V4(v4) => (Endpoint::v4(v4.octets(), 0).addr, 32, 96),
         IpAddr::V6(v6) => (v6.octets(), 128, 0),
@@ -129,6 +128,54 @@ fn addr_or_cidr(whole: &str, s: &str, port: u16) -> Result<MatchKind, String> {
         return Ok(MatchKind::Exact(Endpoint { addr, port, set: 0 }));
     }
     Ok(MatchKind::Cidr { addr, bits, port })
+}
+
+/// An IP address in any form an application's resolver takes: IPv6, dotted-quad IPv4, and
+/// the other forms of inet_aton(3) (`127.1`, `127.000.000.001`, `0x7f.1`, `2130706433`), which
+/// getaddrinfo accepts too. Without this, `127.1:80` would be taken for a DNS name.
+pub fn ip(s: &str) -> Option<IpAddr> {
+    s.parse().ok().or_else(|| inet_aton(s).map(IpAddr::V4))
+}
+
+/// inet_aton(3): one to four parts, each decimal, octal (leading 0) or hex (0x); the last
+/// part fills the remaining bytes.
+fn inet_aton(s: &str) -> Option<std::net::Ipv4Addr> {
+    let parts: Vec<&str> = s.split('.').collect();
+    if parts.is_empty() || parts.len() > 4 {
+        return None;
+    }
+    let mut nums = Vec::with_capacity(parts.len());
+    for p in &parts {
+        let (digits, radix) = if let Some(h) = p.strip_prefix("0x").or(p.strip_prefix("0X")) {
+            (h, 16)
+        } else if p.len() > 1 && p.starts_with('0') {
+            (&p[1..], 8)
+        } else {
+            (*p, 10)
+        };
+        if digits.is_empty() && radix != 8 {
+            return None;
+        }
+        let v = if digits.is_empty() {
+            0
+        } else {
+            u32::from_str_radix(digits, radix).ok()?
+        };
+        nums.push(v);
+    }
+    let (last, head) = nums.split_last()?;
+    if head.iter().any(|&n| n > 255) {
+        return None;
+    }
+    let room = 8 * (4 - head.len() as u32);
+    if room < 32 && *last >> room != 0 {
+        return None;
+    }
+    let mut v: u32 = 0;
+    for (i, &n) in head.iter().enumerate() {
+        v |= n << (24 - 8 * i as u32);
+    }
+    Some(std::net::Ipv4Addr::from(v | last))
 }
 
 /// `addr` with every bit past the first `bits` cleared.
@@ -273,6 +320,38 @@ mod tests {
             let e = Match::parse(s).expect_err(s);
             assert!(e.contains(want), "{s}: {e}");
         }
+    }
+
+    #[test]
+    fn every_inet_aton_form_is_an_address() {
+        let lo = Some(IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 1)));
+        for s in [
+            "127.0.0.1",
+            "127.1",
+            "127.0.1",
+            "127.000.000.001",
+            "0x7f.1",
+            "0x7f000001",
+            "2130706433",
+            "0177.0.0.1",
+        ] {
+            assert_eq!(ip(s), lo, "{s}");
+        }
+        for s in [
+            "256.1.1.1",
+            "1.2.3.4.5",
+            "example",
+            "0x",
+            "1.2.3.256",
+            "1.16777216",
+        ] {
+            assert_eq!(ip(s), None, "{s}");
+        }
+        assert_eq!(kind("127.1:80"), kind("127.0.0.1:80"));
+        assert_eq!(
+            ip("10.1"),
+            Some(IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 1)))
+        );
     }
 
     #[test]

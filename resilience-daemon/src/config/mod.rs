@@ -4,6 +4,7 @@ mod duration;
 mod errno;
 mod guards;
 mod matcher;
+mod overlap;
 mod parse;
 mod show;
 
@@ -13,7 +14,8 @@ pub use guards::{
     BreakerConfig, Bulkhead, FailureClass, FailureClasses, RateLimit, Window, MIN_DURATION,
     MIN_RATE,
 };
-pub use matcher::{Match, MatchKind};
+pub use matcher::{ip, Match, MatchKind};
+pub use overlap::overlaps;
 pub use parse::{check_name, load_file, parse_metrics_addr, parse_str};
 pub use show::{destination_json, to_json, to_text};
 

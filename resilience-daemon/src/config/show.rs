@@ -49,6 +49,7 @@ pub fn to_json(policy: &Policy) -> Value {
             "metrics": d.metrics.map(|m| m.to_string()),
         },
         "destinations": policy.destinations.iter().map(destination_json).collect::<Vec<_>>(),
+        "overlaps": super::overlaps(policy),
     })
 }
 
@@ -102,6 +103,9 @@ pub fn to_text(policy: &Policy) -> String {
         if let Some(k) = dest.bulkhead {
             let _ = writeln!(out, "  bulkhead: max_concurrent {}", k.max_concurrent);
         }
+    }
+    for o in super::overlaps(policy) {
+        let _ = writeln!(out, "{o}");
     }
     out
 }

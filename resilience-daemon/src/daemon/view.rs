@@ -105,6 +105,7 @@ fn shown(d: &Dest, arrays: &Arrays, c: &DestCounters, now_ns: u64) -> u64 {
     let t = d.transitions;
     [
         arrays.active(d.slot),
+        arrays.probes(d.slot),
         tokens(d, arrays, now_ns).unwrap_or(u64::MAX),
         d.breaker.changes(now_ns),
         d.breaker.streak().into(),
@@ -152,6 +153,8 @@ pub fn destination(
         burst: def.rate_limit.map(|r| r.burst),
         max_concurrent: def.bulkhead.map(|b| b.max_concurrent),
         override_mode: d.override_mode,
+        probes_left: (d.breaker.state() == State::HalfOpen && def.mode != Mode::ForcedOpen)
+            .then(|| arrays.probes(d.slot)),
         transitions: d.transitions,
         window,
         policy: whole.then(|| d.policy_json.clone()),

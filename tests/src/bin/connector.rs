@@ -43,6 +43,19 @@ struct Args {
     /// Print one summary line, {"count", "ok"}, instead of a line per connect (long runs).
     #[arg(long)]
     summary: bool,
+    /// Run on this CPU only (per-CPU kernel structures fill from one CPU).
+    #[arg(long)]
+    cpu: Option<usize>,
+    /// When a connect fails, connect the same socket again, to this address.
+    #[arg(long)]
+    reconnect_to: Option<SocketAddr>,
+    /// TCP_FASTOPEN_CONNECT: connect() returns at once with the SYN deferred to the first
+    /// write; then close without writing.
+    #[arg(long)]
+    tfo_defer: bool,
+    /// Bind to the address, then connect to it: a TCP simultaneous open with itself.
+    #[arg(long)]
+    self_connect: bool,
     /// Addresses, in order.
     addrs: Vec<SocketAddr>,
 }
@@ -58,6 +71,15 @@ struct Record {
 fn main() {
     let args = Args::parse();
     raise_nofile();
+    if let Some(cpu) = args.cpu {
+        let mut set = nix::sched::CpuSet::new();
+        if set.set(cpu).is_err()
+            || nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).is_err()
+        {
+            eprintln!("connector: cannot run on CPU {cpu}");
+            std::process::exit(2);
+        }
+    }
     let procs = args.cgroup.join("cgroup.procs");
     if let Err(e) = std::fs::write(&procs, std::process::id().to_string()) {
         eprintln!("connector: cannot join {}: {e}", procs.display());
@@ -104,7 +126,16 @@ fn main() {
             }
             let t = monotonic_ns();
             let start = Instant::now();
-            let record = if args.raw {
+            let special = args.reconnect_to.is_some() || args.tfo_defer || args.self_connect;
+            let record = if special {
+                let (ok, errno) = socket_connect(&args, addr, &mut held);
+                Record {
+                    ok,
+                    errno,
+                    t,
+                    ns: start.elapsed().as_nanos() as u64,
+                }
+            } else if args.raw {
                 let (ok, errno) = raw_connect(addr);
                 Record {
                     ok,
@@ -217,4 +248,101 @@ fn raw_connect(addr: &SocketAddr) -> (bool, i32) {
         (rc == 0, errno)
     };
     (ok, errno)
+}
+
+/// A socket address for libc.
+fn sockaddr(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: an all-zero sockaddr_storage is valid; the casts below fill the part that the
+    // family uses.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match addr {
+        SocketAddr::V4(v4) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: v4.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(v4.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
+            unsafe { std::ptr::write((&raw mut ss).cast::<libc::sockaddr_in>(), sin) };
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(v6) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: v6.port().to_be(),
+                sin6_flowinfo: 0,
+                sin6_addr: libc::in6_addr {
+                    s6_addr: v6.ip().octets(),
+                },
+                sin6_scope_id: 0,
+            };
+            // SAFETY: as above, for sockaddr_in6.
+            unsafe { std::ptr::write((&raw mut ss).cast::<libc::sockaddr_in6>(), sin6) };
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (ss, len as libc::socklen_t)
+}
+
+fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(-1)
+}
+
+/// The socket-level modes: reconnect on failure, deferred Fast Open, self-connect. A socket
+/// that connected is kept in `held` (closed with the others at the end) unless --tfo-defer.
+fn socket_connect(args: &Args, addr: &SocketAddr, held: &mut Vec<TcpStream>) -> (bool, i32) {
+    use std::os::fd::FromRawFd;
+    let family = match addr {
+        SocketAddr::V4(_) => libc::AF_INET,
+        SocketAddr::V6(_) => libc::AF_INET6,
+    };
+    // SAFETY: plain syscalls on a socket this function owns; it is closed or handed to a
+    // TcpStream that owns it from then on.
+    unsafe {
+        let fd = libc::socket(family, libc::SOCK_STREAM, 0);
+        if fd < 0 {
+            return (false, errno());
+        }
+        let one: libc::c_int = 1;
+        let opt = |level, name| {
+            libc::setsockopt(
+                fd,
+                level,
+                name,
+                (&one as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if args.tfo_defer {
+            // TCP_FASTOPEN_CONNECT
+            opt(libc::IPPROTO_TCP, 30);
+        }
+        let (sa, len) = sockaddr(addr);
+        if args.self_connect {
+            opt(libc::SOL_SOCKET, libc::SO_REUSEADDR);
+            if libc::bind(fd, (&raw const sa).cast(), len) != 0 {
+                let e = errno();
+                libc::close(fd);
+                return (false, e);
+            }
+        }
+        let mut rc = libc::connect(fd, (&raw const sa).cast(), len);
+        let mut e = if rc == 0 { 0 } else { errno() };
+        if rc != 0 {
+            if let Some(again) = &args.reconnect_to {
+                let (sa2, len2) = sockaddr(again);
+                rc = libc::connect(fd, (&raw const sa2).cast(), len2);
+                e = if rc == 0 { 0 } else { errno() };
+            }
+        }
+        if rc == 0 && !args.tfo_defer {
+            held.push(TcpStream::from_raw_fd(fd));
+        } else {
+            libc::close(fd);
+        }
+        (rc == 0, e)
+    }
 }
