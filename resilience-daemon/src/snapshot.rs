@@ -418,8 +418,6 @@ pub fn show_endpoint(ep: &Endpoint) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
     #[test]
     fn a_delta_replaces_what_changed_and_moves_time_on_for_the_rest() {
         let mut base = crate::fixture::fixture();

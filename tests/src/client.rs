@@ -68,7 +68,8 @@ pub fn connect_from(
     spawn(cgroup, addrs, count, &opts).wait()
 }
 
-/// Benchmark loop: `count` blocking socket+connect+close iterations, each timed.
+/// Benchmark loop: `count` blocking socket+connect+close iterations, each timed, from a
+/// client pinned to CPU 0.
 pub fn raw_loop(cgroup: &Path, addr: SocketAddr, count: u32) -> Vec<Outcome> {
     spawn(
         cgroup,
@@ -76,6 +77,7 @@ pub fn raw_loop(cgroup: &Path, addr: SocketAddr, count: u32) -> Vec<Outcome> {
         count,
         &Opts {
             raw: true,
+            cpu: Some(0),
             ..Opts::default()
         },
     )

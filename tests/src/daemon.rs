@@ -48,6 +48,8 @@ pub struct StartOpts {
     pub wrapper: Vec<String>,
     pub env: Vec<(String, String)>,
     pub extra_args: Vec<String>,
+    /// Another `resilience` binary than the one under test (an earlier build, to compare).
+    pub bin: Option<PathBuf>,
 }
 
 impl Daemon {
@@ -103,13 +105,14 @@ impl Daemon {
             .append(true)
             .open(&self.log)
             .expect("log file");
+        let bin = self.opts.bin.clone().unwrap_or_else(crate::daemon_bin);
         let mut cmd = match self.opts.wrapper.split_first() {
             Some((first, rest)) => {
                 let mut c = Command::new(first);
-                c.args(rest).arg(crate::daemon_bin());
+                c.args(rest).arg(&bin);
                 c
             }
-            None => Command::new(crate::daemon_bin()),
+            None => Command::new(&bin),
         };
         cmd.envs(self.opts.env.iter().map(|(k, v)| (k, v)));
         let child = cmd

@@ -151,7 +151,7 @@ fn a_reconnect_on_the_same_socket_gives_the_first_attempts_place_back() {
         "{v:#}"
     );
     // Three more attempts fit the bulkhead of 3: no place was lost.
-    let again = connect_from(cg.path(), &[unreachable; 3].to_vec(), 1, SECOND);
+    let again = connect_from(cg.path(), [unreachable; 3].as_ref(), 1, SECOND);
     assert!(
         again.iter().all(|o| o.errno == libc::ENETUNREACH),
         "{again:?}"

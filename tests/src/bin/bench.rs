@@ -158,9 +158,10 @@ enum Cond {
     Observed,
     Named,
     Rejected,
+    /// The same, with the earlier build given in RESILIENCE_BENCH_BEFORE.
+    ObservedBefore,
+    NamedBefore,
 }
-
-const CONDS: [Cond; 4] = [Cond::Off, Cond::Observed, Cond::Named, Cond::Rejected];
 
 impl Cond {
     fn label(self) -> &'static str {
@@ -169,6 +170,8 @@ impl Cond {
             Cond::Observed => "attached, destination observed (no policy)",
             Cond::Named => "attached, destination named (enforce, allowed)",
             Cond::Rejected => "attached, forced-open (rejected)",
+            Cond::ObservedBefore => "previous build, destination observed",
+            Cond::NamedBefore => "previous build, destination named (allowed)",
         }
     }
 }
@@ -193,14 +196,26 @@ fn main() {
         server.addr
     );
 
-    let mut samples: Vec<Vec<u64>> = vec![Vec::new(); CONDS.len()];
-    let mut round_medians: Vec<Vec<u64>> = vec![Vec::new(); CONDS.len()];
+    // An earlier build, measured in the same interleaved rounds (its own pins: its maps have
+    // another layout).
+    let before = std::env::var_os("RESILIENCE_BENCH_BEFORE").map(std::path::PathBuf::from);
+    let pins_before = PinDir::new("bench-before");
+    let mut conds = vec![Cond::Off, Cond::Observed, Cond::Named, Cond::Rejected];
+    if before.is_some() {
+        conds.extend([Cond::ObservedBefore, Cond::NamedBefore]);
+    }
+    let before_opts = resilience_tests::daemon::StartOpts {
+        bin: before.clone(),
+        ..Default::default()
+    };
+    let mut samples: Vec<Vec<u64>> = vec![Vec::new(); conds.len()];
+    let mut round_medians: Vec<Vec<u64>> = vec![Vec::new(); conds.len()];
     // Warm-up: caches, the server thread, the connector binary.
     let _ = raw_loop(cg.path(), server.addr, args.batch / 4);
     for round in 0..args.rounds {
-        for k in 0..CONDS.len() {
-            let i = (k + round as usize) % CONDS.len();
-            let cond = CONDS[i];
+        for k in 0..conds.len() {
+            let i = (k + round as usize) % conds.len();
+            let cond = conds[i];
             let daemon = match cond {
                 Cond::Off => None,
                 Cond::Observed => Some(Daemon::start(
@@ -223,6 +238,22 @@ fn main() {
                     &pins,
                     &policy_rejected,
                     "2s",
+                )),
+                Cond::ObservedBefore => Some(Daemon::start_with(
+                    "bench",
+                    cg.path(),
+                    &pins_before,
+                    &policy_observed,
+                    "2s",
+                    before_opts.clone(),
+                )),
+                Cond::NamedBefore => Some(Daemon::start_with(
+                    "bench",
+                    cg.path(),
+                    &pins_before,
+                    &policy_named,
+                    "2s",
+                    before_opts.clone(),
                 )),
             };
             let got = raw_loop(cg.path(), server.addr, args.batch);
@@ -260,9 +291,16 @@ fn main() {
         kernel_release(),
         std::thread::available_parallelism().map_or(0, |n| n.get())
     ));
-    report.push_str("One iteration = blocking `socket()` + `connect()` to a loopback server + `close()` (SO_LINGER 0), timed in the client, which runs in a child cgroup. Conditions are interleaved round by round.\n\n");
+    report.push_str("One iteration = blocking `socket()` + `connect()` to a loopback server + `close()` (SO_LINGER 0), timed in the client, which runs in a child cgroup, pinned to CPU 0. Conditions are interleaved round by round.");
+    if let Some(b) = &before {
+        report.push_str(&format!(
+            " \"Previous build\" rows run {} (RESILIENCE_BENCH_BEFORE) in the same rounds: the cost of the change between the two.",
+            b.display()
+        ));
+    }
+    report.push_str("\n\n");
     report.push_str("| condition | median µs | p90 µs | median of round medians µs | vs. no programs |\n|---|---:|---:|---:|---:|\n");
-    for (i, c) in CONDS.iter().enumerate() {
+    for (i, c) in conds.iter().enumerate() {
         let (med, p90) = stats[i];
         let mut rm = round_medians[i].clone();
         rm.sort_unstable();
