@@ -263,25 +263,54 @@ fn init_logs(format: LogFormat, file: Option<&std::path::Path>) -> Result<()> {
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     let writer: tracing_subscriber::fmt::writer::BoxMakeWriter = match file {
         Some(path) => {
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir)
-                    .with_context(|| format!("creating {}", dir.display()))?;
-            }
-            let f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .with_context(|| format!("opening log file {}", path.display()))?;
-            tracing_subscriber::fmt::writer::BoxMakeWriter::new(Mutex::new(f))
+            tracing_subscriber::fmt::writer::BoxMakeWriter::new(Mutex::new(open_log(path)?))
         }
         None => tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stderr),
     };
-    let builder = builder.with_writer(writer).with_ansi(file.is_none());
+    // Colours only on a terminal, and never with NO_COLOR (https://no-color.org).
+    use std::io::IsTerminal;
+    let ansi = file.is_none()
+        && std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let builder = builder.with_writer(writer).with_ansi(ansi);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
     Ok(())
+}
+
+/// The log file of `run --tui`, opened as root without being tricked: never through a symlink
+/// (O_NOFOLLOW), never in a directory others may write unless root owns it (a sticky /tmp is
+/// fine), created 0600.
+fn open_log(path: &std::path::Path) -> Result<std::fs::File> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let m = std::fs::metadata(dir).with_context(|| format!("checking {}", dir.display()))?;
+    if m.permissions().mode() & 0o002 != 0 && m.uid() != 0 {
+        anyhow::bail!(
+            "log file {}: {} is writable by anyone and not owned by root; another user could \
+             plant a link there. Choose another --log-file",
+            path.display(),
+            dir.display()
+        );
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NOCTTY)
+        .open(path)
+        .with_context(|| {
+            format!(
+                "opening log file {} (a symbolic link is refused)",
+                path.display()
+            )
+        })
 }
 
 fn print_policy(policy: &Policy, json: bool) -> Result<()> {

@@ -37,8 +37,25 @@ pub struct RunArgs {
     log_file: PathBuf,
 }
 
+/// The soft descriptor limit up to the hard one (systemd's unit sets LimitNOFILE): clients are
+/// bounded, and the rest is headroom.
+fn raise_nofile() {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit on a struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
+            r.rlim_cur = r.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        }
+    }
+}
+
 pub fn run(args: RunArgs, format: LogFormat) -> Result<ExitCode> {
     init_logs(format, args.tui.then_some(args.log_file.as_path()))?;
+    raise_nofile();
     let mut policy = match &args.config {
         Some(p) => config::load_file(p)?,
         None => config::parse_str(DEFAULT_POLICY, std::path::Path::new("<built-in default>"))?,

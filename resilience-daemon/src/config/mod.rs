@@ -16,7 +16,7 @@ pub use guards::{
 };
 pub use matcher::{ip, Match, MatchKind};
 pub use overlap::overlaps;
-pub use parse::{check_name, load_file, parse_metrics_addr, parse_str};
+pub use parse::{check_name, load_file, parse_metrics_addr, parse_str, printable};
 pub use show::{destination_json, to_json, to_text};
 
 use std::{path::PathBuf, time::Duration};

@@ -115,7 +115,7 @@ pub const MAX_POLICY_BYTES: u64 = 16 * 1024 * 1024;
 
 pub fn load_file(path: &Path) -> Result<Policy, ConfigError> {
     let text = read_policy(path).map_err(|message| ConfigError {
-        file: path.display().to_string(),
+        file: printable(&path.display().to_string()),
         line: 0,
         col: 0,
         message,
@@ -343,11 +343,28 @@ fn locate(text: &str, path: &Path, offset: usize, message: String) -> ConfigErro
     let line_start = before.rfind('\n').map_or(0, |i| i + 1);
     let col = text[line_start..offset].chars().count() + 1;
     ConfigError {
-        file: path.display().to_string(),
+        file: printable(&path.display().to_string()),
         line,
         col,
-        message,
+        message: printable(&message),
     }
+}
+
+/// `s` with control characters escaped (`\u{1b}`): a policy's text ends up in error messages,
+/// events and logs, and must never reach a terminal as escape sequences.
+pub fn printable(s: &str) -> String {
+    if !s.chars().any(|c| c.is_control() && c != '\n') {
+        return s.to_string();
+    }
+    s.chars()
+        .map(|c| {
+            if c.is_control() && c != '\n' {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -461,6 +478,14 @@ mod tests {
             Some(super::super::Bulkhead { max_concurrent: 7 })
         );
         assert_eq!(d.breaker.failures, super::super::FailureClasses::default());
+    }
+
+    #[test]
+    fn control_characters_in_the_policy_never_reach_a_message() {
+        // TOML's own escapes put ESC and BEL into a key; its error then quotes the key.
+        let e = err("\"\\u001b]0;PWNED\\u0007\\u001b[2J\" = 1\n");
+        assert!(!e.chars().any(|c| c.is_control()), "{e:?}");
+        assert!(e.contains("\\u{1b}]0;PWNED\\u{7}"), "{e}");
     }
 
     #[test]

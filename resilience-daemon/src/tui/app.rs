@@ -78,6 +78,8 @@ pub struct App {
     pub unreachable: Option<String>,
     /// How long a snapshot has been awaited, once that is too long.
     pub not_responding: Option<std::time::Duration>,
+    /// Colours on (off with NO_COLOR or TERM=dumb).
+    pub color: bool,
     prev: HashMap<String, Prev>,
     prev_uptime: Option<f64>,
 }
@@ -104,6 +106,7 @@ impl App {
             message: None,
             unreachable: None,
             not_responding: None,
+            color: true,
             prev: HashMap::new(),
             prev_uptime: None,
         }
@@ -225,8 +228,9 @@ impl App {
             }
             Overlay::Confirm(action) => {
                 self.overlay = Overlay::None;
+                // Only `y`: a stray Enter must not trip a breaker.
                 return match k.code {
-                    KeyCode::Char('y') | KeyCode::Char('Y') | KeyCode::Enter => Some(action),
+                    KeyCode::Char('y') | KeyCode::Char('Y') => Some(action),
                     _ => {
                         self.message = Some(("cancelled".into(), false));
                         None
@@ -343,6 +347,13 @@ mod tests {
             a.on_key(key(KeyCode::Char('y'))),
             Some(Action::Trip("payments-api".into()))
         );
+        a.on_key(key(KeyCode::Char('t')));
+        assert_eq!(
+            a.on_key(key(KeyCode::Enter)),
+            None,
+            "Enter does not confirm"
+        );
+        assert_eq!(a.overlay, Overlay::None);
         a.on_key(key(KeyCode::Char('r')));
         assert_eq!(a.on_key(key(KeyCode::Char('n'))), None, "n cancels");
         assert_eq!(a.overlay, Overlay::None);

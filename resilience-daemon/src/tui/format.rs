@@ -12,6 +12,38 @@ pub fn rate(v: Option<f64>) -> String {
     }
 }
 
+/// A count in at most 4 characters: "999", "9851", "10k", "150k", "1.2M", "3.4G".
+pub fn count(n: u64) -> String {
+    match n {
+        0..10_000 => n.to_string(),
+        10_000..999_500 => format!("{}k", (n + 500) / 1000),
+        999_500..9_950_000 => format!("{:.1}M", n as f64 / 1e6),
+        9_950_000..999_500_000 => format!("{}M", (n + 500_000) / 1_000_000),
+        999_500_000..9_950_000_000 => format!("{:.1}G", n as f64 / 1e9),
+        _ => format!("{:.0}G", n as f64 / 1e9),
+    }
+}
+
+/// `s` cut to `width` terminal columns (wide characters take two), with an ellipsis when cut.
+pub fn fit(s: &str, width: usize) -> String {
+    use unicode_width::{UnicodeWidthChar, UnicodeWidthStr};
+    if s.width() <= width {
+        return s.to_string();
+    }
+    let mut out = String::new();
+    let mut used = 0;
+    for c in s.chars() {
+        let w = c.width().unwrap_or(0);
+        if used + w + 1 > width {
+            break;
+        }
+        out.push(c);
+        used += w;
+    }
+    out.push('…');
+    out
+}
+
 /// "-", "0%", "5.3%", "100%".
 pub fn pct(v: Option<f64>) -> String {
     match v {
@@ -51,6 +83,38 @@ pub fn clock(epoch: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts_fit_four_characters_and_never_lie_by_cutting() {
+        for (n, want) in [
+            (0, "0"),
+            (9851, "9851"),
+            (10_000, "10k"),
+            (150_000, "150k"),
+            (999_499, "999k"),
+            (999_500, "1.0M"),
+            (1_234_567, "1.2M"),
+            (12_345_678, "12M"),
+            (u64::MAX, "18446744074G"),
+        ] {
+            assert_eq!(count(n), want, "{n}");
+        }
+        for n in (0..40).map(|i| 7u64.pow(i / 2) * (i as u64 + 1)) {
+            let c = count(n);
+            assert!(n >= 1_000_000_000_000 || c.chars().count() <= 4, "{n}: {c}");
+        }
+    }
+
+    #[test]
+    fn names_are_cut_by_screen_columns() {
+        assert_eq!(fit("決済サービス-東京", 12), "決済サービ…");
+        // 17 columns, not 9 characters: whole when there is room, marked when cut.
+        assert_eq!(fit("決済サービス-東京", 17), "決済サービス-東京");
+        assert_ne!(fit("決済サービス-東京", 17), fit("決済サービス-大阪", 17));
+        assert!(fit("決済サービス-東京", 16).ends_with('…'));
+        assert_eq!(fit("payments", 8), "payments");
+        assert_eq!(fit("payments-eu", 8), "payment…");
+    }
 
     #[test]
     fn cells_stay_short() {

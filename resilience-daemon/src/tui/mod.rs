@@ -81,6 +81,12 @@ impl Drop for Restore {
     }
 }
 
+/// No colours with NO_COLOR set (https://no-color.org) or on a dumb terminal.
+pub fn colors_wanted() -> bool {
+    std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+        && std::env::var("TERM").map_or(true, |t| t != "dumb")
+}
+
 /// Whether the controlling terminal still answers: a hung-up terminal fails every ioctl with
 /// EIO.
 pub fn terminal_alive() -> bool {
@@ -134,6 +140,7 @@ pub fn run(
         .spawn(move || worker(source, work, events_tx))
         .context("starting the fetch worker")?;
     let mut app = App::new();
+    app.color = colors_wanted();
     run_loop(
         &mut terminal,
         &mut app,

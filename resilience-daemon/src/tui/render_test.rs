@@ -139,3 +139,74 @@ fn tiny_terminals_do_not_panic() {
         a.overlay = Overlay::None;
     }
 }
+
+#[test]
+fn the_help_overlay_fits_at_120x40() {
+    let mut a = app();
+    a.overlay = Overlay::Help;
+    let t = text(&render(&a, 120, 40));
+    let last = t
+        .lines()
+        .position(|l| l.contains("are UTC."))
+        .expect("the help's last line");
+    assert!(
+        t.lines().nth(last + 1).is_some_and(|l| l.contains('└')),
+        "the help's last line is cut:\n{t}"
+    );
+}
+
+#[test]
+fn numbers_that_do_not_fit_get_a_unit_never_a_cut() {
+    let mut s = crate::fixture::fixture();
+    let d = &mut s.destinations[0];
+    d.tokens = Some(9851);
+    d.burst = Some(10_000);
+    d.max_concurrent = Some(100_000);
+    d.counts.active = 150;
+    let mut a = App::new();
+    a.ingest(s);
+    let t = text(&render(&a, 200, 50));
+    assert!(t.contains("9851/10k"), "{t}");
+    assert!(t.contains("150/100k"), "{t}");
+    assert!(
+        !t.contains("9851/1000 ") && !t.contains("150/10000 "),
+        "{t}"
+    );
+}
+
+#[test]
+fn wide_names_are_cut_by_columns_with_an_ellipsis() {
+    let mut s = crate::fixture::fixture();
+    s.destinations[0].name = "決済サービス-東京-本番環境-第二系統".into();
+    s.destinations[1].name = "決済サービス-大阪-本番環境-第二系統".into();
+    let mut a = App::new();
+    a.ingest(s);
+    let t = text(&render(&a, 80, 24));
+    // The capture shows a wide character's second column as a space.
+    let rows: Vec<&str> = t.lines().filter(|l| l.contains('決')).collect();
+    assert_eq!(rows.len(), 2, "{t}");
+    assert!(rows.iter().all(|r| r.contains('…')), "{t}");
+    assert!(
+        rows[0].contains("東 京") && rows[1].contains("大 阪"),
+        "still told apart: {t}"
+    );
+}
+
+#[test]
+fn no_color_draws_no_colours() {
+    let mut a = app();
+    a.color = false;
+    let b = render(&a, 200, 50);
+    assert!(
+        b.content
+            .iter()
+            .all(|c| c.fg == ratatui::style::Color::Reset && c.bg == ratatui::style::Color::Reset),
+        "a coloured cell with NO_COLOR"
+    );
+    // And with colour, states are coloured (the same check fails then).
+    let b = render(&app(), 200, 50);
+    assert!(b
+        .content
+        .iter()
+        .any(|c| c.fg != ratatui::style::Color::Reset));
+}

@@ -17,6 +17,18 @@ use super::{
 use crate::snapshot::{DestinationStatus, EventRecord};
 
 pub fn draw(f: &mut Frame, app: &App) {
+    draw_all(f, app);
+    if !app.color {
+        // NO_COLOR or a dumb terminal: no colours at all; bold and reverse still mark what
+        // matters (the selection, open states in capitals).
+        for c in f.buffer_mut().content.iter_mut() {
+            c.set_fg(Color::Reset);
+            c.set_bg(Color::Reset);
+        }
+    }
+}
+
+fn draw_all(f: &mut Frame, app: &App) {
     let [head, body, foot] = Layout::vertical([
         Constraint::Length(1),
         Constraint::Min(3),
@@ -313,7 +325,12 @@ fn cell(c: Col, r: &Row) -> Cell<'static> {
                 } else {
                     Style::default()
                 };
-                return Cell::from(format!("{t}/{b}")).style(style);
+                return Cell::from(format!(
+                    "{}/{}",
+                    format::count(t),
+                    format::count(u64::from(b))
+                ))
+                .style(style);
             }
             None => "-".into(),
         },
@@ -324,9 +341,14 @@ fn cell(c: Col, r: &Row) -> Cell<'static> {
                 } else {
                     Style::default()
                 };
-                return Cell::from(format!("{}/{m}", r.active)).style(style);
+                return Cell::from(format!(
+                    "{}/{}",
+                    format::count(r.active),
+                    format::count(u64::from(m))
+                ))
+                .style(style);
             }
-            None => r.active.to_string(),
+            None => format::count(r.active),
         },
         Col::P50 => format::ms(r.p50_ms),
         Col::P99 => format::ms(r.p99_ms),
@@ -374,7 +396,7 @@ fn table(f: &mut Frame, area: Rect, app: &App) {
         .sum();
     let longest = shown
         .iter()
-        .map(|(_, r)| r.name.chars().count() + 2)
+        .map(|(_, r)| unicode_width::UnicodeWidthStr::width(r.name.as_str()) + 2)
         .max()
         .unwrap_or(0);
     let name_width = (longest as u16)
@@ -384,7 +406,11 @@ fn table(f: &mut Frame, area: Rect, app: &App) {
         let selected = pos == app.selected;
         let row = TRow::new(cols.iter().map(|&c| match c {
             // A marker as well as the reversed colours: it shows in text captures too.
-            Col::Name => Cell::from(format!("{}{}", if selected { "▶ " } else { "  " }, r.name)),
+            Col::Name => Cell::from(format!(
+                "{}{}",
+                if selected { "▶ " } else { "  " },
+                format::fit(&r.name, usize::from(name_width).saturating_sub(2))
+            )),
             c => cell(c, r),
         }));
         if selected {
@@ -652,6 +678,8 @@ fn plain(v: &serde_json::Value) -> String {
     }
 }
 
+const HELP_NOTE: &str = "Rates are per second between two snapshots; FAIL% and SLOW% are the breaker's window. STATE~ is dry-run: what enforcing would do. Times are UTC.";
+
 fn centered(area: Rect, width: u16, height: u16) -> Rect {
     let w = width.min(area.width);
     let h = height.min(area.height);
@@ -681,8 +709,41 @@ const HELP: &[(&str, &str)] = &[
     ("q  Ctrl-C", "quit (the daemon keeps running under `top`)"),
 ];
 
+/// Terminal lines `text` takes, wrapped word by word at `width` columns.
+fn wrapped_lines(text: &str, width: u16) -> u16 {
+    let width = usize::from(width.max(1));
+    let (mut lines, mut used) = (1u16, 0usize);
+    for (i, word) in text.split(' ').enumerate() {
+        let w = unicode_width::UnicodeWidthStr::width(word);
+        // Leading spaces count (they are empty words here).
+        let need = if i == 0 { w } else { used + 1 + w };
+        if need > width && used > 0 {
+            lines += 1;
+            used = w;
+        } else {
+            used = need;
+        }
+        // A word longer than a line breaks where it must.
+        while used > width {
+            lines += 1;
+            used -= width;
+        }
+    }
+    lines
+}
+
 fn help(f: &mut Frame) {
-    let area = centered(f.area(), 72, HELP.len() as u16 + 6);
+    let width = 72u16.min(f.area().width);
+    let inner = width.saturating_sub(2);
+    let body: u16 = HELP
+        .iter()
+        .map(|(k, what)| wrapped_lines(&format!("{k:>14}  {what}"), inner))
+        .sum();
+    let area = centered(
+        f.area(),
+        width,
+        body + 1 + wrapped_lines(HELP_NOTE, inner) + 2,
+    );
     let mut lines: Vec<Line> = HELP
         .iter()
         .map(|(k, what)| {
@@ -694,7 +755,7 @@ fn help(f: &mut Frame) {
         .collect();
     lines.push(Line::raw(""));
     lines.push(Line::styled(
-        "Rates are per second between two snapshots; FAIL% and SLOW% are the breaker's window. STATE~ is dry-run: what enforcing would do. Times are UTC.",
+        HELP_NOTE,
         Style::default().fg(Color::DarkGray),
     ));
     f.render_widget(Clear, area);
