@@ -37,6 +37,10 @@ pub struct Opts {
     pub self_connect: bool,
     /// Enter this network namespace (from `ip netns add`) after joining the cgroup.
     pub netns: Option<String>,
+    /// Non-blocking connects, kept in progress until the hold ends.
+    pub nonblocking: bool,
+    /// Run as this uid (and gid) after joining the cgroup.
+    pub user: Option<u32>,
 }
 
 pub fn connector_bin() -> std::path::PathBuf {
@@ -113,6 +117,12 @@ pub fn spawn(cgroup: &Path, addrs: &[SocketAddr], count: u32, opts: &Opts) -> Ru
     }
     if let Some(ns) = &opts.netns {
         cmd.args(["--netns", ns]);
+    }
+    if opts.nonblocking {
+        cmd.arg("--nonblocking");
+    }
+    if let Some(u) = opts.user {
+        cmd.args(["--user", &u.to_string()]);
     }
     if let Some(t) = opts.for_time {
         cmd.args(["--for-ms", &t.as_millis().to_string()]);

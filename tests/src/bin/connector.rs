@@ -56,6 +56,12 @@ struct Args {
     /// Bind to the address, then connect to it: a TCP simultaneous open with itself.
     #[arg(long)]
     self_connect: bool,
+    /// Non-blocking connects: started and kept (in progress) until --hold-ms ends.
+    #[arg(long)]
+    nonblocking: bool,
+    /// After joining the cgroup, run as this uid and gid (an unprivileged local user).
+    #[arg(long)]
+    user: Option<u32>,
     /// Addresses, in order.
     addrs: Vec<SocketAddr>,
 }
@@ -95,6 +101,17 @@ fn main() {
             std::process::exit(2);
         }
     }
+    if let Some(uid) = args.user {
+        let id = nix::unistd::Uid::from_raw(uid);
+        let gid = nix::unistd::Gid::from_raw(uid);
+        let dropped = nix::unistd::setgroups(&[])
+            .and_then(|()| nix::unistd::setgid(gid))
+            .and_then(|()| nix::unistd::setuid(id));
+        if let Err(e) = dropped {
+            eprintln!("connector: cannot become uid {uid}: {e}");
+            std::process::exit(2);
+        }
+    }
     let timeout = Duration::from_millis(args.timeout_ms);
     let mut held = Vec::new();
     // Results are printed at the end: a pipe write per connect would wake the reader and
@@ -126,7 +143,10 @@ fn main() {
             }
             let t = monotonic_ns();
             let start = Instant::now();
-            let special = args.reconnect_to.is_some() || args.tfo_defer || args.self_connect;
+            let special = args.reconnect_to.is_some()
+                || args.tfo_defer
+                || args.self_connect
+                || args.nonblocking;
             let record = if special {
                 let (ok, errno) = socket_connect(&args, addr, &mut held);
                 Record {
@@ -320,6 +340,9 @@ fn socket_connect(args: &Args, addr: &SocketAddr, held: &mut Vec<TcpStream>) -> 
             // TCP_FASTOPEN_CONNECT
             opt(libc::IPPROTO_TCP, 30);
         }
+        if args.nonblocking {
+            libc::fcntl(fd, libc::F_SETFL, libc::O_NONBLOCK);
+        }
         let (sa, len) = sockaddr(addr);
         if args.self_connect {
             opt(libc::SOL_SOCKET, libc::SO_REUSEADDR);
@@ -331,6 +354,11 @@ fn socket_connect(args: &Args, addr: &SocketAddr, held: &mut Vec<TcpStream>) -> 
         }
         let mut rc = libc::connect(fd, (&raw const sa).cast(), len);
         let mut e = if rc == 0 { 0 } else { errno() };
+        if args.nonblocking && e == libc::EINPROGRESS {
+            // Under way: keep it, in SYN_SENT, until the hold ends.
+            held.push(TcpStream::from_raw_fd(fd));
+            return (true, 0);
+        }
         if rc != 0 {
             if let Some(again) = &args.reconnect_to {
                 let (sa2, len2) = sockaddr(again);
