@@ -15,6 +15,8 @@ pub const CONN_ESTABLISHED: u32 = 1;
 pub struct ConnTrack {
     /// bpf_ktime_get_ns() when the hook saw the connect.
     pub start_ns: u64,
+    /// When it reached ESTABLISHED (the time of its success record); 0 before.
+    pub established_ns: u64,
     pub endpoint: Endpoint,
     /// Destination slot, or `SLOT_OBSERVED`.
     pub slot: u32,
@@ -65,4 +67,9 @@ pub struct OutcomeEvent {
     pub flags: u32,
     /// The slot's generation when the connect was admitted.
     pub generation: u32,
+    pub _pad: u32,
+    /// A reset of an established connection: when it was established, i.e. the time of its
+    /// success record, so that the daemon can turn that call into a failure (one connect is
+    /// one call). 0 otherwise.
+    pub established_ns: u64,
 }

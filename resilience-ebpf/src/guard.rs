@@ -267,6 +267,7 @@ fn track(
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let conn = ConnTrack {
         start_ns: now,
+        established_ns: 0,
         endpoint: *ep,
         slot,
         state: CONN_CONNECTING,

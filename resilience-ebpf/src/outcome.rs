@@ -152,6 +152,12 @@ fn emit(now: u64, elapsed: u64, c: &ConnTrack, outcome: u32, err: u32, flags: u3
                 sk_err: err,
                 flags,
                 generation: c.generation,
+                _pad: 0,
+                established_ns: if outcome == OUTCOME_RESET {
+                    c.established_ns
+                } else {
+                    0
+                },
             });
             let wake = if urgent || EVENTS.query(BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES {
                 BPF_RB_FORCE_WAKEUP

@@ -126,7 +126,10 @@ fn established(map: &impl Conns, cookie: u64) -> bool {
     // SAFETY: as above; copied first.
     let c: ConnTrack = unsafe { *conn };
     if c.state == CONN_CONNECTING {
-        unsafe { (*conn).state = CONN_ESTABLISHED };
+        unsafe {
+            (*conn).state = CONN_ESTABLISHED;
+            (*conn).established_ns = now;
+        }
         succeed(&c, now, active_set());
     }
     true

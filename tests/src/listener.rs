@@ -34,6 +34,16 @@ pub struct Server {
 impl Server {
     /// `addr` with port 0 picks a free port.
     pub fn start(addr: &str) -> Server {
+        Server::run(addr, false)
+    }
+
+    /// Like `start`, but every accepted connection is closed with a reset (SO_LINGER 0): the
+    /// client's established connection ends with ECONNRESET.
+    pub fn start_resetting(addr: &str) -> Server {
+        Server::run(addr, true)
+    }
+
+    fn run(addr: &str, reset: bool) -> Server {
         let l = TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
         // std listens with a backlog of 128; tests that connect from several processes at
         // full speed can fill that, and a dropped SYN costs a 1 s retransmit. Linux lets a
@@ -49,6 +59,18 @@ impl Server {
                 match l.accept() {
                     Ok((conn, _)) => {
                         a.fetch_add(1, Ordering::Relaxed);
+                        if reset {
+                            // Give the client time to see ESTABLISHED first.
+                            std::thread::sleep(Duration::from_millis(20));
+                            let _ = setsockopt(
+                                &conn,
+                                sockopt::Linger,
+                                &libc::linger {
+                                    l_onoff: 1,
+                                    l_linger: 0,
+                                },
+                            );
+                        }
                         drop(conn);
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(1)),

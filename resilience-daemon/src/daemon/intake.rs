@@ -33,6 +33,8 @@ pub fn outcome(ev: &OutcomeEvent, failures: crate::config::FailureClasses) -> Op
         class,
         counted: failures.counts(class),
         probe,
+        replaces: (class == FailureClass::Reset && ev.established_ns != 0)
+            .then_some(ev.established_ns),
     };
     Some(match ev.outcome {
         conn::OUTCOME_SUCCESS => Outcome::Success {

@@ -50,11 +50,14 @@ pub enum Outcome {
         latency_ns: u64,
         probe: bool,
     },
-    /// `counted`: its class is one of the breaker's `failures`.
+    /// `counted`: its class is one of the breaker's `failures`. `replaces`: a reset of an
+    /// established connection carries the time its success was recorded; that call becomes
+    /// the failure (one connect is one call).
     Failure {
         class: FailureClass,
         counted: bool,
         probe: bool,
+        replaces: Option<u64>,
     },
 }
 
@@ -257,6 +260,21 @@ impl Breaker {
         if self.mode == Mode::Disabled || self.mode == Mode::ForcedOpen {
             return None;
         }
+        if let Outcome::Failure {
+            counted: true,
+            replaces: Some(success_ns),
+            ..
+        } = outcome
+        {
+            // The connection's call is already in the window, as a success: it becomes a
+            // failure, no call is added. Once that call has left the window (or outside
+            // closed, where windows start anew), there is nothing to change.
+            if self.state != State::Closed || !self.window.fail_success(success_ns, now_ns) {
+                return None;
+            }
+            self.changes += 1;
+            return self.judge(now_ns, jitter);
+        }
         let (call, probe) = match outcome {
             Outcome::Success { latency_ns, probe } => {
                 let slow = latency_ns >= self.cfg.slow_call_duration.as_nanos() as u64;
@@ -319,6 +337,11 @@ impl Breaker {
                 jitter,
             );
         }
+        self.judge(now_ns, jitter)
+    }
+
+    /// The window's rates against the thresholds.
+    fn judge(&mut self, now_ns: u64, jitter: &mut impl Jitter) -> Option<Transition> {
         let t = self.window.totals(now_ns);
         if t.calls == 0 || t.calls < self.window.minimum(self.cfg.minimum_calls) {
             return None;
@@ -483,6 +506,7 @@ mod tests {
             class: FailureClass::Refused,
             counted: true,
             probe: false,
+            replaces: None,
         }
     }
     fn probe_ok() -> Outcome {
@@ -496,6 +520,7 @@ mod tests {
             class: FailureClass::Timeout,
             counted: true,
             probe: true,
+            replaces: None,
         }
     }
 
@@ -566,9 +591,71 @@ mod tests {
             class: FailureClass::Reset,
             counted: false,
             probe: false,
+            replaces: Some(0),
         };
         assert!(feed(&mut b, 0, &[reset; 20]).is_empty());
         assert_eq!(b.state(), State::Closed);
+    }
+
+    /// A connect that succeeds and is then reset is one call, a failure: with resets counted,
+    /// one such connect over two calls is 50%, not "a success and a failure".
+    #[test]
+    fn a_reset_replaces_its_connections_success() {
+        let mut c = cfg();
+        c.minimum_calls = 2;
+        c.failure_rate = 50.0;
+        c.failures.reset = true;
+        let mut b = Breaker::new(c, Mode::Enforce, 0);
+        let mut j = Fixed(0.5);
+        let reset_of = |at: u64| Outcome::Failure {
+            class: FailureClass::Reset,
+            counted: true,
+            probe: false,
+            replaces: Some(at),
+        };
+        assert!(b.on_outcome(MS, ok(), &mut j).is_none());
+        assert!(b.on_outcome(2 * MS, ok(), &mut j).is_none());
+        // The first connection is reset: 1 failure of 2 calls = 50% trips.
+        let t = b.on_outcome(5 * MS, reset_of(MS), &mut j).expect("trip");
+        assert_eq!(
+            t.reason,
+            "failure rate 50% >= 50% over 2 calls; open for 30s"
+        );
+        // A reset whose success is no longer in the window changes nothing.
+        let mut b = Breaker::new(cfg_with_reset(), Mode::Enforce, 0);
+        assert!(b.on_outcome(MS, ok(), &mut j).is_none());
+        assert!(b.on_outcome(2 * MS, reset_of(999), &mut j).is_none());
+        assert_eq!(b.window_contents(3 * MS).totals.calls, 1);
+        assert_eq!(b.window_contents(3 * MS).totals.failures, 0);
+    }
+
+    fn cfg_with_reset() -> BreakerConfig {
+        let mut c = cfg();
+        c.failures.reset = true;
+        c
+    }
+
+    #[test]
+    fn a_reset_in_a_time_window_replaces_its_success_too() {
+        let mut c = cfg_with_reset();
+        c.window = Window::Time(Duration::from_secs(10));
+        c.minimum_calls = 2;
+        c.failure_rate = 50.0;
+        let mut b = Breaker::new(c, Mode::Enforce, 0);
+        let mut j = Fixed(0.5);
+        b.on_outcome(S, ok(), &mut j);
+        b.on_outcome(2 * S, ok(), &mut j);
+        let reset = Outcome::Failure {
+            class: FailureClass::Reset,
+            counted: true,
+            probe: false,
+            replaces: Some(2 * S),
+        };
+        let t = b.on_outcome(3 * S, reset, &mut j).expect("trip");
+        assert_eq!(
+            t.reason,
+            "failure rate 50% >= 50% over 2 calls; open for 30s"
+        );
     }
 
     #[test]

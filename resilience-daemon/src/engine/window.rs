@@ -36,6 +36,8 @@ pub enum CallWindow {
     Count {
         size: usize,
         calls: VecDeque<Call>,
+        /// When each call was recorded (its kernel time), beside `calls`.
+        stamps: VecDeque<u64>,
         totals: Totals,
     },
     /// (second, totals of that second), oldest first.
@@ -70,6 +72,7 @@ impl CallWindow {
             Window::Count(n) => CallWindow::Count {
                 size: n as usize,
                 calls: VecDeque::new(),
+                stamps: VecDeque::new(),
                 totals: Totals::default(),
             },
             Window::Time(d) => CallWindow::Time {
@@ -85,14 +88,17 @@ impl CallWindow {
             CallWindow::Count {
                 size,
                 calls,
+                stamps,
                 totals,
             } => {
                 if calls.len() == *size {
                     if let Some(old) = calls.pop_front() {
                         totals.remove(old);
                     }
+                    stamps.pop_front();
                 }
                 calls.push_back(call);
+                stamps.push_back(now_ns);
                 totals.add(call);
             }
             CallWindow::Time {
@@ -227,6 +233,44 @@ impl CallWindow {
         }
     }
 
+    /// Turn the success recorded at `at_ns` into a failure (a reset of that connection);
+    /// false if no such success is in the window any more.
+    pub fn fail_success(&mut self, at_ns: u64, now_ns: u64) -> bool {
+        self.expire(now_ns);
+        match self {
+            CallWindow::Count {
+                calls,
+                stamps,
+                totals,
+                ..
+            } => {
+                let Some(i) = (0..calls.len())
+                    .rev()
+                    .find(|&i| stamps[i] == at_ns && !calls[i].failure)
+                else {
+                    return false;
+                };
+                calls[i].failure = true;
+                totals.failures += 1;
+                true
+            }
+            CallWindow::Time {
+                buckets, totals, ..
+            } => {
+                let sec = at_ns / NS;
+                let Some((_, t)) = buckets.iter_mut().find(|(s, _)| *s == sec) else {
+                    return false;
+                };
+                if t.failures >= t.calls {
+                    return false;
+                }
+                t.failures += 1;
+                totals.failures += 1;
+                true
+            }
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         match self {
             CallWindow::Count { calls, .. } => calls.is_empty(),
@@ -236,8 +280,14 @@ impl CallWindow {
 
     pub fn clear(&mut self) {
         match self {
-            CallWindow::Count { calls, totals, .. } => {
+            CallWindow::Count {
+                calls,
+                stamps,
+                totals,
+                ..
+            } => {
                 calls.clear();
+                stamps.clear();
                 *totals = Totals::default();
             }
             CallWindow::Time {
