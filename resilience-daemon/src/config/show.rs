@@ -11,10 +11,19 @@ fn window(w: Window) -> String {
     }
 }
 
+/// The minimum the breaker uses: a count window never waits for more calls than it holds.
+fn effective_minimum(b: &BreakerConfig) -> u32 {
+    match b.window {
+        Window::Count(n) => b.minimum_calls.min(n),
+        Window::Time(_) => b.minimum_calls,
+    }
+}
+
 fn breaker_json(b: &BreakerConfig) -> Value {
     json!({
         "window": window(b.window),
         "minimum_calls": b.minimum_calls,
+        "effective_minimum_calls": effective_minimum(b),
         "failure_rate": b.failure_rate,
         "slow_call_duration_ms": b.slow_call_duration.as_millis() as u64,
         "slow_call_rate": b.slow_call_rate,
@@ -88,7 +97,11 @@ pub fn to_text(policy: &Policy) -> String {
             out,
             "  breaker: window={} minimum_calls={} failure_rate={}% slow_call={}% >= {:?} consecutive_failures={streak} open={:?}..{:?} half_open_probes={} failures={}",
             window(b.window),
-            b.minimum_calls,
+            if effective_minimum(b) < b.minimum_calls {
+                format!("{} (of {}: the window holds {})", effective_minimum(b), b.minimum_calls, effective_minimum(b))
+            } else {
+                b.minimum_calls.to_string()
+            },
             b.failure_rate,
             b.slow_call_rate,
             b.slow_call_duration,
@@ -108,4 +121,21 @@ pub fn to_text(policy: &Policy) -> String {
         let _ = writeln!(out, "{o}");
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn check_shows_the_minimum_the_breaker_uses() {
+        let p = super::super::parse_str(
+            "[[destination]]\nname = \"a\"\nmatch = [\"127.0.0.1:80\"]\n[destination.breaker]\nwindow_size = 3\n",
+            std::path::Path::new("p.toml"),
+        )
+        .expect("policy");
+        let text = super::to_text(&p);
+        assert!(text.contains("minimum_calls=3 (of 5: the window holds 3)"), "{text}");
+        let json = super::to_json(&p);
+        assert_eq!(json["destinations"][0]["breaker"]["minimum_calls"], 5);
+        assert_eq!(json["destinations"][0]["breaker"]["effective_minimum_calls"], 3);
+    }
 }
