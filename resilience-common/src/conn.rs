@@ -49,6 +49,10 @@ pub const OUTCOME_CLOSED: u32 = 5;
 /// The socket was closed before its SYN was ever sent (a Fast Open connect never written to):
 /// not a call to the destination.
 pub const OUTCOME_ABANDONED: u32 = 6;
+/// The connect failed before its SYN left the host: no route, no local port, or a program on
+/// an enclosing cgroup (another daemon's) refused it after this one let it through. Says
+/// nothing about the destination, so no breaker counts it unless `failures` lists "local".
+pub const OUTCOME_LOCAL: u32 = 7;
 
 /// One record per connect outcome and per reset of an established connection.
 #[repr(C)]

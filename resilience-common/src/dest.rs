@@ -17,6 +17,7 @@ pub const FLAG_BULKHEAD: u32 = 1 << 2;
 pub const FLAG_COUNT_REFUSED: u32 = 1 << 3;
 pub const FLAG_COUNT_TIMEOUT: u32 = 1 << 4;
 pub const FLAG_COUNT_UNREACHABLE: u32 = 1 << 5;
+pub const FLAG_COUNT_LOCAL: u32 = 1 << 6;
 
 /// Index of a rejection reason in `DestCounters::rejected`.
 pub const REJECT_BREAKER: usize = 0;
@@ -98,6 +99,8 @@ pub struct DestCounters {
     pub timeout: u64,
     /// SYN_SENT -> CLOSE on an ICMP error (EHOSTUNREACH, ENETUNREACH, ...).
     pub unreachable: u64,
+    /// Failed before the SYN left the host (`OUTCOME_LOCAL`).
+    pub local: u64,
     /// An established connection ended by a reset.
     pub reset: u64,
     /// Established connections that have closed (for any reason, resets included).
@@ -129,6 +132,7 @@ impl DestCounters {
         refused: 0,
         timeout: 0,
         unreachable: 0,
+        local: 0,
         reset: 0,
         closed: 0,
         untracked: 0,

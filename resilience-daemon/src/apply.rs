@@ -4,8 +4,8 @@ use std::net::SocketAddr;
 
 use resilience_common::{
     dest::{
-        FLAG_BULKHEAD, FLAG_COUNT_REFUSED, FLAG_COUNT_TIMEOUT, FLAG_COUNT_UNREACHABLE,
-        FLAG_DRY_RUN, FLAG_RATE_LIMIT,
+        FLAG_BULKHEAD, FLAG_COUNT_LOCAL, FLAG_COUNT_REFUSED, FLAG_COUNT_TIMEOUT,
+        FLAG_COUNT_UNREACHABLE, FLAG_DRY_RUN, FLAG_RATE_LIMIT,
     },
     Bucket, DestPolicy, Endpoint,
 };
@@ -31,6 +31,7 @@ pub fn kernel_policy(dest: &Destination, kv: KernelVerdict, generation: u32) -> 
         (f.refused, FLAG_COUNT_REFUSED),
         (f.timeout, FLAG_COUNT_TIMEOUT),
         (f.unreachable, FLAG_COUNT_UNREACHABLE),
+        (f.local, FLAG_COUNT_LOCAL),
     ] {
         if on {
             flags |= flag;

@@ -25,6 +25,7 @@ fn counts(attempts: u64, ok: u64, refused: u64, timeout: u64, rejected: [u64; 3]
             timeout,
             unreachable: 0,
             reset: 0,
+            local: 0,
         },
         rejected: Rejected {
             breaker: rejected[0],

@@ -258,7 +258,7 @@ pub fn render(s: &Snapshot) -> String {
         &mut out,
         "resilience_connect_failures_total",
         "counter",
-        "Failed connects by reason (refused, timeout, unreachable, reset).",
+        "Failed connects by reason (refused, timeout, unreachable, reset, local).",
     );
     for d in dests {
         let x = &d.counts.failures;
@@ -267,6 +267,7 @@ pub fn render(s: &Snapshot) -> String {
             ("timeout", x.timeout),
             ("unreachable", x.unreachable),
             ("reset", x.reset),
+            ("local", x.local),
         ] {
             f.sample(
                 "resilience_connect_failures_total",

@@ -329,6 +329,10 @@ pub struct Failures {
     pub timeout: u64,
     pub unreachable: u64,
     pub reset: u64,
+    /// Failed before the SYN left the host (no route, no local port, refused by a program on
+    /// an enclosing cgroup).
+    #[serde(default)]
+    pub local: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -376,6 +380,7 @@ impl Counts {
                 timeout: c.timeout,
                 unreachable: c.unreachable,
                 reset: c.reset,
+                local: c.local,
             },
             rejected: by_reason(&c.rejected),
             would_reject: by_reason(&c.would_reject),

@@ -41,7 +41,11 @@ fn accepted_keys(policy: &str) -> BTreeSet<String> {
         .split(", expected ")
         .nth(1)
         .unwrap_or_else(|| panic!("no list of keys in {err:?}"));
-    list.split('`').skip(1).step_by(2).map(str::to_string).collect()
+    list.split('`')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_string)
+        .collect()
 }
 
 const DEST: &str = "[[destination]]\nname = \"a\"\nmatch = [\"127.0.0.1:80\"]\n";
@@ -52,9 +56,18 @@ fn every_policy_key_table_matches_the_parser() {
         ("daemon", "[daemon]\nunknown_key = 1\n".to_string()),
         ("defaults", "[defaults]\nunknown_key = 1\n".to_string()),
         ("destination", format!("{DEST}unknown_key = 1\n")),
-        ("breaker", format!("{DEST}[destination.breaker]\nunknown_key = 1\n")),
-        ("rate_limit", format!("{DEST}[destination.rate_limit]\nrate = 1.0\nunknown_key = 1\n")),
-        ("bulkhead", format!("{DEST}[destination.bulkhead]\nmax_concurrent = 1\nunknown_key = 1\n")),
+        (
+            "breaker",
+            format!("{DEST}[destination.breaker]\nunknown_key = 1\n"),
+        ),
+        (
+            "rate_limit",
+            format!("{DEST}[destination.rate_limit]\nrate = 1.0\nunknown_key = 1\n"),
+        ),
+        (
+            "bulkhead",
+            format!("{DEST}[destination.bulkhead]\nmax_concurrent = 1\nunknown_key = 1\n"),
+        ),
     ];
     for (marker, policy) in tables {
         let documented = first_column(&format!("keys: {marker}"));
@@ -80,7 +93,11 @@ fn the_metric_table_matches_what_the_endpoint_serves() {
         .map(str::to_string)
         .collect();
     assert!(served.len() > 10, "{served:?}");
-    assert_eq!(first_column("metrics"), served, "README (left) against /metrics (right)");
+    assert_eq!(
+        first_column("metrics"),
+        served,
+        "README (left) against /metrics (right)"
+    );
 }
 
 /// `resilience run [--config FILE] ...` lines: the subcommand and its long flags.
@@ -124,15 +141,30 @@ fn the_cli_synopsis_matches_the_commands() {
             (c.get_name().to_string(), flags)
         })
         .collect();
-    let names = |v: &[(String, BTreeSet<String>)]| v.iter().map(|(n, _)| n.clone()).collect::<BTreeSet<_>>();
-    assert_eq!(names(&documented), names(&real), "README (left) against clap (right)");
+    let names = |v: &[(String, BTreeSet<String>)]| {
+        v.iter().map(|(n, _)| n.clone()).collect::<BTreeSet<_>>()
+    };
+    assert_eq!(
+        names(&documented),
+        names(&real),
+        "README (left) against clap (right)"
+    );
     for (name, flags) in &real {
-        let doc = &documented.iter().find(|(n, _)| n == name).expect("checked above").1;
-        assert_eq!(doc, flags, "resilience {name}: README (left) against clap (right)");
+        let doc = &documented
+            .iter()
+            .find(|(n, _)| n == name)
+            .expect("checked above")
+            .1;
+        assert_eq!(
+            doc, flags,
+            "resilience {name}: README (left) against clap (right)"
+        );
     }
     // The flags said once for all commands exist.
     for global in ["--socket", "--log-format"] {
         assert!(README.contains(global));
     }
-    assert!(cli.get_arguments().any(|a| a.get_long() == Some("log-format")));
+    assert!(cli
+        .get_arguments()
+        .any(|a| a.get_long() == Some("log-format")));
 }

@@ -10,7 +10,7 @@ use aya_ebpf::{
     EbpfContext,
 };
 use resilience_common::{
-    conn::{CONN_CONNECTING, OUTCOME_UNREACHABLE, SLOT_OBSERVED, TRACK_HELD, TRACK_PROBE},
+    conn::{CONN_CONNECTING, OUTCOME_LOCAL, SLOT_OBSERVED, TRACK_HELD, TRACK_PROBE},
     control::{LOOKUP_CIDR_ANY, LOOKUP_CIDR_PORT, LOOKUP_EXACT},
     dest::{
         ACTION_PROBE, ACTION_REJECT, FLAG_BULKHEAD, FLAG_DRY_RUN, FLAG_RATE_LIMIT, REJECT_BREAKER,
@@ -39,6 +39,13 @@ const BPF_ANY: u64 = 0;
 const BPF_NOEXIST: u64 = 1;
 
 pub fn on_connect(ctx: &SockAddrContext, ep: Endpoint) -> i32 {
+    // A program on an inner cgroup (another daemon's, or anyone's) ran first and refused this
+    // connect: it fails whatever we say, so it is nobody's attempt here. Returning ALLOW keeps
+    // that refusal's errno.
+    // SAFETY: the helper has no preconditions in cgroup programs.
+    if unsafe { aya_ebpf::helpers::generated::bpf_get_retval() } != 0 {
+        return ALLOW;
+    }
     // SAFETY: the helper has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     let Some(control) = CONTROL.get(0) else {
@@ -336,7 +343,9 @@ macro_rules! tracking {
                 let old: ConnTrack = unsafe { *old };
                 // Whoever deletes the entry counts its outcome, so it is counted once.
                 if <$t>::remove(self, cookie).is_ok() {
-                    settle(&old, OUTCOME_UNREACHABLE, 0, now, set);
+                    // connect() runs the hook again only on a socket whose last attempt
+                    // never got a SYN out (the kernel refuses it on a connecting socket).
+                    settle(&old, OUTCOME_LOCAL, 0, now, set);
                 }
                 true
             }

@@ -4,10 +4,14 @@
 
 use resilience_common::{
     conn::{
-        OUTCOME_ABANDONED, OUTCOME_CLOSED, OUTCOME_REFUSED, OUTCOME_RESET, OUTCOME_SUCCESS,
-        OUTCOME_TIMEOUT, OUTCOME_UNREACHABLE, SLOT_OBSERVED, TRACK_HELD, TRACK_PROBE, TRACK_SLOW,
+        OUTCOME_ABANDONED, OUTCOME_CLOSED, OUTCOME_LOCAL, OUTCOME_REFUSED, OUTCOME_RESET,
+        OUTCOME_SUCCESS, OUTCOME_TIMEOUT, OUTCOME_UNREACHABLE, SLOT_OBSERVED, TRACK_HELD,
+        TRACK_PROBE, TRACK_SLOW,
     },
-    dest::{latency_bucket, FLAG_COUNT_REFUSED, FLAG_COUNT_TIMEOUT, FLAG_COUNT_UNREACHABLE},
+    dest::{
+        latency_bucket, FLAG_COUNT_LOCAL, FLAG_COUNT_REFUSED, FLAG_COUNT_TIMEOUT,
+        FLAG_COUNT_UNREACHABLE,
+    },
     ConnTrack, DestCounters, DestPolicy, OutcomeEvent,
 };
 
@@ -104,6 +108,7 @@ pub fn settle(c: &ConnTrack, outcome: u32, err: u32, now: u64, set: u32) {
         OUTCOME_REFUSED => p.flags & FLAG_COUNT_REFUSED != 0,
         OUTCOME_TIMEOUT => p.flags & FLAG_COUNT_TIMEOUT != 0,
         OUTCOME_UNREACHABLE => p.flags & FLAG_COUNT_UNREACHABLE != 0,
+        OUTCOME_LOCAL => p.flags & FLAG_COUNT_LOCAL != 0,
         _ => false,
     };
     if counted {
@@ -121,6 +126,7 @@ fn count_end(counters: *mut DestCounters, outcome: u32) {
             OUTCOME_REFUSED => &raw mut (*counters).refused,
             OUTCOME_TIMEOUT => &raw mut (*counters).timeout,
             OUTCOME_UNREACHABLE => &raw mut (*counters).unreachable,
+            OUTCOME_LOCAL => &raw mut (*counters).local,
             OUTCOME_ABANDONED => &raw mut (*counters).abandoned,
             _ => &raw mut (*counters).closed,
         };

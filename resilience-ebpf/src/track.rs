@@ -12,8 +12,8 @@ use aya_ebpf::{
 };
 use resilience_common::{
     conn::{
-        CONN_CONNECTING, CONN_ESTABLISHED, OUTCOME_ABANDONED, OUTCOME_CLOSED, OUTCOME_REFUSED,
-        OUTCOME_RESET, OUTCOME_TIMEOUT, OUTCOME_UNREACHABLE, TRACK_ARMED,
+        CONN_CONNECTING, CONN_ESTABLISHED, OUTCOME_ABANDONED, OUTCOME_CLOSED, OUTCOME_LOCAL,
+        OUTCOME_REFUSED, OUTCOME_RESET, OUTCOME_TIMEOUT, OUTCOME_UNREACHABLE, TRACK_ARMED,
     },
     ConnTrack,
 };
@@ -175,8 +175,10 @@ fn release(map: &impl Conns, cookie: u64, state: u32) -> bool {
     }
     if map.delete(cookie) {
         let now = unsafe { bpf_ktime_get_ns() };
+        // Never armed and closed: the connect failed before its SYN left (no route, no local
+        // port, or refused by a program on an enclosing cgroup).
         let outcome = if state == TCP_CLOSE {
-            OUTCOME_UNREACHABLE
+            OUTCOME_LOCAL
         } else {
             OUTCOME_ABANDONED
         };

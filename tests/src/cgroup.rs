@@ -26,6 +26,14 @@ impl Cgroup {
         Cgroup { path }
     }
 
+    /// A cgroup inside this one (drop it before its parent).
+    pub fn child(&self, name: &str) -> Cgroup {
+        let path = self.path.join(name);
+        std::fs::create_dir(&path)
+            .unwrap_or_else(|e| panic!("creating cgroup {}: {e}", path.display()));
+        Cgroup { path }
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -382,6 +382,7 @@ fn check(d: &Daemon, report: &mut Report, fo_before: u64, fo_after: u64) {
             + n(&f["refused"])
             + n(&f["timeout"])
             + n(&f["unreachable"])
+            + n(&f["local"])
             + n(&v["untracked"])
             + n(&v["abandoned"]);
         if n(&v["attempts"]) != rejected + ended {

@@ -360,8 +360,11 @@ fn a_connect_that_fails_before_its_syn_is_counted_and_gives_its_place_back() {
         "{text}"
     );
     // 8 > max_concurrent: every place came back, each time.
-    let v = d.wait_dest("far", |v| v["failures"]["unreachable"] == 8);
-    assert_eq!(v["failures"]["unreachable"], 8, "{v:#}");
+    let v = d.wait_dest("far", |v| v["failures"]["local"] == 8);
+    assert_eq!(
+        v["failures"]["local"], 8,
+        "no route: failed on this host: {v:#}"
+    );
     assert_eq!(v["active"], 0, "{v:#}");
     assert_eq!(v["rejected"]["bulkhead"], 0, "{v:#}");
 }

@@ -13,9 +13,9 @@ fn ms(v: Option<f64>) -> String {
     v.map_or("-".into(), |v| format!("{v:.2}"))
 }
 
-/// One line of the status table: 14 cells, each padded to its column.
-fn line(out: &mut String, cells: [&str; 14]) {
-    const WIDTHS: [usize; 14] = [24, 11, 9, 9, 9, 8, 8, 8, 6, 9, 9, 8, 8, 8];
+/// One line of the status table: 15 cells, each padded to its column.
+fn line(out: &mut String, cells: [&str; 15]) {
+    const WIDTHS: [usize; 15] = [24, 11, 9, 9, 9, 8, 8, 8, 6, 6, 9, 9, 8, 8, 8];
     for (i, (cell, w)) in cells.iter().zip(WIDTHS).enumerate() {
         let sep = if i == 0 { "" } else { " " };
         // Names and words left-aligned, numbers right-aligned.
@@ -28,7 +28,7 @@ fn line(out: &mut String, cells: [&str; 14]) {
     out.push('\n');
 }
 
-fn counts_cells(c: &crate::snapshot::Counts) -> [String; 6] {
+fn counts_cells(c: &crate::snapshot::Counts) -> [String; 7] {
     let f = &c.failures;
     [
         c.attempts,
@@ -36,6 +36,7 @@ fn counts_cells(c: &crate::snapshot::Counts) -> [String; 6] {
         f.refused,
         f.timeout,
         f.unreachable,
+        f.local,
         f.reset,
     ]
     .map(|n| n.to_string())
@@ -54,6 +55,7 @@ pub fn status(s: &Snapshot) -> String {
             "REFUSED",
             "TIMEOUT",
             "UNREACH",
+            "LOCAL",
             "RESET",
             "REJECTED",
             "TOKENS",
@@ -88,6 +90,7 @@ pub fn status(s: &Snapshot) -> String {
                 &n[3],
                 &n[4],
                 &n[5],
+                &n[6],
                 &rejected,
                 &tokens,
                 &active,
@@ -103,8 +106,8 @@ pub fn status(s: &Snapshot) -> String {
         line(
             &mut out,
             [
-                &o.address, "observed", "-", &n[0], &n[1], &n[2], &n[3], &n[4], &n[5], "0", "-",
-                &active, "-", "-",
+                &o.address, "observed", "-", &n[0], &n[1], &n[2], &n[3], &n[4], &n[5], &n[6], "0",
+                "-", &active, "-", "-",
             ],
         );
     }

@@ -24,18 +24,22 @@ pub enum FailureClass {
     Refused,
     /// The kernel gave up on SYN retries, or the application did.
     Timeout,
-    /// An ICMP error, or no route or local port before the SYN.
+    /// An ICMP error after the SYN went out.
     Unreachable,
+    /// The connect failed before its SYN left the host (no route, no local port, refused by
+    /// a program on an enclosing cgroup).
+    Local,
     /// An established connection ended by a reset.
     Reset,
 }
 
 impl FailureClass {
-    pub const ALL: [FailureClass; 4] = [
+    pub const ALL: [FailureClass; 5] = [
         FailureClass::Refused,
         FailureClass::Timeout,
         FailureClass::Unreachable,
         FailureClass::Reset,
+        FailureClass::Local,
     ];
 
     /// The name in the policy file, status JSON and metrics labels.
@@ -45,6 +49,7 @@ impl FailureClass {
             FailureClass::Timeout => "timeout",
             FailureClass::Unreachable => "unreachable",
             FailureClass::Reset => "reset",
+            FailureClass::Local => "local",
         }
     }
 
@@ -60,6 +65,7 @@ pub struct FailureClasses {
     pub timeout: bool,
     pub unreachable: bool,
     pub reset: bool,
+    pub local: bool,
 }
 
 impl FailureClasses {
@@ -69,6 +75,7 @@ impl FailureClasses {
             FailureClass::Timeout => self.timeout,
             FailureClass::Unreachable => self.unreachable,
             FailureClass::Reset => self.reset,
+            FailureClass::Local => self.local,
         }
     }
 
@@ -90,6 +97,8 @@ impl Default for FailureClasses {
             timeout: true,
             unreachable: true,
             reset: false,
+            // A failure that never left the host says nothing about the destination.
+            local: false,
         }
     }
 }
@@ -347,6 +356,7 @@ impl RawBreaker {
                     timeout: false,
                     unreachable: false,
                     reset: false,
+                    local: false,
                 };
                 for class in list.get_ref() {
                     match FailureClass::from_name(class.get_ref()) {
@@ -354,6 +364,7 @@ impl RawBreaker {
                         Some(FailureClass::Timeout) => f.timeout = true,
                         Some(FailureClass::Unreachable) => f.unreachable = true,
                         Some(FailureClass::Reset) => f.reset = true,
+                        Some(FailureClass::Local) => f.local = true,
                         None => {
                             let known: Vec<String> = FailureClass::ALL
                                 .iter()

@@ -133,9 +133,15 @@ mod tests {
         )
         .expect("policy");
         let text = super::to_text(&p);
-        assert!(text.contains("minimum_calls=3 (of 5: the window holds 3)"), "{text}");
+        assert!(
+            text.contains("minimum_calls=3 (of 5: the window holds 3)"),
+            "{text}"
+        );
         let json = super::to_json(&p);
         assert_eq!(json["destinations"][0]["breaker"]["minimum_calls"], 5);
-        assert_eq!(json["destinations"][0]["breaker"]["effective_minimum_calls"], 3);
+        assert_eq!(
+            json["destinations"][0]["breaker"]["effective_minimum_calls"],
+            3
+        );
     }
 }

@@ -44,6 +44,7 @@ pub fn outcome(ev: &OutcomeEvent, failures: crate::config::FailureClasses) -> Op
         conn::OUTCOME_REFUSED => failure(FailureClass::Refused),
         conn::OUTCOME_TIMEOUT => failure(FailureClass::Timeout),
         conn::OUTCOME_UNREACHABLE => failure(FailureClass::Unreachable),
+        conn::OUTCOME_LOCAL => failure(FailureClass::Local),
         conn::OUTCOME_RESET => failure(FailureClass::Reset),
         _ => return None,
     })
@@ -75,7 +76,21 @@ pub fn feed(
         if seen.insert(i) {
             touched.push(i);
         }
-        let Some(o) = outcome(ev, d.def.breaker.failures) else {
+        let o = outcome(ev, d.def.breaker.failures);
+        let judged = matches!(
+            o,
+            Some(Outcome::Success { .. } | Outcome::Failure { counted: true, .. })
+        );
+        // A reset is a second record of a connect already judged by its first.
+        if ev.flags & conn::TRACK_PROBE != 0
+            && !judged
+            && ev.outcome != conn::OUTCOME_RESET
+            && d.breaker
+                .returns_probe(ev.ts_ns.saturating_sub(ev.latency_ns))
+        {
+            arrays.give_back_probe(d.slot);
+        }
+        let Some(o) = o else {
             continue;
         };
         if let Outcome::Success { latency_ns, .. } = o {

@@ -233,6 +233,14 @@ impl Breaker {
         self.since_ns
     }
 
+    /// A probe admitted at `admitted_ns` that ended without a verdict (a failure class the
+    /// breaker ignores, or closed before its SYN): if it belongs to this half-open round, its
+    /// place in the probe budget goes back, as Resilience4j releases the permission of an
+    /// ignored call. Else the round could never collect its successes.
+    pub fn returns_probe(&self, admitted_ns: u64) -> bool {
+        self.state == State::HalfOpen && admitted_ns >= self.since_ns
+    }
+
     pub fn open_until_ns(&self) -> Option<u64> {
         (self.state == State::Open).then_some(self.open_until_ns)
     }
@@ -595,6 +603,24 @@ mod tests {
         };
         assert!(feed(&mut b, 0, &[reset; 20]).is_empty());
         assert_eq!(b.state(), State::Closed);
+    }
+
+    /// Only probes of the current half-open round give their place back.
+    #[test]
+    fn an_unjudged_probe_goes_back_only_within_its_round() {
+        let mut j = Fixed(0.5);
+        let mut b = Breaker::new(cfg(), Mode::Enforce, 0);
+        assert!(!b.returns_probe(0), "closed: no probes");
+        b.trip(MS, &mut j);
+        assert!(!b.returns_probe(2 * MS), "open: no probes");
+        let half_open_at = 60 * 1000 * MS;
+        assert!(b.on_tick(half_open_at).is_some());
+        assert_eq!(b.state(), State::HalfOpen);
+        assert!(b.returns_probe(half_open_at + MS));
+        assert!(
+            !b.returns_probe(half_open_at - MS),
+            "a probe of an earlier round"
+        );
     }
 
     /// A connect that succeeds and is then reset is one call, a failure: with resets counted,

@@ -14,10 +14,14 @@ pub fn check() -> Result<()> {
     }
     if !is_program_supported(ProgramType::CgroupSockAddr).unwrap_or(false) {
         missing.push("cgroup sock_addr programs (CONFIG_CGROUP_BPF=y, Linux 4.17+)");
-    } else if !is_helper_supported(ProgramType::CgroupSockAddr, BpfHelper::BPF_FUNC_set_retval)
-        .unwrap_or(false)
+    } else if ![
+        BpfHelper::BPF_FUNC_set_retval,
+        BpfHelper::BPF_FUNC_get_retval,
+    ]
+    .into_iter()
+    .all(|h| is_helper_supported(ProgramType::CgroupSockAddr, h).unwrap_or(false))
     {
-        missing.push("bpf_set_retval in cgroup programs (Linux 5.18+)");
+        missing.push("bpf_set_retval and bpf_get_retval in cgroup programs (Linux 5.18+)");
     }
     if !is_program_supported(ProgramType::SockOps).unwrap_or(false) {
         missing.push("sock_ops programs (CONFIG_CGROUP_BPF=y, Linux 4.13+)");

@@ -219,6 +219,13 @@ impl Arrays {
         }
     }
 
+    /// One probe back into the budget the hook takes from.
+    pub fn give_back_probe(&self, slot: u32) {
+        if let Some(a) = self.probes.atomic(slot) {
+            a.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
     pub fn probes(&self, slot: u32) -> u64 {
         self.probes.get(slot).unwrap_or(0)
     }

@@ -54,7 +54,7 @@ pub struct Prev {
 
 pub fn failures(c: &Counts) -> u64 {
     let f = &c.failures;
-    f.refused + f.timeout + f.unreachable + f.reset
+    f.refused + f.timeout + f.unreachable + f.reset + f.local
 }
 
 pub fn prev_of(c: &Counts) -> Prev {

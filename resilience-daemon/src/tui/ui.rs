@@ -524,8 +524,8 @@ fn summary(d: &DestinationStatus, row: Option<&Row>) -> Paragraph<'static> {
         Line::from(first),
         Line::raw(format!("match {to}   rejects with {}", d.reject_errno)),
         Line::raw(format!(
-            "attempts {}  ok {}  refused {}  timeout {}  unreachable {}  reset {}  slow {}  rejected {}/{}/{} (breaker/rate/bulkhead)  active {}",
-            c.attempts, c.successes, x.refused, x.timeout, x.unreachable, x.reset, c.slow,
+            "attempts {}  ok {}  refused {}  timeout {}  unreachable {}  local {}  reset {}  slow {}  rejected {}/{}/{} (breaker/rate/bulkhead)  active {}",
+            c.attempts, c.successes, x.refused, x.timeout, x.unreachable, x.local, x.reset, c.slow,
             r.breaker, r.rate_limit, r.bulkhead, c.active
         )),
     ];
