@@ -223,6 +223,8 @@ pub fn fixture() -> Snapshot {
             policy_file: Some("/etc/resilience/policy.toml".into()),
             stale_records: 0,
             reconciled: 0,
+            cgroup: Some("/sys/fs/cgroup/system.slice".into()),
+            attached: true,
         },
         events: vec![
             EventRecord {

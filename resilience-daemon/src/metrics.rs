@@ -409,6 +409,12 @@ pub fn render(s: &Snapshot) -> String {
             s.daemon.reload_failures,
         ),
         (
+            "resilience_cgroup_attached",
+            "gauge",
+            "1 while the programs are attached to the guarded cgroup; 0 after it was removed, until it is created again.",
+            u64::from(s.daemon.attached),
+        ),
+        (
             "resilience_observed_destinations",
             "gauge",
             "Destinations seen that no policy names (see `resilience status`).",

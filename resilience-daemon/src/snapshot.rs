@@ -133,6 +133,17 @@ pub struct DaemonStats {
     /// back).
     #[serde(default)]
     pub reconciled: u64,
+    /// The guarded cgroup's path.
+    #[serde(default)]
+    pub cgroup: Option<String>,
+    /// Whether the programs are attached to the directory at that path now (false after the
+    /// cgroup was removed, until it is created again).
+    #[serde(default = "yes")]
+    pub attached: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

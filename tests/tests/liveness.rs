@@ -241,6 +241,10 @@ fn places_never_leak_beyond_the_tracking_capacity() {
     );
     assert_eq!(v["untracked"], 476, "{v:#}");
     assert_eq!(d.status()["kernel"]["untracked"], 476);
+    // The operator hears of it, with what to do (the loop notes it within a tick).
+    std::thread::sleep(Duration::from_millis(300));
+    let events = d.status()["events"].to_string();
+    assert!(events.contains("raise max_connections"), "{events}");
     for h in holders {
         assert!(h.wait().iter().all(|o| o.ok));
     }

@@ -47,7 +47,10 @@ use crate::{
     config::{self, MatchKind, Mode, Policy},
     control::{self, Command},
     engine::XorShift,
-    kernel::{monotonic_ns, reconcile, Kernel, LoadOptions, Tables},
+    kernel::{
+        attach::{Attachment, CgroupChange},
+        monotonic_ns, reconcile, Kernel, LoadOptions, Tables,
+    },
     protocol::{Reply, Request},
 };
 
@@ -105,6 +108,7 @@ pub async fn run(mut opts: RunOptions) -> Result<()> {
         max_connections: settings.max_connections,
     })?;
     let ring = kernel.events.take().context("map EVENTS already taken")?;
+    let mut attachment = kernel.attachment;
     let arrays = kernel.tables.arrays.clone();
     let lease = Lease::start(arrays.clone(), settings.lease)?;
 
@@ -234,6 +238,7 @@ pub async fn run(mut opts: RunOptions) -> Result<()> {
             // Polling rather than inotify: it also sees an editor's rename-over and a config
             // management tool's replace, and costs one stat per second.
             _ = watch.tick() => {
+                watch_cgroup(&mut attachment, &mut journal);
                 let now = config_path.as_deref().and_then(file_stamp);
                 if now.is_some() && now != stamp {
                     stamp = now;
@@ -280,6 +285,8 @@ pub async fn run(mut opts: RunOptions) -> Result<()> {
                             started,
                             lease: settings.lease,
                             config_path: config_path.as_deref(),
+                            cgroup: attachment.cgroup(),
+                            attached: attachment.attached(),
                         };
                         let r = match view::snapshot(&mut d, &mut revisions, &journal, &info, since, instance) {
                             Ok(s) => Reply::Snapshot { field, snapshot: Box::new(s) },
@@ -454,6 +461,30 @@ fn feed(records: &[OutcomeEvent], d: &mut Daemon, journal: &mut Journal, jitter:
 }
 
 /// Open -> half-open with the clock; a time window's fuse moves with the clock too.
+/// A removed cgroup takes the programs with it (systemd removes a service's cgroup when it
+/// stops and makes a new one when it starts): say so, and attach to the new one.
+fn watch_cgroup(attachment: &mut Attachment, journal: &mut Journal) {
+    let cg = attachment.cgroup().display().to_string();
+    match attachment.watch() {
+        None => {}
+        Some(Ok(CgroupChange::Removed)) => journal.warn(
+            "cgroup",
+            format!(
+                "guarded cgroup {cg} was removed: no connect is guarded until a cgroup is \
+                 created there again"
+            ),
+        ),
+        Some(Ok(CgroupChange::Attached)) => journal.note(
+            "cgroup",
+            format!("guarded cgroup {cg} was created again: programs attached to it"),
+        ),
+        Some(Err(e)) => journal.warn(
+            "cgroup",
+            format!("cannot attach to the cgroup at {cg}: {e:#} (retrying every second)"),
+        ),
+    }
+}
+
 fn on_tick(d: &mut Daemon, journal: &mut Journal) {
     let now = monotonic_ns();
     let arrays = d.tables.arrays.clone();
@@ -474,6 +505,8 @@ fn on_tick(d: &mut Daemon, journal: &mut Journal) {
 struct Losses {
     lost: u64,
     fail_open: u64,
+    untracked: u64,
+    hook_errors: u64,
 }
 
 impl Losses {
@@ -482,6 +515,8 @@ impl Losses {
         Losses {
             lost: s.ringbuf_lost,
             fail_open: s.fail_open,
+            untracked: s.untracked,
+            hook_errors: s.hook_errors,
         }
     }
 
@@ -501,6 +536,21 @@ impl Losses {
                 format!(
                     "fail-open: {n} connects let through unguarded (the daemon missed its lease)"
                 ),
+            );
+        }
+        if let Some(n) = grew(stats.untracked, &mut self.untracked) {
+            journal.warn(
+                "kernel",
+                format!(
+                    "{n} connects let through untracked (the tracking map is full: raise \
+                     max_connections); bulkheads do not count them"
+                ),
+            );
+        }
+        if let Some(n) = grew(stats.hook_errors, &mut self.hook_errors) {
+            journal.warn(
+                "kernel",
+                format!("{n} internal errors in the connect hook (each connect was allowed)"),
             );
         }
     }

@@ -35,6 +35,8 @@ pub struct Info<'a> {
     pub started: Instant,
     pub lease: Duration,
     pub config_path: Option<&'a std::path::Path>,
+    pub cgroup: &'a std::path::Path,
+    pub attached: bool,
 }
 
 /// The bookkeeping deltas need.
@@ -271,6 +273,8 @@ pub fn snapshot(
             policy_file: info.config_path.map(|p| p.display().to_string()),
             stale_records: daemon.intake.stale,
             reconciled: daemon.reconciled,
+            cgroup: Some(info.cgroup.display().to_string()),
+            attached: info.attached,
         },
         events,
     })

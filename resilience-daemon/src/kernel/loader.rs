@@ -1,16 +1,13 @@
 //! Load the object, reuse or create the pinned maps, attach the programs.
 
-use std::{fs::File, path::PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use aya::{
-    maps::RingBuf,
-    programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, SockOps},
-    EbpfLoader,
-};
+use aya::{maps::RingBuf, EbpfLoader};
 use resilience_common::maps;
 
 use super::{
+    attach::Attachment,
     btf::Btf,
     features,
     fs::{self, PinLock},
@@ -27,8 +24,8 @@ pub struct LoadOptions {
 
 /// The loaded programs (attached while this lives) and their maps.
 pub struct Kernel {
-    /// Dropping it detaches every program.
-    _ebpf: aya::Ebpf,
+    /// The programs, attached to the guarded cgroup; dropping it detaches them.
+    pub attachment: Attachment,
     _lock: PinLock,
     pub tables: Tables,
     /// Taken by the daemon's event loop.
@@ -61,44 +58,9 @@ impl Kernel {
             .arrays
             .heartbeat(super::monotonic_ns(), opts.lease_ns)?;
 
-        let cgroup = File::open(&opts.cgroup)
-            .with_context(|| format!("opening cgroup {}", opts.cgroup.display()))?;
-        let attach_error = |name: &str| {
-            format!(
-                "attaching program {name} to cgroup {}",
-                opts.cgroup.display()
-            )
-        };
-        // Outcome trackers first: no connect is let through before its outcome can be counted.
-        let ops: &mut SockOps = ebpf
-            .program_mut("sock_ops")
-            .context("program sock_ops missing")?
-            .try_into()?;
-        ops.load().context("loading program sock_ops")?;
-        ops.attach(&cgroup, CgroupAttachMode::Single)
-            .with_context(|| attach_error("sock_ops"))?;
-        let release: &mut CgroupSock = ebpf
-            .program_mut("sock_release")
-            .context("program sock_release missing")?
-            .try_into()?;
-        release.load().context("loading program sock_release")?;
-        release
-            .attach(&cgroup, CgroupAttachMode::Single)
-            .with_context(|| attach_error("sock_release"))?;
-        for name in ["connect4", "connect6"] {
-            let prog: &mut CgroupSockAddr = ebpf
-                .program_mut(name)
-                .with_context(|| format!("program {name} missing"))?
-                .try_into()?;
-            prog.load()
-                .with_context(|| format!("loading program {name}"))?;
-            // A bpf_link attach always coexists with other programs on the cgroup; the kernel
-            // refuses the legacy BPF_F_ALLOW_MULTI flag on links, so the mode is "Single" (0).
-            prog.attach(&cgroup, CgroupAttachMode::Single)
-                .with_context(|| attach_error(name))?;
-        }
+        let attachment = Attachment::new(ebpf, &opts.cgroup)?;
         Ok(Kernel {
-            _ebpf: ebpf,
+            attachment,
             _lock: lock,
             tables,
             events: Some(events),

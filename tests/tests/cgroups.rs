@@ -1,4 +1,7 @@
-//! Privileged: two daemons on nested cgroups. The kernel runs the inner cgroup's programs
+//! Privileged: how the daemon lives with cgroups. A guarded cgroup removed and created again
+//! (what systemd does to a service's cgroup on restart) is guarded again.
+//!
+//! Two daemons on nested cgroups. The kernel runs the inner cgroup's programs
 //! first, then the outer's, and a connect fails if either rejects it. Each daemon must count
 //! only what it decided and what really happened: a connect the other daemon rejected is
 //! neither an attempt nor a failure of the destination.
@@ -103,4 +106,62 @@ fn a_connect_rejected_by_the_other_daemon_counts_nowhere_else() {
     let i = inner.wait_dest("svc", |v| v["successes"] == 4);
     assert_eq!(i["state"], "closed", "{i:#}");
     outer.wait_dest("svc", |v| v["successes"] == 4);
+}
+
+#[test]
+fn a_guarded_cgroup_created_again_is_guarded_again() {
+    if !privileged("cgroup_recreated") {
+        return;
+    }
+    let server = Server::start("127.0.0.161:0");
+    let parent = Cgroup::new("recreated");
+    let service = parent.child("service");
+    let pins = PinDir::new("recreated");
+    let d = Daemon::start(
+        "recreated",
+        service.path(),
+        &pins,
+        &policy(server.addr, "forced-open", "1h"),
+        "2s",
+    );
+    let rejected = |why: &str| {
+        let got = connect_from(service.path(), &[server.addr], 1, SECOND);
+        assert_eq!(got[0].errno, libc::ECONNREFUSED, "{why}: {got:?}");
+    };
+    rejected("at start");
+    assert_eq!(d.status()["daemon"]["attached"], true);
+
+    // The service stops: its cgroup goes. The daemon says so.
+    std::fs::remove_dir(service.path()).expect("rmdir the service's cgroup");
+    let removed = wait_for(|| d.status()["daemon"]["attached"] == false);
+    assert!(removed, "{:#}", d.status()["daemon"]);
+    let events = d.status()["events"].to_string();
+    assert!(
+        events.contains("was removed: no connect is guarded"),
+        "{events}"
+    );
+
+    // It starts again: a new cgroup at the same path, guarded within a second or two.
+    std::fs::create_dir(service.path()).expect("mkdir the service's cgroup again");
+    let back = wait_for(|| d.status()["daemon"]["attached"] == true);
+    assert!(back, "{:#}", d.status()["daemon"]);
+    rejected("after the cgroup came back");
+    let v = d.dest("svc");
+    assert_eq!(v["rejected"]["breaker"], 2, "{v:#}");
+    let events = d.status()["events"].to_string();
+    assert!(
+        events.contains("was created again: programs attached"),
+        "{events}"
+    );
+}
+
+fn wait_for(pred: impl Fn() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while std::time::Instant::now() < deadline {
+        if pred() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
 }
