@@ -293,6 +293,9 @@ pub fn run(seconds: u64) -> Report {
             d.kill();
             // Held connections close while no daemon runs.
             std::thread::sleep(Duration::from_millis(600));
+            // A daemon refuses to start on a broken file (the file in place may be the broken
+            // one of the rotation): restart it as systemd would, after its check passes.
+            std::fs::write(&d.config, &a).expect("write policy");
             d.start_again();
             pid.store(u64::from(d.pid().unwrap_or(0)), Ordering::Relaxed);
             report.restarts += 1;
@@ -316,6 +319,9 @@ pub fn run(seconds: u64) -> Report {
             killed2 = true;
             d.kill();
             std::thread::sleep(Duration::from_millis(600));
+            // A daemon refuses to start on a broken file (the file in place may be the broken
+            // one of the rotation): restart it as systemd would, after its check passes.
+            std::fs::write(&d.config, &a).expect("write policy");
             d.start_again();
             pid.store(u64::from(d.pid().unwrap_or(0)), Ordering::Relaxed);
             report.restarts += 1;
