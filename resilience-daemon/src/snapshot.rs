@@ -375,6 +375,33 @@ pub struct KernelStats {
     pub stale: u64,
 }
 
+/// A quantile of the kernel's log2 latency histogram, for destinations the daemon keeps no
+/// samples of (observed ones): interpolated within its bucket, as Prometheus'
+/// histogram_quantile does, so within a factor of two of the truth.
+pub fn histogram_quantile_ms(h: &[u64], q: f64) -> Option<f64> {
+    let total: u64 = h.iter().sum();
+    if total == 0 {
+        return None;
+    }
+    let rank = q * total as f64;
+    let mut below = 0u64;
+    for (i, &n) in h.iter().enumerate() {
+        if n > 0 && (below + n) as f64 >= rank {
+            // Bucket i holds [2^(i-1), 2^i) µs; bucket 0 holds [0, 1) µs.
+            let lo = if i == 0 {
+                0.0
+            } else {
+                (1u64 << (i - 1)) as f64
+            };
+            let hi = (1u64 << i) as f64;
+            let within = ((rank - below as f64) / n as f64).clamp(0.0, 1.0);
+            return Some((lo + (hi - lo) * within) / 1000.0);
+        }
+        below += n;
+    }
+    None
+}
+
 impl Counts {
     pub fn new(c: &DestCounters, samples: Option<&Samples>, active: u64) -> Counts {
         let by_reason = |r: &[u64; 3]| Rejected {
@@ -401,8 +428,14 @@ impl Counts {
             untracked: c.untracked,
             abandoned: c.abandoned,
             latency_ms: Latency {
-                p50: samples.and_then(|s| s.quantile_ms(0.50)),
-                p99: samples.and_then(|s| s.quantile_ms(0.99)),
+                p50: match samples {
+                    Some(s) => s.quantile_ms(0.50),
+                    None => histogram_quantile_ms(&c.latency_log2_us, 0.50),
+                },
+                p99: match samples {
+                    Some(s) => s.quantile_ms(0.99),
+                    None => histogram_quantile_ms(&c.latency_log2_us, 0.99),
+                },
                 mean: (c.successes > 0).then(|| c.latency_sum_ns as f64 / c.successes as f64 / 1e6),
             },
             latency_histogram: c.latency_log2_us.to_vec(),
@@ -469,5 +502,23 @@ mod tests {
         assert_eq!(base.events.len(), events + 1, "only the new event is added");
         assert_eq!(base.seq, 2);
         assert!(!base.delta);
+    }
+}
+
+#[cfg(test)]
+mod histogram_tests {
+    use super::histogram_quantile_ms;
+
+    #[test]
+    fn quantiles_fall_in_the_right_bucket() {
+        assert_eq!(histogram_quantile_ms(&[0; 24], 0.5), None);
+        // 10 connects of 16-31 µs (bucket 5), 1 of 1-2 ms (bucket 11).
+        let mut h = [0u64; 24];
+        h[5] = 10;
+        h[11] = 1;
+        let p50 = histogram_quantile_ms(&h, 0.5).expect("p50");
+        assert!((0.016..0.032).contains(&p50), "{p50}");
+        let p99 = histogram_quantile_ms(&h, 0.99).expect("p99");
+        assert!((1.024..=2.048).contains(&p99), "{p99}");
     }
 }

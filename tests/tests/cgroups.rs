@@ -101,10 +101,13 @@ fn a_connect_rejected_by_the_other_daemon_counts_nowhere_else() {
 
     // Both admit: both count the same connects, and the inner round closes on its probes.
     assert!(outer.cli(&["reset", "svc"]).0);
-    let got = connect_from(inner_cg.path(), &[server.addr], 4, SECOND);
-    assert!(got.iter().all(|o| o.ok), "{got:?}");
-    let i = inner.wait_dest("svc", |v| v["successes"] == 4);
+    let got = connect_from(inner_cg.path(), &[server.addr], 2, SECOND);
+    assert!(got.iter().all(|o| o.ok), "the two probes: {got:?}");
+    let i = inner.wait_dest("svc", |v| v["state"] == "closed");
     assert_eq!(i["state"], "closed", "{i:#}");
+    let got = connect_from(inner_cg.path(), &[server.addr], 2, SECOND);
+    assert!(got.iter().all(|o| o.ok), "{got:?}");
+    inner.wait_dest("svc", |v| v["successes"] == 4);
     outer.wait_dest("svc", |v| v["successes"] == 4);
 }
 
