@@ -36,11 +36,12 @@ enum Cmd {
     /// Set up, build, and run every test: unit tests, then the privileged eBPF integration
     /// tests (root; under CI=true they fail rather than skip when they cannot run).
     Test,
-    /// Set up, build, and measure: dashboard frame time with 10k destinations
-    /// (bench/dashboard.md, no root needed), then connect() overhead, breaker overshoot, token
-    /// bucket accuracy and map size (bench/results.md, root), then what a dashboard refresh
-    /// costs the daemon at 10k destinations (bench/refresh.md, root; set
-    /// RESILIENCE_BENCH_BEFORE=BIN to measure an earlier build beside it).
+    /// Set up, build, and show resilience at work (root): five local services that misbehave
+    /// on a schedule, clients loading them from a child cgroup, and the dashboard. Breakers
+    /// open, probe and close, a token bucket drains, a bulkhead fills, within a minute. q stops
+    /// it and removes every process, cgroup, pin and file it made. Loopback only; 10 minutes
+    /// at most.
+    Demo,
     /// Coverage-guided fuzzing of the policy parser, the control request parser and the
     /// kernel record decoder (cargo-fuzz on rustup's nightly; installs cargo-fuzz). Results in
     /// fuzz/results.md.
@@ -59,6 +60,11 @@ enum Cmd {
         #[arg(long, default_value_t = 60)]
         seconds: u64,
     },
+    /// Set up, build, and measure: dashboard frame time with 10k destinations
+    /// (bench/dashboard.md, no root needed), then connect() overhead, breaker overshoot, token
+    /// bucket accuracy and map size (bench/results.md, root), then what a dashboard refresh
+    /// costs the daemon at 10k destinations (bench/refresh.md, root; set
+    /// RESILIENCE_BENCH_BEFORE=BIN to measure an earlier build beside it).
     Bench {
         /// Only the dashboard benchmark.
         #[arg(long)]
@@ -114,6 +120,24 @@ fn main() -> Result<()> {
                 .arg("--out")
                 .arg(root.join("bench/soak.md"));
             step::run_inherit(&format!("soak, {seconds} s (bench/soak.md)"), &mut cmd)
+        }
+        Cmd::Demo => {
+            bpf_toolchain::setup()?;
+            build(&root)?;
+            require_root("cargo xtask demo")?;
+            let mut cmd = cargo(&root);
+            cmd.args([
+                "build",
+                "--release",
+                "-p",
+                "resilience-tests",
+                "--bin",
+                "demo",
+            ]);
+            step::run_inherit("build the demo", &mut cmd)?;
+            let mut cmd = Command::new(root.join("target/release/demo"));
+            cmd.env("RESILIENCE_BIN", root.join("target/release/resilience"));
+            step::run_inherit("demo", &mut cmd)
         }
         Cmd::Fuzz { seconds, target } => {
             bpf_toolchain::setup()?;
