@@ -91,7 +91,7 @@ pub struct DestCounters {
     pub fail_open: u64,
     /// SYN_SENT -> ESTABLISHED.
     pub successes: u64,
-    /// Successes at least `slow_ns` slow.
+    /// Connects at least `slow_ns` slow: successes, and failures the breaker counts.
     pub slow: u64,
     /// SYN_SENT -> CLOSE on a reset (ECONNREFUSED).
     pub refused: u64,

@@ -25,7 +25,9 @@ pub struct SavedBreaker {
     pub probes_ok: u32,
     /// The operator's override: `OVERRIDE_*`.
     pub override_mode: u32,
-    pub _pad: u32,
+    /// Half-open: probes that failed, and that were slow, so far (the rate rule's counts).
+    pub probes_failed: u16,
+    pub probes_slow: u16,
 }
 
 pub const SAVED_CLOSED: u32 = 0;

@@ -86,7 +86,7 @@ pub fn records(data: &[u8]) {
             if let Some(o) = intake::outcome(&ev, failures) {
                 let _ = b.on_outcome(ev.ts_ns, o, &mut jitter);
             }
-            let _ = b.on_tick(ev.ts_ns.wrapping_add(ev.latency_ns));
+            let _ = b.on_tick(ev.ts_ns.wrapping_add(ev.latency_ns), &mut jitter);
             let kv = b.kernel_verdict(ev.ts_ns);
             let _ = b.window_contents(ev.ts_ns);
             match (b.state(), kv.verdict) {

@@ -95,15 +95,6 @@ pub fn settle(c: &ConnTrack, outcome: u32, err: u32, now: u64, set: u32) {
             add(active, MINUS_ONE);
         }
     }
-    if let Some(counters) = COUNTERS.get_ptr_mut(c.slot) {
-        count_end(counters, outcome);
-    }
-    // A plain close is in the counters; records are for connect outcomes and resets. A
-    // failure of a named destination may trip its breaker: wake the daemon at once.
-    if outcome != OUTCOME_CLOSED {
-        emit(now, elapsed, c, outcome, err, c.flags & TRACK_PROBE, true);
-    }
-    // After the record: a daemon that sees the streak has the record too.
     let counted = match outcome {
         OUTCOME_REFUSED => p.flags & FLAG_COUNT_REFUSED != 0,
         OUTCOME_TIMEOUT => p.flags & FLAG_COUNT_TIMEOUT != 0,
@@ -111,6 +102,21 @@ pub fn settle(c: &ConnTrack, outcome: u32, err: u32, now: u64, set: u32) {
         OUTCOME_LOCAL => p.flags & FLAG_COUNT_LOCAL != 0,
         _ => false,
     };
+    // A counted failure that took at least the slow threshold is a slow call as well.
+    let slow = counted && p.slow_ns != 0 && elapsed >= p.slow_ns;
+    if let Some(counters) = COUNTERS.get_ptr_mut(c.slot) {
+        count_end(counters, outcome);
+        if slow {
+            add(unsafe { &raw mut (*counters).slow }, 1);
+        }
+    }
+    // A plain close is in the counters; records are for connect outcomes and resets. A
+    // failure of a named destination may trip its breaker: wake the daemon at once.
+    if outcome != OUTCOME_CLOSED {
+        let flags = (c.flags & TRACK_PROBE) | if slow { TRACK_SLOW } else { 0 };
+        emit(now, elapsed, c, outcome, err, flags, true);
+    }
+    // After the record: a daemon that sees the streak has the record too.
     if counted {
         if let Some(streak) = STREAKS.get_ptr_mut(c.slot) {
             add(streak, 1);

@@ -115,10 +115,34 @@ pub struct BreakerConfig {
     /// Trip after this many failures in a row, whatever the window says; 0 = off.
     pub consecutive_failures: u32,
     pub open_duration: Duration,
-    /// Repeated trips double the open time up to this.
+    /// Repeated trips multiply the open time by `open_duration_multiplier`, up to this.
     pub open_duration_max: Duration,
+    pub open_duration_multiplier: f64,
     pub half_open_probes: u32,
+    /// How the probes decide.
+    pub half_open_rule: HalfOpenRule,
+    /// A half-open breaker still undecided after this long opens again; zero: no limit.
+    pub max_half_open_duration: Duration,
     pub failures: FailureClasses,
+}
+
+/// How a half-open breaker decides from its probes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HalfOpenRule {
+    /// Resilience4j: once every probe has ended, their failure and slow-call rates against
+    /// `failure_rate` and `slow_call_rate`.
+    Rate,
+    /// gobreaker: one failed or slow probe reopens; all must succeed to close.
+    All,
+}
+
+impl HalfOpenRule {
+    pub fn name(self) -> &'static str {
+        match self {
+            HalfOpenRule::Rate => "rate",
+            HalfOpenRule::All => "all",
+        }
+    }
 }
 
 impl Default for BreakerConfig {
@@ -132,7 +156,10 @@ impl Default for BreakerConfig {
             consecutive_failures: 0,
             open_duration: Duration::from_secs(30),
             open_duration_max: Duration::from_secs(30),
+            open_duration_multiplier: 2.0,
             half_open_probes: 3,
+            half_open_rule: HalfOpenRule::Rate,
+            max_half_open_duration: Duration::from_secs(60),
             failures: FailureClasses::default(),
         }
     }
@@ -198,7 +225,10 @@ pub(super) struct RawBreaker {
     consecutive_failures: Option<Spanned<u32>>,
     open_duration: Option<Spanned<String>>,
     open_duration_max: Option<Spanned<String>>,
+    open_duration_multiplier: Option<Spanned<f64>>,
     half_open_probes: Option<Spanned<u32>>,
+    half_open_rule: Option<Spanned<String>>,
+    max_half_open_duration: Option<Spanned<String>>,
     failures: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
@@ -241,7 +271,10 @@ impl RawBreaker {
             consecutive_failures,
             open_duration,
             open_duration_max,
+            open_duration_multiplier,
             half_open_probes,
+            half_open_rule,
+            max_half_open_duration,
             failures
         )
     }
@@ -348,6 +381,44 @@ impl RawBreaker {
                 "open_duration_max is shorter than open_duration".into(),
             ));
         }
+        let open_duration_multiplier = match &self.open_duration_multiplier {
+            None => d.open_duration_multiplier,
+            Some(m) if (1.0..=100.0).contains(m.get_ref()) => *m.get_ref(),
+            Some(m) => {
+                return Err((
+                    m.span(),
+                    format!(
+                        "open_duration_multiplier is between 1 and 100, not {}",
+                        m.get_ref()
+                    ),
+                ))
+            }
+        };
+        let half_open_rule = match self.half_open_rule.as_ref() {
+            None => HalfOpenRule::Rate,
+            Some(r) => match r.get_ref().as_str() {
+                "rate" => HalfOpenRule::Rate,
+                "all" => HalfOpenRule::All,
+                other => {
+                    return Err((
+                        r.span(),
+                        format!("unknown half_open_rule {other:?}; \"rate\" or \"all\""),
+                    ))
+                }
+            },
+        };
+        // "0s" is allowed here: no limit.
+        let max_half_open_duration = match &self.max_half_open_duration {
+            None => open_duration.saturating_mul(2),
+            Some(s) => match parse_duration(s.get_ref()).map_err(|m| (s.span(), m))? {
+                d if d.is_zero() => Duration::ZERO,
+                _ => dur(
+                    &self.max_half_open_duration,
+                    Duration::ZERO,
+                    "max_half_open_duration",
+                )?,
+            },
+        };
         let failures = match &self.failures {
             None => d.failures,
             Some(list) => {
@@ -400,11 +471,14 @@ impl RawBreaker {
                 .map_or(0, |c| *c.get_ref()),
             open_duration,
             open_duration_max,
+            open_duration_multiplier,
             half_open_probes: positive(
                 &self.half_open_probes,
                 d.half_open_probes,
                 "half_open_probes",
             )?,
+            half_open_rule,
+            max_half_open_duration,
             failures,
         })
     }

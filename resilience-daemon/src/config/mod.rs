@@ -11,8 +11,8 @@ mod show;
 pub use duration::parse_duration;
 pub use errno::Errno;
 pub use guards::{
-    BreakerConfig, Bulkhead, FailureClass, FailureClasses, RateLimit, Window, MIN_DURATION,
-    MIN_RATE,
+    BreakerConfig, Bulkhead, FailureClass, FailureClasses, HalfOpenRule, RateLimit, Window,
+    MIN_DURATION, MIN_RATE,
 };
 pub use matcher::{ip, Match, MatchKind};
 pub use overlap::overlaps;

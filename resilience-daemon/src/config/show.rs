@@ -31,6 +31,9 @@ fn breaker_json(b: &BreakerConfig) -> Value {
         "open_duration_ms": b.open_duration.as_millis() as u64,
         "open_duration_max_ms": b.open_duration_max.as_millis() as u64,
         "half_open_probes": b.half_open_probes,
+        "half_open_rule": b.half_open_rule.name(),
+        "max_half_open_duration_ms": b.max_half_open_duration.as_millis() as u64,
+        "open_duration_multiplier": b.open_duration_multiplier,
         "failures": b.failures.names(),
     })
 }
@@ -95,7 +98,7 @@ pub fn to_text(policy: &Policy) -> String {
         };
         let _ = writeln!(
             out,
-            "  breaker: window={} minimum_calls={} failure_rate={}% slow_call={}% >= {:?} consecutive_failures={streak} open={:?}..{:?} half_open_probes={} failures={}",
+            "  breaker: window={} minimum_calls={} failure_rate={}% slow_call={}% >= {:?} consecutive_failures={streak} open={:?}..{:?} (x{}) half_open_probes={} rule={} half_open_max={} failures={}",
             window(b.window),
             if effective_minimum(b) < b.minimum_calls {
                 format!("{} (of {}: the window holds {})", effective_minimum(b), b.minimum_calls, effective_minimum(b))
@@ -107,7 +110,14 @@ pub fn to_text(policy: &Policy) -> String {
             b.slow_call_duration,
             b.open_duration,
             b.open_duration_max,
+            b.open_duration_multiplier,
             b.half_open_probes,
+            b.half_open_rule.name(),
+            if b.max_half_open_duration.is_zero() {
+                "none".to_string()
+            } else {
+                format!("{:?}", b.max_half_open_duration)
+            },
             b.failures.names().join(",")
         );
         if let Some(r) = dest.rate_limit {

@@ -35,6 +35,12 @@ pub fn outcome(ev: &OutcomeEvent, failures: crate::config::FailureClasses) -> Op
         probe,
         replaces: (class == FailureClass::Reset && ev.established_ns != 0)
             .then_some(ev.established_ns),
+        // A reset's time is the connection's life, not its connect's.
+        latency_ns: if class == FailureClass::Reset {
+            0
+        } else {
+            ev.latency_ns
+        },
     };
     Some(match ev.outcome {
         conn::OUTCOME_SUCCESS => Outcome::Success {

@@ -515,6 +515,8 @@ fn carry(
             open_until_ns: s.open_until_ns,
             trips: s.trips,
             probes_ok: s.probes_ok,
+            probes_failed: u32::from(s.probes_failed),
+            probes_slow: u32::from(s.probes_slow),
         },
     );
     let detail = match state {

@@ -46,7 +46,7 @@ use self::{
 use crate::{
     config::{self, MatchKind, Mode, Policy},
     control::{self, Command},
-    engine::XorShift,
+    engine::{Jitter, XorShift},
     kernel::{
         attach::{Attachment, CgroupChange},
         monotonic_ns, reconcile, Kernel, LoadOptions, Tables,
@@ -232,7 +232,7 @@ pub async fn run(mut opts: RunOptions) -> Result<()> {
             _ = tick.tick() => {
                 let records = drain(events.get_mut());
                 feed(&records, &mut d, &mut journal, &mut jitter);
-                on_tick(&mut d, &mut journal);
+                on_tick(&mut d, &mut journal, &mut jitter);
                 losses.note(&d.tables, &mut journal);
             }
             // Polling rather than inotify: it also sees an editor's rename-over and a config
@@ -485,11 +485,11 @@ fn watch_cgroup(attachment: &mut Attachment, journal: &mut Journal) {
     }
 }
 
-fn on_tick(d: &mut Daemon, journal: &mut Journal) {
+fn on_tick(d: &mut Daemon, journal: &mut Journal, jitter: &mut impl Jitter) {
     let now = monotonic_ns();
     let arrays = d.tables.arrays.clone();
     for dest in &mut d.guarded.dests {
-        if let Some(t) = dest.breaker.on_tick(now) {
+        if let Some(t) = dest.breaker.on_tick(now, jitter) {
             publish::transition(&arrays, journal, dest, &t);
         }
         if matches!(dest.def.breaker.window, config::Window::Time(_)) {

@@ -131,7 +131,8 @@ pub fn save(arrays: &Arrays, d: &Dest) {
                 Some(Mode::Disabled) => OVERRIDE_DISABLED,
                 _ => OVERRIDE_NONE,
             },
-            _pad: 0,
+            probes_failed: r.probes_failed.min(u32::from(u16::MAX)) as u16,
+            probes_slow: r.probes_slow.min(u32::from(u16::MAX)) as u16,
         },
     );
 }

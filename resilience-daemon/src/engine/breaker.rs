@@ -1,14 +1,16 @@
 //! One destination's circuit breaker: closed -> open on a failure or slow-call rate over the
 //! window (once `minimum_calls` are in), or on a streak of consecutive failures; open ->
 //! half-open when the open time has passed (no traffic needed); half-open admits exactly
-//! `half_open_probes` connects (the kernel enforces the count) and closes when they all succeed,
-//! or opens again, for longer, on the first failure.
+//! `half_open_probes` connects (the kernel enforces the count) and decides by its rule: the
+//! probes' failure and slow-call rates once all have ended (`rate`, Resilience4j), or one bad
+//! probe reopens and all good ones close (`all`, gobreaker). Reopening lasts longer each time;
+//! a half-open breaker undecided for `max_half_open_duration` opens again.
 
 use super::{
     window::{Call, CallWindow, WindowContents},
     Jitter,
 };
-use crate::config::{BreakerConfig, FailureClass, Mode};
+use crate::config::{BreakerConfig, FailureClass, HalfOpenRule, Mode};
 
 /// How many failures ahead the trip fuse looks.
 const FUSE_LIMIT: u32 = 1024;
@@ -58,6 +60,9 @@ pub enum Outcome {
         counted: bool,
         probe: bool,
         replaces: Option<u64>,
+        /// Time from the connect to its failure: at least `slow_call_duration` makes it a slow
+        /// call too (Resilience4j's SLOW_ERROR).
+        latency_ns: u64,
     },
 }
 
@@ -94,6 +99,8 @@ pub struct Resume {
     pub open_until_ns: u64,
     pub trips: u32,
     pub probes_ok: u32,
+    pub probes_failed: u32,
+    pub probes_slow: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -107,7 +114,10 @@ pub struct Breaker {
     /// Trips since the breaker last closed: each one doubles the open time.
     trips: u32,
     open_until_ns: u64,
+    /// Half-open: probes that ended without failing, that failed, and that were slow.
     probes_ok: u32,
+    probes_failed: u32,
+    probes_slow: u32,
     /// Counts every change to what the breaker shows (a call recorded, a transition): a
     /// snapshot's delta tells a changed breaker by it without walking its window.
     changes: u64,
@@ -125,6 +135,8 @@ impl Breaker {
             trips: 0,
             open_until_ns: 0,
             probes_ok: 0,
+            probes_failed: 0,
+            probes_slow: 0,
             changes: 0,
         }
     }
@@ -164,6 +176,8 @@ impl Breaker {
             open_until_ns: self.open_until_ns,
             trips: self.trips,
             probes_ok: self.probes_ok,
+            probes_failed: self.probes_failed,
+            probes_slow: self.probes_slow,
         }
     }
 
@@ -174,6 +188,8 @@ impl Breaker {
         b.open_until_ns = r.open_until_ns;
         b.trips = r.trips;
         b.probes_ok = r.probes_ok;
+        b.probes_failed = r.probes_failed;
+        b.probes_slow = r.probes_slow;
         b
     }
 
@@ -295,10 +311,12 @@ impl Breaker {
                 )
             }
             Outcome::Failure { counted: false, .. } => return None,
-            Outcome::Failure { probe, .. } => (
+            Outcome::Failure {
+                probe, latency_ns, ..
+            } => (
                 Call {
                     failure: true,
-                    slow: false,
+                    slow: latency_ns >= self.cfg.slow_call_duration.as_nanos() as u64,
                 },
                 probe,
             ),
@@ -308,20 +326,66 @@ impl Breaker {
             // Connects admitted before the breaker opened finish late; only probes count.
             State::Open => None,
             State::HalfOpen if !probe => None,
-            State::HalfOpen => {
+            State::HalfOpen => self.probe_ended(now_ns, call, outcome, jitter),
+        }
+    }
+
+    fn probe_ended(
+        &mut self,
+        now_ns: u64,
+        call: Call,
+        outcome: Outcome,
+        jitter: &mut impl Jitter,
+    ) -> Option<Transition> {
+        self.changes += 1;
+        let n = self.cfg.half_open_probes;
+        match self.cfg.half_open_rule {
+            HalfOpenRule::All => {
                 if call.failure || call.slow {
                     let what = describe(outcome, call);
-                    self.open(now_ns, format!("probe {what}"), jitter)
+                    return self.open(now_ns, format!("probe {what}"), jitter);
+                }
+                self.probes_ok += 1;
+                (self.probes_ok >= n)
+                    .then(|| self.close(now_ns, format!("{n} of {n} probes succeeded")))
+            }
+            HalfOpenRule::Rate => {
+                if call.failure {
+                    self.probes_failed += 1;
                 } else {
                     self.probes_ok += 1;
-                    self.changes += 1;
-                    if self.probes_ok >= self.cfg.half_open_probes {
-                        let n = self.probes_ok;
-                        Some(self.close(now_ns, format!("{n} of {n} probes succeeded")))
-                    } else {
-                        None
-                    }
                 }
+                self.probes_slow += u32::from(call.slow);
+                let done = self.probes_ok + self.probes_failed;
+                if done < n {
+                    return None;
+                }
+                let failure_rate = f64::from(self.probes_failed) * 100.0 / f64::from(done);
+                let slow_rate = f64::from(self.probes_slow) * 100.0 / f64::from(done);
+                if failure_rate >= self.cfg.failure_rate {
+                    let reason = format!(
+                        "probe failure rate {}% >= {}% over {done} probes",
+                        pct(failure_rate),
+                        pct(self.cfg.failure_rate)
+                    );
+                    return self.open(now_ns, reason, jitter);
+                }
+                if slow_rate >= self.cfg.slow_call_rate {
+                    let reason = format!(
+                        "probe slow-call rate {}% >= {}% over {done} probes",
+                        pct(slow_rate),
+                        pct(self.cfg.slow_call_rate)
+                    );
+                    return self.open(now_ns, reason, jitter);
+                }
+                let reason = format!(
+                    "{done} probes: failure rate {}% < {}%, slow-call rate {}% < {}%",
+                    pct(failure_rate),
+                    pct(self.cfg.failure_rate),
+                    pct(slow_rate),
+                    pct(self.cfg.slow_call_rate)
+                );
+                Some(self.close(now_ns, reason))
             }
         }
     }
@@ -379,7 +443,19 @@ impl Breaker {
     }
 
     /// Open -> half-open once the open time has passed.
-    pub fn on_tick(&mut self, now_ns: u64) -> Option<Transition> {
+    pub fn on_tick(&mut self, now_ns: u64, jitter: &mut impl Jitter) -> Option<Transition> {
+        let limit = self.cfg.max_half_open_duration;
+        if self.state == State::HalfOpen
+            && !limit.is_zero()
+            && now_ns.saturating_sub(self.since_ns) >= limit.as_nanos() as u64
+            && self.mode_runs()
+        {
+            let reason = format!(
+                "half-open for {} without a verdict (max_half_open_duration)",
+                secs(limit)
+            );
+            return self.open(now_ns, reason, jitter);
+        }
         if self.state == State::Open && now_ns >= self.open_until_ns && self.mode_runs() {
             let planned =
                 std::time::Duration::from_nanos(self.open_until_ns.saturating_sub(self.since_ns));
@@ -417,7 +493,11 @@ impl Breaker {
         self.trips = self.trips.saturating_add(1);
         let base = self.cfg.open_duration.as_secs_f64();
         let max = self.cfg.open_duration_max.as_secs_f64();
-        let mut secs_open = base * 2f64.powi(self.trips.saturating_sub(1).min(30) as i32);
+        let mut secs_open = base
+            * self
+                .cfg
+                .open_duration_multiplier
+                .powi(self.trips.saturating_sub(1).min(60) as i32);
         if self.trips > 1 {
             // +-10% so that hosts that tripped together do not probe together.
             secs_open *= 0.9 + 0.2 * jitter.unit();
@@ -445,6 +525,8 @@ impl Breaker {
         self.window.clear();
         self.streak = 0;
         self.probes_ok = 0;
+        self.probes_failed = 0;
+        self.probes_slow = 0;
         Transition {
             from,
             to,
@@ -515,6 +597,7 @@ mod tests {
             counted: true,
             probe: false,
             replaces: None,
+            latency_ns: 0,
         }
     }
     fn probe_ok() -> Outcome {
@@ -529,6 +612,7 @@ mod tests {
             counted: true,
             probe: true,
             replaces: None,
+            latency_ns: 0,
         }
     }
 
@@ -600,6 +684,7 @@ mod tests {
             counted: false,
             probe: false,
             replaces: Some(0),
+            latency_ns: 0,
         };
         assert!(feed(&mut b, 0, &[reset; 20]).is_empty());
         assert_eq!(b.state(), State::Closed);
@@ -614,7 +699,7 @@ mod tests {
         b.trip(MS, &mut j);
         assert!(!b.returns_probe(2 * MS), "open: no probes");
         let half_open_at = 60 * 1000 * MS;
-        assert!(b.on_tick(half_open_at).is_some());
+        assert!(b.on_tick(half_open_at, &mut Fixed(0.5)).is_some());
         assert_eq!(b.state(), State::HalfOpen);
         assert!(b.returns_probe(half_open_at + MS));
         assert!(
@@ -638,6 +723,7 @@ mod tests {
             counted: true,
             probe: false,
             replaces: Some(at),
+            latency_ns: 0,
         };
         assert!(b.on_outcome(MS, ok(), &mut j).is_none());
         assert!(b.on_outcome(2 * MS, ok(), &mut j).is_none());
@@ -676,6 +762,7 @@ mod tests {
             counted: true,
             probe: false,
             replaces: Some(2 * S),
+            latency_ns: 0,
         };
         let t = b.on_outcome(3 * S, reset, &mut j).expect("trip");
         assert_eq!(
@@ -748,8 +835,10 @@ mod tests {
         feed(&mut b, 0, &[refused(); 5]);
         let opened = 4 * MS;
         assert_eq!(b.open_until_ns(), Some(opened + 30 * S));
-        assert!(b.on_tick(opened + 30 * S - 1).is_none());
-        let t = b.on_tick(opened + 30 * S).expect("half-open");
+        assert!(b.on_tick(opened + 30 * S - 1, &mut Fixed(0.5)).is_none());
+        let t = b
+            .on_tick(opened + 30 * S, &mut Fixed(0.5))
+            .expect("half-open");
         assert_eq!((t.from, t.to), (State::Open, State::HalfOpen));
         assert_eq!(t.reason, "open time of 30s over");
         assert_eq!(b.verdict(), Verdict::Probe(3));
@@ -757,9 +846,11 @@ mod tests {
 
     #[test]
     fn half_open_closes_when_every_probe_succeeds() {
-        let mut b = Breaker::new(cfg(), Mode::Enforce, 0);
+        let mut c = cfg();
+        c.half_open_rule = HalfOpenRule::All;
+        let mut b = Breaker::new(c, Mode::Enforce, 0);
         feed(&mut b, 0, &[refused(); 5]);
-        b.on_tick(31 * S);
+        b.on_tick(31 * S, &mut Fixed(0.5));
         // Late results of connects admitted before the trip do not count.
         assert!(feed(&mut b, 31 * S, &[ok(), refused()]).is_empty());
         assert!(feed(&mut b, 32 * S, &[probe_ok(), probe_ok()]).is_empty());
@@ -776,26 +867,27 @@ mod tests {
         let mut c = cfg();
         c.open_duration = Duration::from_secs(10);
         c.open_duration_max = Duration::from_secs(25);
+        c.half_open_rule = HalfOpenRule::All;
         let mut b = Breaker::new(c, Mode::Enforce, 0);
         let mut j = Fixed(1.0); // the top of the +-10% band
         for i in 0..5 {
             b.on_outcome(i, refused(), &mut j);
         }
         assert_eq!(b.open_until_ns(), Some(4 + 10 * S));
-        b.on_tick(20 * S);
+        b.on_tick(20 * S, &mut Fixed(0.5));
         let t = b
             .on_outcome(21 * S, probe_failed(), &mut j)
             .expect("reopen");
         assert_eq!(t.reason, "probe timeout; open for 22s");
         assert_eq!(b.open_until_ns(), Some(21 * S + 22 * S));
-        b.on_tick(50 * S);
+        b.on_tick(50 * S, &mut Fixed(0.5));
         let t = b
             .on_outcome(51 * S, probe_failed(), &mut j)
             .expect("reopen");
         // 10 * 4 * 1.1 = 44 s, capped at 25 s.
         assert_eq!(t.reason, "probe timeout; open for 25s");
         // Closing resets the backoff.
-        b.on_tick(80 * S);
+        b.on_tick(80 * S, &mut Fixed(0.5));
         for _ in 0..3 {
             b.on_outcome(81 * S, probe_ok(), &mut j);
         }
@@ -808,9 +900,11 @@ mod tests {
 
     #[test]
     fn a_slow_probe_counts_as_failed() {
-        let mut b = Breaker::new(cfg(), Mode::Enforce, 0);
+        let mut c = cfg();
+        c.half_open_rule = HalfOpenRule::All;
+        let mut b = Breaker::new(c, Mode::Enforce, 0);
         feed(&mut b, 0, &[refused(); 5]);
-        b.on_tick(31 * S);
+        b.on_tick(31 * S, &mut Fixed(0.5));
         let slow_probe = Outcome::Success {
             latency_ns: 2 * S,
             probe: true,
@@ -822,6 +916,142 @@ mod tests {
             "{}",
             t[0].reason
         );
+    }
+
+    fn probe_failed_at(latency_ns: u64) -> Outcome {
+        Outcome::Failure {
+            class: FailureClass::Refused,
+            counted: true,
+            probe: true,
+            replaces: None,
+            latency_ns,
+        }
+    }
+
+    /// Half-open with `n` probes and a 50% failure rate.
+    fn half_open(n: u32, rule: HalfOpenRule) -> Breaker {
+        let mut c = cfg();
+        c.half_open_probes = n;
+        c.failure_rate = 50.0;
+        c.half_open_rule = rule;
+        let mut b = Breaker::new(c, Mode::Enforce, 0);
+        feed(&mut b, 0, &[refused(); 5]);
+        assert!(b.on_tick(31 * S, &mut Fixed(0.5)).is_some());
+        b
+    }
+
+    /// Resilience4j's half-open: the probes' rates decide once all have ended.
+    #[test]
+    fn the_rate_rule_judges_all_probes_together() {
+        // F,S,S,S: 25% < 50%: closes.
+        let mut b = half_open(4, HalfOpenRule::Rate);
+        let t = feed(
+            &mut b,
+            32 * S,
+            &[probe_failed_at(0), probe_ok(), probe_ok(), probe_ok()],
+        );
+        assert_eq!(t.len(), 1, "{t:?}");
+        assert_eq!(t[0].to, State::Closed);
+        assert_eq!(
+            t[0].reason,
+            "4 probes: failure rate 25% < 50%, slow-call rate 0% < 100%"
+        );
+        // F,F,S,F: all four admitted, then 75% >= 50%: opens.
+        let mut b = half_open(4, HalfOpenRule::Rate);
+        let t = feed(
+            &mut b,
+            32 * S,
+            &[probe_failed_at(0), probe_failed_at(0), probe_ok()],
+        );
+        assert!(t.is_empty(), "undecided before the last probe: {t:?}");
+        let t = feed(&mut b, 33 * S, &[probe_failed_at(0)]);
+        assert_eq!(t[0].to, State::Open);
+        assert!(
+            t[0].reason
+                .starts_with("probe failure rate 75% >= 50% over 4 probes"),
+            "{}",
+            t[0].reason
+        );
+        // The same F,S,S,S under the "all" rule reopens at the first failure.
+        let mut b = half_open(4, HalfOpenRule::All);
+        let t = feed(&mut b, 32 * S, &[probe_failed_at(0)]);
+        assert_eq!(t[0].to, State::Open);
+    }
+
+    /// Resilience4j's SLOW_ERROR: a failed call over the slow threshold is slow as well.
+    #[test]
+    fn a_slow_failure_is_slow_too() {
+        let mut c = cfg();
+        c.slow_call_rate = 50.0;
+        c.failure_rate = 100.0;
+        let mut b = Breaker::new(c, Mode::Enforce, 0);
+        let slow_failure = Outcome::Failure {
+            class: FailureClass::Timeout,
+            counted: true,
+            probe: false,
+            replaces: None,
+            latency_ns: 2 * S,
+        };
+        // Three slow failures of five calls: 60% slow (and only 60% failed, under 100%).
+        let t = feed(
+            &mut b,
+            0,
+            &[ok(), slow_failure, slow_failure, slow_failure, ok()],
+        );
+        assert_eq!(t.len(), 1, "{t:?}");
+        assert!(
+            t[0].reason
+                .starts_with("slow-call rate 60% >= 50% over 5 calls"),
+            "{}",
+            t[0].reason
+        );
+    }
+
+    #[test]
+    fn a_half_open_breaker_without_a_verdict_opens_again_after_its_limit() {
+        let mut c = cfg();
+        c.max_half_open_duration = Duration::from_secs(10);
+        let mut b = Breaker::new(c.clone(), Mode::Enforce, 0);
+        feed(&mut b, 0, &[refused(); 5]);
+        assert!(b.on_tick(31 * S, &mut Fixed(0.5)).is_some());
+        assert!(b.on_tick(41 * S - 1, &mut Fixed(0.5)).is_none());
+        let t = b.on_tick(41 * S, &mut Fixed(0.5)).expect("reopen");
+        assert_eq!(t.to, State::Open);
+        assert!(
+            t.reason
+                .starts_with("half-open for 10s without a verdict (max_half_open_duration)"),
+            "{}",
+            t.reason
+        );
+        // Zero: no limit.
+        c.max_half_open_duration = Duration::ZERO;
+        let mut b = Breaker::new(c, Mode::Enforce, 0);
+        feed(&mut b, 0, &[refused(); 5]);
+        b.on_tick(31 * S, &mut Fixed(0.5));
+        assert!(b.on_tick(10_000 * S, &mut Fixed(0.5)).is_none());
+        assert_eq!(b.state(), State::HalfOpen);
+    }
+
+    #[test]
+    fn the_open_time_grows_by_the_multiplier() {
+        let mut c = cfg();
+        c.open_duration = Duration::from_secs(10);
+        c.open_duration_max = Duration::from_secs(1000);
+        c.open_duration_multiplier = 1.5;
+        c.half_open_rule = HalfOpenRule::All;
+        let mut b = Breaker::new(c, Mode::Enforce, 0);
+        let mut j = Fixed(0.5); // no jitter: the middle of the band
+        feed(&mut b, 0, &[refused(); 5]);
+        b.on_tick(20 * S, &mut j);
+        let t = b
+            .on_outcome(21 * S, probe_failed_at(0), &mut j)
+            .expect("reopen");
+        assert!(t.reason.ends_with("open for 15s"), "{}", t.reason);
+        b.on_tick(40 * S, &mut j);
+        let t = b
+            .on_outcome(41 * S, probe_failed_at(0), &mut j)
+            .expect("reopen");
+        assert!(t.reason.ends_with("open for 22.5s"), "{}", t.reason);
     }
 
     #[test]
@@ -838,7 +1068,7 @@ mod tests {
         }
         // Forced-open never goes half-open.
         let mut b = Breaker::new(cfg(), Mode::ForcedOpen, 0);
-        assert!(b.on_tick(100 * S).is_none());
+        assert!(b.on_tick(100 * S, &mut Fixed(0.5)).is_none());
         assert_eq!(b.state(), State::Closed);
     }
 
