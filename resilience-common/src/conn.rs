@@ -71,7 +71,8 @@ pub struct OutcomeEvent {
     pub flags: u32,
     /// The slot's generation when the connect was admitted.
     pub generation: u32,
-    pub _pad: u32,
+    /// The breaker window's epoch when the outcome was counted (`DestPolicy::window_epoch`).
+    pub epoch: u32,
     /// A reset of an established connection: when it was established, i.e. the time of its
     /// success record, so that the daemon can turn that call into a failure (one connect is
     /// one call). 0 otherwise.

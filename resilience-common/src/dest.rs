@@ -57,8 +57,53 @@ pub struct DestPolicy {
     pub generation: u32,
     /// Trip fuse: with the action ALLOW, reject (as an open breaker) once `STREAKS[slot]`
     /// consecutive counted failures reach this; 0 = no fuse. Set by the daemon's breaker so that
-    /// the kernel trips on the very failure that crosses the threshold.
+    /// the kernel trips on the very failure that crosses the threshold. A window the kernel
+    /// judges trips by setting the streak to `TRIPPED`.
     pub trip_after: u32,
+    /// The breaker's window, as the kernel judges it itself while it can (see `WindowCounts`):
+    /// the window's epoch (records carry it: the daemon's window takes the outcomes of its own
+    /// epoch only), and the calls it needs before its rates count; 0: the kernel does not judge.
+    pub window_epoch: u32,
+    pub window_min: u32,
+    /// The kernel judges only while the window has dropped nothing: up to this many calls (a
+    /// count window's size) and before `window_until_ns` (a time window's first expiry).
+    pub window_max_calls: u32,
+    /// Thresholds in thousandths of a percent, rounded up (never stricter than the daemon's):
+    /// trip when `failures * 100000 >= failure_milli * calls` (or the same for slow calls).
+    pub failure_milli: u32,
+    pub slow_milli: u32,
+    pub _pad: u32,
+    pub window_until_ns: u64,
+}
+
+/// `STREAKS[slot]` when the kernel tripped the breaker by judging its window: above any fuse,
+/// and far from overflowing however many failures are added to it afterwards.
+pub const TRIPPED: u64 = 1 << 62;
+
+/// One slot's window as the kernel counts it, since the breaker's last state change. Each word
+/// packs the calls (low 32 bits) with the failures or the slow calls (high 32 bits), so that one
+/// atomic add returns a consistent pair.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct WindowCounts {
+    /// Which window these counts belong to (`DestPolicy::window_epoch`); the daemon resets the
+    /// counts when it publishes a new one.
+    pub epoch: u64,
+    pub failures: u64,
+    pub slow: u64,
+}
+
+impl WindowCounts {
+    pub const CALL: u64 = 1;
+    pub const MARK: u64 = 1 << 32;
+
+    pub fn calls(word: u64) -> u64 {
+        word & 0xffff_ffff
+    }
+
+    pub fn marked(word: u64) -> u64 {
+        word >> 32
+    }
 }
 
 /// Token bucket state: GCRA, the token bucket kept as one timestamp.

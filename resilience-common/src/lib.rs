@@ -14,7 +14,7 @@ pub mod saved;
 
 pub use conn::{ConnTrack, OutcomeEvent};
 pub use control::{Control, Stats};
-pub use dest::{Bucket, DestCounters, DestPolicy};
+pub use dest::{Bucket, DestCounters, DestPolicy, WindowCounts};
 pub use endpoint::{CidrData, Endpoint};
 pub use saved::SavedBreaker;
 
@@ -31,4 +31,5 @@ mod pod {
     unsafe impl aya::Pod for super::Control {}
     unsafe impl aya::Pod for super::Stats {}
     unsafe impl aya::Pod for super::SavedBreaker {}
+    unsafe impl aya::Pod for super::WindowCounts {}
 }

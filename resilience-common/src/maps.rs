@@ -4,6 +4,7 @@ use core::mem::size_of;
 
 use crate::{
     Bucket, CidrData, ConnTrack, Control, DestCounters, DestPolicy, Endpoint, SavedBreaker, Stats,
+    WindowCounts,
 };
 
 /// (set, ip:port) or (set, ip with port 0) -> destination slot.
@@ -22,6 +23,8 @@ pub const PROBES: &str = "PROBES";
 pub const BUCKETS: &str = "BUCKETS";
 /// slot -> consecutive counted connect failures since the last success (the trip fuse).
 pub const STREAKS: &str = "STREAKS";
+/// slot -> the breaker window's counts since its last state change (the kernel's own judgement).
+pub const WINDOWS: &str = "WINDOWS";
 /// slot -> the daemon's saved breaker (never read by the programs).
 pub const SAVED: &str = "SAVED";
 /// Endpoint no policy names -> counters (LRU).
@@ -82,6 +85,7 @@ pub const LAYOUT: &[(&str, usize, usize)] = &[
     (PROBES, size_of::<u32>(), size_of::<u64>()),
     (BUCKETS, size_of::<u32>(), size_of::<Bucket>()),
     (STREAKS, size_of::<u32>(), size_of::<u64>()),
+    (WINDOWS, size_of::<u32>(), size_of::<WindowCounts>()),
     (SAVED, size_of::<u32>(), size_of::<SavedBreaker>()),
     (OBSERVED, size_of::<Endpoint>(), size_of::<DestCounters>()),
     (CONNS, size_of::<u64>(), size_of::<ConnTrack>()),
@@ -98,6 +102,7 @@ pub const MMAPPED: &[(&str, u32)] = &[
     (PROBES, MAX_SLOTS),
     (BUCKETS, MAX_SLOTS),
     (STREAKS, MAX_SLOTS),
+    (WINDOWS, MAX_SLOTS),
     (SAVED, MAX_SLOTS),
     (CONTROL, 1),
 ];

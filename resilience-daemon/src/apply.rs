@@ -66,6 +66,13 @@ pub fn kernel_policy(dest: &Destination, kv: KernelVerdict, generation: u32) -> 
         slow_ns,
         generation,
         trip_after: kv.trip_after,
+        window_epoch: kv.epoch,
+        window_min: kv.window.map_or(0, |w| w.min),
+        window_max_calls: kv.window.map_or(0, |w| w.max_calls),
+        failure_milli: kv.window.map_or(0, |w| w.failure_milli),
+        slow_milli: kv.window.map_or(0, |w| w.slow_milli),
+        _pad: 0,
+        window_until_ns: kv.window.map_or(0, |w| w.until_ns),
     }
 }
 
@@ -139,6 +146,8 @@ mod tests {
         let kv = KernelVerdict {
             verdict: crate::engine::Verdict::Allow,
             trip_after: 0,
+            epoch: 1,
+            window: None,
         };
         let p = kernel_policy(&d, kv, 1);
         assert_ne!(p.flags & FLAG_DRY_RUN, 0, "disabled counts as dry-run does");

@@ -11,6 +11,7 @@ use resilience_common::{
         MAX_OBSERVED, MAX_OBS_CONNS, MAX_SLOTS, POLICY_ENTRIES,
     },
     Bucket, CidrData, ConnTrack, Control, DestCounters, DestPolicy, Endpoint, SavedBreaker, Stats,
+    WindowCounts,
 };
 
 // Pinned (by name, under the daemon's pin directory): a restarted daemon finds the same
@@ -34,6 +35,8 @@ pub static PROBES: Array<u64> = Array::pinned(MAX_SLOTS, BPF_F_MMAPABLE);
 pub static BUCKETS: Array<Bucket> = Array::pinned(MAX_SLOTS, BPF_F_MMAPABLE);
 #[map]
 pub static STREAKS: Array<u64> = Array::pinned(MAX_SLOTS, BPF_F_MMAPABLE);
+#[map]
+pub static WINDOWS: Array<WindowCounts> = Array::pinned(MAX_SLOTS, BPF_F_MMAPABLE);
 // The daemon's own: saved breaker states. Declared here so that it is created and pinned with
 // the rest and checked by the same layout test.
 #[map]

@@ -10,14 +10,14 @@ use resilience_common::{
     },
     dest::{
         latency_bucket, FLAG_COUNT_LOCAL, FLAG_COUNT_REFUSED, FLAG_COUNT_TIMEOUT,
-        FLAG_COUNT_UNREACHABLE,
+        FLAG_COUNT_UNREACHABLE, TRIPPED,
     },
-    ConnTrack, DestCounters, DestPolicy, OutcomeEvent,
+    ConnTrack, DestCounters, DestPolicy, OutcomeEvent, WindowCounts,
 };
 
 use crate::{
-    atomic::{add, MINUS_ONE},
-    maps::{policy, stats, ACTIVE, COUNTERS, EVENTS, OBSERVED, STREAKS},
+    atomic::{add, fetch_add, MINUS_ONE},
+    maps::{policy, stats, ACTIVE, COUNTERS, EVENTS, OBSERVED, STREAKS, WINDOWS},
 };
 
 /// The slot's policy if the connection still belongs to its owner; counts a stale outcome
@@ -46,19 +46,70 @@ pub fn succeed(c: &ConnTrack, now: u64, set: u32) {
         return;
     }
     let Some(p) = owner(c, set) else { return };
-    if let Some(streak) = STREAKS.get_ptr_mut(c.slot) {
-        // SAFETY: pointer into an array map value.
-        unsafe { core::ptr::write_volatile(streak, 0) };
-    }
     let mut flags = c.flags & TRACK_PROBE;
-    if p.slow_ns != 0 && elapsed >= p.slow_ns {
+    let slow = p.slow_ns != 0 && elapsed >= p.slow_ns;
+    if slow {
         flags |= TRACK_SLOW;
     }
-    if let Some(counters) = COUNTERS.get_ptr_mut(c.slot) {
-        count_success(counters, elapsed, flags & TRACK_SLOW != 0);
+    // A success can complete a trip too: the window reaching its minimum with the failure
+    // rate already over, or a slow call crossing the slow-call rate.
+    let tripped = judge_window(&p, c.slot, false, slow, now);
+    if let Some(streak) = STREAKS.get_ptr_mut(c.slot) {
+        // SAFETY: pointer into an array map value. A success ends the streak, but never
+        // undoes a trip (the daemon does, if it disagrees).
+        unsafe {
+            if tripped {
+                core::ptr::write_volatile(streak, TRIPPED);
+            } else if core::ptr::read_volatile(streak) < TRIPPED {
+                core::ptr::write_volatile(streak, 0);
+            }
+        }
     }
-    // The breaker acts on probes and slow calls: wake the daemon for them.
-    emit(now, elapsed, c, OUTCOME_SUCCESS, 0, flags, flags != 0);
+    if let Some(counters) = COUNTERS.get_ptr_mut(c.slot) {
+        count_success(counters, elapsed, slow);
+    }
+    // The breaker acts on probes, slow calls and trips: wake the daemon for them.
+    emit(
+        now,
+        elapsed,
+        c,
+        OUTCOME_SUCCESS,
+        0,
+        flags,
+        flags != 0 || tripped,
+        p.window_epoch,
+    );
+}
+
+/// Count a call in the slot's window, as the kernel keeps it since the breaker's last state
+/// change, and judge it as the breaker would: true if this call trips it. Only while the
+/// window has dropped nothing (so that its counts are the breaker's exactly) and only in the
+/// epoch the daemon set up.
+#[inline(always)]
+fn judge_window(p: &DestPolicy, slot: u32, failure: bool, slow: bool, now: u64) -> bool {
+    if p.window_min == 0 || now >= p.window_until_ns {
+        return false;
+    }
+    let Some(w) = WINDOWS.get_ptr_mut(slot) else {
+        return false;
+    };
+    // SAFETY: pointer into an array map value, valid for the program's run.
+    unsafe {
+        if core::ptr::read_volatile(&raw const (*w).epoch) != u64::from(p.window_epoch) {
+            return false;
+        }
+        let f = WindowCounts::CALL + if failure { WindowCounts::MARK } else { 0 };
+        let s = WindowCounts::CALL + if slow { WindowCounts::MARK } else { 0 };
+        let fw = fetch_add(&raw mut (*w).failures, f).wrapping_add(f);
+        let sw = fetch_add(&raw mut (*w).slow, s).wrapping_add(s);
+        let calls = WindowCounts::calls(fw);
+        if calls > u64::from(p.window_max_calls) || calls < u64::from(p.window_min) {
+            return false;
+        }
+        WindowCounts::marked(fw) * 100_000 >= u64::from(p.failure_milli) * calls
+            || WindowCounts::marked(sw) * 100_000
+                >= u64::from(p.slow_milli) * WindowCounts::calls(sw)
+    }
 }
 
 #[inline(always)]
@@ -110,16 +161,22 @@ pub fn settle(c: &ConnTrack, outcome: u32, err: u32, now: u64, set: u32) {
             add(unsafe { &raw mut (*counters).slow }, 1);
         }
     }
+    let tripped = counted && judge_window(&p, c.slot, true, slow, now);
     // A plain close is in the counters; records are for connect outcomes and resets. A
     // failure of a named destination may trip its breaker: wake the daemon at once.
     if outcome != OUTCOME_CLOSED {
         let flags = (c.flags & TRACK_PROBE) | if slow { TRACK_SLOW } else { 0 };
-        emit(now, elapsed, c, outcome, err, flags, true);
+        emit(now, elapsed, c, outcome, err, flags, true, p.window_epoch);
     }
     // After the record: a daemon that sees the streak has the record too.
     if counted {
         if let Some(streak) = STREAKS.get_ptr_mut(c.slot) {
-            add(streak, 1);
+            if tripped {
+                // SAFETY: pointer into an array map value.
+                unsafe { core::ptr::write_volatile(streak, TRIPPED) };
+            } else {
+                add(streak, 1);
+            }
         }
     }
 }
@@ -152,7 +209,17 @@ const BPF_RB_AVAIL_DATA: u64 = 0;
 const WAKEUP_BYTES: u64 = 64 * 1024;
 
 #[inline(always)]
-fn emit(now: u64, elapsed: u64, c: &ConnTrack, outcome: u32, err: u32, flags: u32, urgent: bool) {
+#[allow(clippy::too_many_arguments)]
+fn emit(
+    now: u64,
+    elapsed: u64,
+    c: &ConnTrack,
+    outcome: u32,
+    err: u32,
+    flags: u32,
+    urgent: bool,
+    epoch: u32,
+) {
     match EVENTS.reserve::<OutcomeEvent>(0) {
         Some(mut entry) => {
             entry.write(OutcomeEvent {
@@ -164,7 +231,7 @@ fn emit(now: u64, elapsed: u64, c: &ConnTrack, outcome: u32, err: u32, flags: u3
                 sk_err: err,
                 flags,
                 generation: c.generation,
-                _pad: 0,
+                epoch,
                 established_ns: if outcome == OUTCOME_RESET {
                     c.established_ns
                 } else {

@@ -181,3 +181,40 @@ fn a_slow_failure_is_a_slow_call() {
         "{events}"
     );
 }
+
+/// A success that completes a trip (the window reaching its minimum with the failure rate
+/// already over) closes the door on the very next connect, as a failure does: the kernel
+/// judges the window itself. Four refusals, then successes back to back: only the first success
+/// is admitted.
+#[test]
+fn a_success_that_completes_a_trip_takes_effect_at_once() {
+    if !privileged("success_trip") {
+        return;
+    }
+    let ok = Server::start("127.0.0.185:0");
+    let bad = closed_port("127.0.0.185");
+    let policy = format!(
+        "[[destination]]\nname = \"api\"\nmatch = [\"{}\", \"{bad}\"]\nreject_errno = \"EAGAIN\"\n[destination.breaker]\nminimum_calls = 5\nfailure_rate = 50\n",
+        ok.addr
+    );
+    let cg = Cgroup::new("success-trip");
+    let pins = PinDir::new("success-trip");
+    let d = Daemon::start("success-trip", cg.path(), &pins, &policy, "2s");
+    for _ in 0..3 {
+        let got = connect_from(cg.path(), &[bad], 4, SECOND);
+        assert!(got.iter().all(|o| o.errno == ECONNREFUSED), "{got:?}");
+        let got = connect_from(cg.path(), &[ok.addr], 200, SECOND);
+        let admitted = got.iter().filter(|o| o.ok).count();
+        assert!(got.iter().all(|o| o.ok || o.errno == EAGAIN), "{got:?}");
+        assert_eq!(
+            admitted,
+            1,
+            "only the success that completed the trip: {:?}",
+            &got[..5]
+        );
+        let v = d.wait_dest("api", |v| v["state"] == "open");
+        assert_eq!(v["state"], "open", "{v:#}");
+        assert!(d.cli(&["reset", "api"]).0);
+        d.wait_dest("api", |v| v["state"] == "closed");
+    }
+}

@@ -25,6 +25,8 @@ pub struct Dest {
     pub transitions: TransitionCounts,
     /// The trip fuse last published.
     pub trip_after: u32,
+    /// The window the kernel judges, as last published.
+    pub window: Option<crate::engine::WindowArm>,
     /// What its DNS names resolved to.
     pub resolved: Vec<Endpoint>,
     /// The definition as `check --json` prints it (computed once, shared by snapshots).

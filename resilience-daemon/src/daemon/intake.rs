@@ -102,6 +102,16 @@ pub fn feed(
         if let Outcome::Success { latency_ns, .. } = o {
             d.samples.push(latency_ns);
         }
+        // A closed breaker's window takes the outcomes of its own epoch only, so that it
+        // holds exactly what the kernel judges (outcomes that ended before the window was
+        // published belong to the state before). Probes and resets are matched otherwise.
+        if d.breaker.state() == crate::engine::State::Closed
+            && ev.epoch != d.breaker.epoch()
+            && ev.flags & conn::TRACK_PROBE == 0
+            && ev.outcome != conn::OUTCOME_RESET
+        {
+            continue;
+        }
         if let Some(t) = d.breaker.on_outcome(ev.ts_ns, o, jitter) {
             publish::transition(arrays, journal, d, &t);
         }

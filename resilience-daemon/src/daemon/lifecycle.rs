@@ -359,6 +359,7 @@ fn commit(
             samples,
             transitions,
             trip_after: 0,
+            window: None,
             resolved: p.resolved,
         };
         if !kept {
@@ -388,6 +389,11 @@ fn commit(
             }
         }
         d.trip_after = kv.trip_after;
+        d.window = kv.window;
+        // A new window's counts start from zero before any outcome is tagged with its epoch.
+        if arrays.window_epoch(d.slot) != u64::from(kv.epoch) {
+            arrays.reset_window(d.slot, kv.epoch);
+        }
         let _ = arrays.set_policy(set, d.slot, entry);
         dests.push(d);
     }

@@ -108,6 +108,8 @@ pub async fn run(mut opts: RunOptions) -> Result<()> {
         max_connections: settings.max_connections,
     })?;
     let ring = kernel.events.take().context("map EVENTS already taken")?;
+    // This daemon's breakers start new windows: none of the kernel's window counts apply.
+    kernel.tables.arrays.clear_windows();
     let mut attachment = kernel.attachment;
     let arrays = kernel.tables.arrays.clone();
     let lease = Lease::start(arrays.clone(), settings.lease)?;

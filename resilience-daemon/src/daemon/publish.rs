@@ -5,15 +5,15 @@ use std::sync::atomic::Ordering;
 
 use anyhow::{Context, Result};
 use resilience_common::{
-    dest::{ACTION_ALLOW, ACTION_PROBE, ACTION_REJECT},
+    dest::{ACTION_ALLOW, ACTION_PROBE, ACTION_REJECT, TRIPPED},
     saved::{OVERRIDE_DISABLED, OVERRIDE_NONE, SAVED_CLOSED, SAVED_HALF_OPEN, SAVED_OPEN},
-    SavedBreaker,
+    DestPolicy, SavedBreaker,
 };
 
 use super::{guarded::Dest, journal::Journal};
 use crate::{
     config::Mode,
-    engine::{State, Transition, Verdict},
+    engine::{KernelVerdict, State, Transition, Verdict},
     kernel::{mmap, monotonic_ns, Arrays},
     slots,
     snapshot::EventRecord,
@@ -44,6 +44,8 @@ pub fn verdict(arrays: &Arrays, d: &mut Dest) -> Result<()> {
             mmap::atomic_u32(&raw mut (*p).trip_after),
         )
     };
+    publish_window(arrays, d.slot, p, &kv);
+    d.window = kv.window;
     if let Verdict::Probe(n) = kv.verdict {
         if action_word.load(Ordering::Acquire) != ACTION_PROBE {
             arrays.set_probes(d.slot, n);
@@ -53,6 +55,31 @@ pub fn verdict(arrays: &Arrays, d: &mut Dest) -> Result<()> {
     action_word.store(action(kv.verdict), Ordering::Release);
     d.trip_after = kv.trip_after;
     Ok(())
+}
+
+/// The window the kernel judges: a new epoch's counts start from zero before the epoch is
+/// published; the kernel stops judging (min 0) while the other fields change, and starts again
+/// with the last store.
+fn publish_window(arrays: &Arrays, slot: u32, p: *mut DestPolicy, kv: &KernelVerdict) {
+    if arrays.window_epoch(slot) != u64::from(kv.epoch) {
+        arrays.reset_window(slot, kv.epoch);
+    }
+    let w = kv.window;
+    // SAFETY: aligned fields of a mapped entry; the loop is their only writer.
+    unsafe {
+        let min = mmap::atomic_u32(&raw mut (*p).window_min);
+        min.store(0, Ordering::Release);
+        mmap::atomic_u32(&raw mut (*p).window_max_calls)
+            .store(w.map_or(0, |w| w.max_calls), Ordering::Release);
+        mmap::atomic_u32(&raw mut (*p).failure_milli)
+            .store(w.map_or(0, |w| w.failure_milli), Ordering::Release);
+        mmap::atomic_u32(&raw mut (*p).slow_milli)
+            .store(w.map_or(0, |w| w.slow_milli), Ordering::Release);
+        mmap::atomic_u64(&raw mut (*p).window_until_ns)
+            .store(w.map_or(0, |w| w.until_ns), Ordering::Release);
+        mmap::atomic_u32(&raw mut (*p).window_epoch).store(kv.epoch, Ordering::Release);
+        min.store(w.map_or(0, |w| w.min), Ordering::Release);
+    }
 }
 
 /// A breaker changed state: publish, record, save. A new state starts a new streak, and order
@@ -94,11 +121,24 @@ pub fn refresh_fuse(arrays: &Arrays, d: &mut Dest) -> Result<()> {
         && d.trip_after != 0
         && d.breaker.streak() >= d.trip_after
         && arrays.streak(d.slot) >= u64::from(d.trip_after)
+        && arrays.streak(d.slot) < TRIPPED
     {
         tracing::debug!(destination = %d.def.name, "stale trip fuse undone");
         arrays.reset_streak(d.slot);
     }
-    if kv.trip_after != d.trip_after {
+    // The kernel judged the window tripped, the breaker has seen every call it counted and
+    // does not agree (outcomes that raced at the threshold): the breaker's word stands.
+    if closed && arrays.streak(d.slot) >= TRIPPED {
+        let now = monotonic_ns();
+        let seen = u64::from(d.breaker.window_calls(now));
+        let counted = arrays.window_calls(d.slot);
+        let size = kv.window.map_or(u64::MAX, |w| u64::from(w.max_calls));
+        if seen >= counted.min(size) {
+            tracing::debug!(destination = %d.def.name, "kernel window trip undone");
+            arrays.reset_streak(d.slot);
+        }
+    }
+    if kv.trip_after != d.trip_after || kv.window != d.window {
         verdict(arrays, d)?;
     }
     Ok(())

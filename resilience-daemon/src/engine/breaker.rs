@@ -71,6 +71,41 @@ pub enum Outcome {
 pub struct KernelVerdict {
     pub verdict: Verdict,
     pub trip_after: u32,
+    /// The window's epoch: the kernel tags each outcome with it, and the window takes the
+    /// outcomes of its own epoch only, so that it counts exactly what the kernel counts.
+    pub epoch: u32,
+    /// The window as the kernel judges it itself, while it can.
+    pub window: Option<WindowArm>,
+}
+
+/// What the kernel needs to judge a closed breaker's window on its own, on the very outcome
+/// that crosses a threshold (a success that brings the window to its minimum with the failure
+/// rate over, a slow call): the window as it stands since the last state change, as long as
+/// it has dropped nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowArm {
+    pub min: u32,
+    /// A count window's size: past it, calls leave the window and the kernel's totals no
+    /// longer match.
+    pub max_calls: u32,
+    /// A time window's first expiry.
+    pub until_ns: u64,
+    /// Thresholds in thousandths of a percent, rounded up: never stricter than the breaker.
+    pub failure_milli: u32,
+    pub slow_milli: u32,
+}
+
+/// Window epochs: unique within the daemon (the daemon clears the kernel's window counts when
+/// it starts). Never 0, the cleared value.
+static EPOCHS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+
+fn next_epoch() -> u32 {
+    loop {
+        let e = EPOCHS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if e != 0 {
+            return e;
+        }
+    }
 }
 
 /// What the breaker lets through.
@@ -118,6 +153,8 @@ pub struct Breaker {
     probes_ok: u32,
     probes_failed: u32,
     probes_slow: u32,
+    /// The window's epoch: a new one at every state change.
+    epoch: u32,
     /// Counts every change to what the breaker shows (a call recorded, a transition): a
     /// snapshot's delta tells a changed breaker by it without walking its window.
     changes: u64,
@@ -137,6 +174,7 @@ impl Breaker {
             probes_ok: 0,
             probes_failed: 0,
             probes_slow: 0,
+            epoch: next_epoch(),
             changes: 0,
         }
     }
@@ -193,17 +231,58 @@ impl Breaker {
         b
     }
 
-    /// The verdict with its trip fuse.
+    /// The verdict with its trip fuse and the window the kernel judges.
     pub fn kernel_verdict(&mut self, now_ns: u64) -> KernelVerdict {
         let verdict = self.verdict();
-        let trip_after = match verdict {
-            Verdict::Allow => self.trip_fuse(now_ns).unwrap_or(0),
-            _ => 0,
+        let (fuse, window) = match verdict {
+            Verdict::Allow => (self.trip_fuse(now_ns), self.window_arm(now_ns)),
+            _ => (None, None),
         };
+        // The kernel acts on a window trip through the fuse's check: it needs one armed.
+        let trip_after = fuse.unwrap_or(if window.is_some() { u32::MAX } else { 0 });
         KernelVerdict {
             verdict,
             trip_after,
+            epoch: self.epoch,
+            window,
         }
+    }
+
+    pub fn epoch(&self) -> u32 {
+        self.epoch
+    }
+
+    /// Calls in the window now.
+    pub fn window_calls(&mut self, now_ns: u64) -> u32 {
+        self.window.totals(now_ns).calls
+    }
+
+    fn window_arm(&mut self, now_ns: u64) -> Option<WindowArm> {
+        if self.state != State::Closed || !self.mode_runs() {
+            return None;
+        }
+        let min = self.window.minimum(self.cfg.minimum_calls);
+        let calls = self.window.totals(now_ns).calls;
+        let (max_calls, until_ns) = match self.cfg.window {
+            crate::config::Window::Count(size) => (size, u64::MAX),
+            crate::config::Window::Time(d) => {
+                const NS: u64 = 1_000_000_000;
+                // The window's calls all came after its last clear; the first of them leaves
+                // when its second is `d` old.
+                (u32::MAX, (self.since_ns / NS + d.as_secs()) * NS)
+            }
+        };
+        if calls >= max_calls || now_ns >= until_ns {
+            return None;
+        }
+        let milli = |pct: f64| (pct * 1000.0).ceil().clamp(1.0, 100_000.0) as u32;
+        Some(WindowArm {
+            min,
+            max_calls,
+            until_ns,
+            failure_milli: milli(self.cfg.failure_rate),
+            slow_milli: milli(self.cfg.slow_call_rate),
+        })
     }
 
     /// For the kernel's trip fuse: the consecutive counted failures since the last success (the
@@ -527,6 +606,7 @@ impl Breaker {
         self.probes_ok = 0;
         self.probes_failed = 0;
         self.probes_slow = 0;
+        self.epoch = next_epoch();
         Transition {
             from,
             to,
@@ -1052,6 +1132,47 @@ mod tests {
             .on_outcome(41 * S, probe_failed_at(0), &mut j)
             .expect("reopen");
         assert!(t.reason.ends_with("open for 22.5s"), "{}", t.reason);
+    }
+
+    /// What the kernel judges on its own: a closed breaker's window until it drops a call.
+    #[test]
+    fn the_kernel_judges_the_window_until_it_drops_calls() {
+        let mut c = cfg();
+        c.failure_rate = 33.3333;
+        let mut b = Breaker::new(c, Mode::Enforce, 0);
+        let kv = b.kernel_verdict(0);
+        let w = kv.window.expect("armed");
+        assert_eq!((w.min, w.max_calls, w.until_ns), (5, 10, u64::MAX));
+        // Rounded up: the kernel is never stricter than the breaker.
+        assert_eq!((w.failure_milli, w.slow_milli), (33334, 100_000));
+        assert_ne!(
+            kv.trip_after, 0,
+            "a fuse armed: the kernel's window trip acts through it"
+        );
+        let epoch = kv.epoch;
+        feed(&mut b, 0, &[ok(); 9]);
+        assert!(b.kernel_verdict(S).window.is_some());
+        feed(&mut b, S, &[ok()]);
+        assert_eq!(
+            b.kernel_verdict(S).window,
+            None,
+            "full: the next call drops one"
+        );
+        // A state change starts a new window, in a new epoch.
+        b.trip(2 * S, &mut Fixed(0.5));
+        let kv = b.kernel_verdict(2 * S);
+        assert_eq!((kv.window, kv.trip_after), (None, 0));
+        assert_ne!(kv.epoch, epoch);
+        // A time window: until its first call can expire.
+        let mut c = cfg();
+        c.window = Window::Time(Duration::from_secs(10));
+        let mut b = Breaker::new(c, Mode::Enforce, 3 * S + 500 * MS);
+        let w = b.kernel_verdict(4 * S).window.expect("armed");
+        assert_eq!((w.max_calls, w.until_ns), (u32::MAX, 13 * S));
+        assert_eq!(b.kernel_verdict(13 * S).window, None);
+        // Not while disabled.
+        let mut b = Breaker::new(cfg(), Mode::Disabled, 0);
+        assert_eq!(b.kernel_verdict(0).window, None);
     }
 
     #[test]

@@ -8,7 +8,7 @@
 mod breaker;
 mod window;
 
-pub use breaker::{Breaker, KernelVerdict, Outcome, Resume, State, Transition, Verdict};
+pub use breaker::{Breaker, KernelVerdict, Outcome, Resume, State, Transition, Verdict, WindowArm};
 pub use window::{Totals, WindowContents};
 
 /// A source of jitter in [0, 1).

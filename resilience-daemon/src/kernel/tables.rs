@@ -18,10 +18,10 @@ use anyhow::{Context, Result};
 use aya::maps::{HashMap, Map, MapData, PerCpuArray};
 use resilience_common::{
     maps::{self, MAX_SLOTS, POLICY_ENTRIES},
-    Bucket, Control, DestCounters, DestPolicy, Endpoint, SavedBreaker, Stats,
+    Bucket, Control, DestCounters, DestPolicy, Endpoint, SavedBreaker, Stats, WindowCounts,
 };
 
-use super::{keys::KeySets, mmap::MmapArray};
+use super::{keys::KeySets, mmap, mmap::MmapArray};
 
 /// The memory-mapped arrays, shared by the loop, the lease thread and the workers.
 pub struct Arrays {
@@ -31,6 +31,7 @@ pub struct Arrays {
     pub probes: MmapArray<u64>,
     pub buckets: MmapArray<Bucket>,
     pub streaks: MmapArray<u64>,
+    pub windows: MmapArray<WindowCounts>,
     pub saved: MmapArray<SavedBreaker>,
     pub control: MmapArray<Control>,
 }
@@ -83,6 +84,7 @@ impl Tables {
             probes: mapped(src, maps::PROBES, MAX_SLOTS)?,
             buckets: mapped(src, maps::BUCKETS, MAX_SLOTS)?,
             streaks: mapped(src, maps::STREAKS, MAX_SLOTS)?,
+            windows: mapped(src, maps::WINDOWS, MAX_SLOTS)?,
             saved: mapped(src, maps::SAVED, MAX_SLOTS)?,
             control: mapped(src, maps::CONTROL, 1)?,
         };
@@ -201,6 +203,40 @@ impl Arrays {
     pub fn reset_streak(&self, slot: u32) {
         if let Some(a) = self.streaks.atomic(slot) {
             a.store(0, Ordering::Release);
+        }
+    }
+
+    /// The epoch the kernel's window counts of `slot` belong to.
+    pub fn window_epoch(&self, slot: u32) -> u64 {
+        self.windows.get(slot).map_or(0, |w| w.epoch)
+    }
+
+    /// Calls the kernel counted in `slot`'s window.
+    pub fn window_calls(&self, slot: u32) -> u64 {
+        self.windows
+            .get(slot)
+            .map_or(0, |w| WindowCounts::calls(w.failures))
+    }
+
+    /// Start `slot`'s window counts over, for `epoch`: counts first, epoch last, so that the
+    /// kernel never adds to the new epoch's counts before they are zero.
+    pub fn reset_window(&self, slot: u32, epoch: u32) {
+        let Some(p) = self.windows.ptr(slot) else {
+            return;
+        };
+        // SAFETY: aligned u64 fields of a mapped entry.
+        unsafe {
+            mmap::atomic_u64(&raw mut (*p).epoch).store(0, Ordering::Release);
+            mmap::atomic_u64(&raw mut (*p).failures).store(0, Ordering::Release);
+            mmap::atomic_u64(&raw mut (*p).slow).store(0, Ordering::Release);
+            mmap::atomic_u64(&raw mut (*p).epoch).store(u64::from(epoch), Ordering::Release);
+        }
+    }
+
+    /// No window counts survive a daemon: its breakers start new windows.
+    pub fn clear_windows(&self) {
+        for slot in 0..MAX_SLOTS {
+            self.windows.set(slot, WindowCounts::default());
         }
     }
 

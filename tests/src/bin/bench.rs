@@ -27,6 +27,9 @@ struct Args {
     /// Markdown file the results are written to.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Only the two breaker-overshoot figures, printed (a quick check).
+    #[arg(long)]
+    overshoot_only: bool,
 }
 
 /// (rounds) x (ms of connects at 5k/s): how many connects reach a refusing destination after
@@ -56,6 +59,46 @@ fn overshoot(rounds: u32) -> String {
     per_round.sort_unstable();
     format!(
         "## Breaker overshoot\n\nA destination that refuses every connect; breaker `minimum_calls = 5`, `failure_rate = 50`. One client connects every 200 µs (5k/s, 500 connects). Overshoot = connects refused by the destination after the 5th refusal (the one that crosses the threshold); the rest were rejected by the hook. {rounds} rounds.\n\n| median | max | all rounds |\n|---:|---:|---|\n| {} | {} | {:?} |\n\nTarget (issue 3): <= 1.\n",
+        per_round[per_round.len() / 2],
+        per_round[per_round.len() - 1],
+        per_round
+    )
+}
+
+/// (rounds) of a trip completed by a success: four refusals, then a client connecting to a
+/// healthy address of the same destination every 200 µs (5k/s). The first success brings the
+/// window to its minimum with 80% failed: every success after it is overshoot.
+fn success_overshoot(rounds: u32) -> String {
+    let cg = Cgroup::new("success-overshoot");
+    let server = Server::start("127.0.0.23:0");
+    let mut per_round = Vec::new();
+    for _ in 0..rounds {
+        let pins = PinDir::new("success-overshoot");
+        let bad = resilience_tests::listener::closed_port("127.0.0.23");
+        let policy = format!(
+            "[[destination]]\nname = \"flaky\"\nmatch = [\"{}\", \"{bad}\"]\nreject_errno = \"EHOSTUNREACH\"\n[destination.breaker]\nminimum_calls = 5\nfailure_rate = 50\n",
+            server.addr
+        );
+        let d = Daemon::start("success-overshoot", cg.path(), &pins, &policy, "2s");
+        let refused = spawn(cg.path(), &[bad], 4, &Opts::default()).wait();
+        assert!(
+            refused.iter().all(|o| o.errno == libc::ECONNREFUSED),
+            "{refused:?}"
+        );
+        let opts = Opts {
+            interval: Some(Duration::from_micros(200)),
+            ..Opts::default()
+        };
+        let got = spawn(cg.path(), &[server.addr], 500, &opts).wait();
+        drop(d);
+        let admitted = got.iter().filter(|o| o.ok).count();
+        let rejected = got.iter().filter(|o| o.errno == libc::EHOSTUNREACH).count();
+        assert_eq!(admitted + rejected, got.len(), "unexpected outcomes");
+        per_round.push(admitted.saturating_sub(1));
+    }
+    per_round.sort_unstable();
+    format!(
+        "## Breaker overshoot, trip completed by a success\n\nBreaker `minimum_calls = 5`, `failure_rate = 50`; four refused connects, then one client connects to a healthy address of the same destination every 200 µs (5k/s, 500 connects). The first success brings the window to 5 calls, 80% failed: overshoot = successes admitted after it. {rounds} rounds.\n\n| median | max | all rounds |\n|---:|---:|---|\n| {} | {} | {:?} |\n\nTarget (issue 9): 0.\n",
         per_round[per_round.len() / 2],
         per_round[per_round.len() - 1],
         per_round
@@ -182,6 +225,10 @@ fn main() {
         resilience_tests::privileged("bench"),
         "the benchmark needs root"
     );
+    if args.overshoot_only {
+        print!("{}\n{}", overshoot(10), success_overshoot(10));
+        return;
+    }
     let server = Server::start("127.0.0.7:0");
     let cg = Cgroup::new("bench");
     let pins = PinDir::new("bench");
@@ -320,6 +367,9 @@ fn main() {
     );
     eprintln!("bench: breaker overshoot ...");
     report.push_str(&overshoot(10));
+    report.push('\n');
+    eprintln!("bench: breaker overshoot, trip completed by a success ...");
+    report.push_str(&success_overshoot(10));
     report.push('\n');
     eprintln!("bench: token bucket accuracy ...");
     report.push_str(&bucket_accuracy(3));
