@@ -238,6 +238,8 @@ fn test(root: &PathBuf) -> Result<()> {
     it.args([
         "test",
         "--release",
+        // Every failing test file reported, not only the first.
+        "--no-fail-fast",
         "-p",
         "resilience-tests",
         "--",
