@@ -70,6 +70,9 @@ pub const BPF_F_NO_PREALLOC: u32 = 1 << 0;
 /// Read-only global in the object: byte offset of `sk_err` in `struct sock`, found in the
 /// running kernel's BTF by the daemon at load time.
 pub const GLOBAL_SK_ERR_OFFSET: &str = "SK_ERR_OFFSET";
+/// Read-only global in the object: 1 where cgroup programs have bpf_set_retval and
+/// bpf_get_retval (Linux 5.18+); with 0 a rejected connect gets EPERM.
+pub const GLOBAL_HAVE_RETVAL: &str = "HAVE_RETVAL";
 
 /// LPM trie keys are `{ u32 prefix_len, data }`, packed.
 pub const CIDR_KEY_SIZE: usize = 4 + size_of::<CidrData>();

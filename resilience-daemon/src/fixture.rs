@@ -225,6 +225,7 @@ pub fn fixture() -> Snapshot {
             reconciled: 0,
             cgroup: Some("/sys/fs/cgroup/system.slice".into()),
             attached: true,
+            reject_errno: true,
         },
         events: vec![
             EventRecord {

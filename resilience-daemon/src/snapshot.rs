@@ -140,6 +140,10 @@ pub struct DaemonStats {
     /// cgroup was removed, until it is created again).
     #[serde(default = "yes")]
     pub attached: bool,
+    /// Whether rejected connects get the destination's `reject_errno` (false before Linux
+    /// 5.18: they get EPERM).
+    #[serde(default = "yes")]
+    pub reject_errno: bool,
 }
 
 fn yes() -> bool {

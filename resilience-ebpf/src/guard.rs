@@ -23,8 +23,8 @@ use resilience_common::{
 use crate::{
     atomic::{add, cas, fetch_add, MINUS_ONE},
     maps::{
-        policy, stats, ACTIVE, BUCKETS, CIDR, CONNS, CONTROL, COUNTERS, EXACT, OBSERVED, OBS_CONNS,
-        PROBES, STREAKS,
+        have_retval, policy, stats, ACTIVE, BUCKETS, CIDR, CONNS, CONTROL, COUNTERS, EXACT,
+        OBSERVED, OBS_CONNS, PROBES, STREAKS,
     },
     outcome::settle,
     ALLOW,
@@ -43,7 +43,7 @@ pub fn on_connect(ctx: &SockAddrContext, ep: Endpoint) -> i32 {
     // connect: it fails whatever we say, so it is nobody's attempt here. Returning ALLOW keeps
     // that refusal's errno.
     // SAFETY: the helper has no preconditions in cgroup programs.
-    if unsafe { aya_ebpf::helpers::generated::bpf_get_retval() } != 0 {
+    if have_retval() && unsafe { aya_ebpf::helpers::generated::bpf_get_retval() } != 0 {
         return ALLOW;
     }
     // SAFETY: the helper has no preconditions.
@@ -82,9 +82,11 @@ pub fn on_connect(ctx: &SockAddrContext, ep: Endpoint) -> i32 {
             }
         } else {
             give_back(slot, flags);
-            unsafe {
-                add(&raw mut (*counters).rejected[reason], 1);
-                aya_ebpf::helpers::generated::bpf_set_retval(-(p.errno as i32));
+            unsafe { add(&raw mut (*counters).rejected[reason], 1) };
+            // Without the helper (before Linux 5.18) the application sees EPERM.
+            if have_retval() {
+                // SAFETY: as above.
+                unsafe { aya_ebpf::helpers::generated::bpf_set_retval(-(p.errno as i32)) };
             }
             return REJECT;
         }

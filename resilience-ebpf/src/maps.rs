@@ -65,6 +65,18 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 #[unsafe(no_mangle)]
 pub static SK_ERR_OFFSET: u32 = 0;
 
+/// 1 where cgroup programs have bpf_set_retval and bpf_get_retval (Linux 5.18+), set by the
+/// daemon. A read-only global: the verifier knows its value and never looks at the branch a
+/// kernel without the helpers could not load.
+#[unsafe(no_mangle)]
+pub static HAVE_RETVAL: u32 = 1;
+
+#[inline(always)]
+pub fn have_retval() -> bool {
+    // SAFETY: a read of a global the loader sets once.
+    unsafe { core::ptr::read_volatile(&HAVE_RETVAL) != 0 }
+}
+
 #[inline(always)]
 pub fn stats() -> Option<*mut Stats> {
     STATS.get_ptr_mut(0)

@@ -111,6 +111,7 @@ pub async fn run(mut opts: RunOptions) -> Result<()> {
     // This daemon's breakers start new windows: none of the kernel's window counts apply.
     kernel.tables.arrays.clear_windows();
     let mut attachment = kernel.attachment;
+    let features = kernel.features;
     let arrays = kernel.tables.arrays.clone();
     let lease = Lease::start(arrays.clone(), settings.lease)?;
 
@@ -133,6 +134,14 @@ pub async fn run(mut opts: RunOptions) -> Result<()> {
     };
     let (events_tx, _) = broadcast::channel(4096);
     let mut journal = Journal::new(events_tx.clone());
+    if !features.retval {
+        journal.warn(
+            "kernel",
+            "reject_errno is not available on this kernel (bpf_set_retval needs Linux 5.18): \
+             rejected connects get EPERM"
+                .into(),
+        );
+    }
     if reconciled.removed > 0 {
         journal.note(
             "kernel",
@@ -289,6 +298,7 @@ pub async fn run(mut opts: RunOptions) -> Result<()> {
                             config_path: config_path.as_deref(),
                             cgroup: attachment.cgroup(),
                             attached: attachment.attached(),
+                            reject_errno: features.retval,
                         };
                         let r = match view::snapshot(&mut d, &mut revisions, &journal, &info, since, instance) {
                             Ok(s) => Reply::Snapshot { field, snapshot: Box::new(s) },

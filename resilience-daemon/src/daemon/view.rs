@@ -37,6 +37,7 @@ pub struct Info<'a> {
     pub config_path: Option<&'a std::path::Path>,
     pub cgroup: &'a std::path::Path,
     pub attached: bool,
+    pub reject_errno: bool,
 }
 
 /// The bookkeeping deltas need.
@@ -275,6 +276,7 @@ pub fn snapshot(
             reconciled: daemon.reconciled,
             cgroup: Some(info.cgroup.display().to_string()),
             attached: info.attached,
+            reject_errno: info.reject_errno,
         },
         events,
     })

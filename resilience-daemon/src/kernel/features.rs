@@ -79,9 +79,22 @@ impl Probes {
     }
 }
 
-pub fn check() -> Result<()> {
+/// What the kernel offers beyond what resilience needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Features {
+    /// bpf_set_retval and bpf_get_retval in cgroup programs (Linux 5.18+): without them a
+    /// rejected connect gets EPERM, whatever `reject_errno` says, and a connect an inner
+    /// cgroup's program refused is still counted here.
+    pub retval: bool,
+}
+
+/// Set to 1, behaves as a kernel without bpf_set_retval (for tests of that path).
+pub const DEBUG_NO_RETVAL: &str = "RESILIENCE_DEBUG_NO_RETVAL";
+
+pub fn check() -> Result<Features> {
     check_privileges()?;
     let mut p = Probes::default();
+    let mut retval = false;
     if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
         p.missing
             .push("kernel BTF at /sys/kernel/btf/vmlinux (CONFIG_DEBUG_INFO_BTF=y, Linux 5.5+)");
@@ -90,17 +103,19 @@ pub fn check() -> Result<()> {
         "cgroup sock_addr programs (CONFIG_CGROUP_BPF=y, Linux 4.17+)",
         is_program_supported(ProgramType::CgroupSockAddr),
     ) {
-        let retval = [
+        let found = [
             BpfHelper::BPF_FUNC_set_retval,
             BpfHelper::BPF_FUNC_get_retval,
         ]
         .into_iter()
         .map(|h| is_helper_supported(ProgramType::CgroupSockAddr, h))
         .try_fold(true, |all, r| r.map(|ok| all && ok));
-        p.have(
-            "bpf_set_retval and bpf_get_retval in cgroup programs (Linux 5.18+)",
-            retval,
-        );
+        match found {
+            Ok(ok) => retval = ok && std::env::var(DEBUG_NO_RETVAL).as_deref() != Ok("1"),
+            Err(e) => p.refused.push(format!(
+                "bpf_set_retval and bpf_get_retval in cgroup programs: {e}"
+            )),
+        }
     }
     if p.have(
         "sock_ops programs (CONFIG_CGROUP_BPF=y, Linux 4.13+)",
@@ -137,7 +152,7 @@ pub fn check() -> Result<()> {
             p.missing.join("\n  - ")
         );
     }
-    Ok(())
+    Ok(Features { retval })
 }
 
 #[cfg(test)]

@@ -24,6 +24,7 @@ pub struct LoadOptions {
 
 /// The loaded programs (attached while this lives) and their maps.
 pub struct Kernel {
+    pub features: features::Features,
     /// The programs, attached to the guarded cgroup; dropping it detaches them.
     pub attachment: Attachment,
     _lock: PinLock,
@@ -34,7 +35,7 @@ pub struct Kernel {
 
 impl Kernel {
     pub fn load(opts: &LoadOptions) -> Result<Kernel> {
-        features::check()?;
+        let features = features::check()?;
         fs::check_cgroup2(&opts.cgroup)?;
         fs::ensure_pin_dir(&opts.pin_dir)?;
         let lock = fs::lock_pin_dir(&opts.pin_dir)?;
@@ -44,6 +45,7 @@ impl Kernel {
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&opts.pin_dir)
             .override_global(maps::GLOBAL_SK_ERR_OFFSET, &sk_err, true)
+            .override_global(maps::GLOBAL_HAVE_RETVAL, &u32::from(features.retval), true)
             .map_max_entries(maps::CONNS, opts.max_connections)
             .load(OBJECT)
             .context("loading the eBPF object")?;
@@ -60,6 +62,7 @@ impl Kernel {
 
         let attachment = Attachment::new(ebpf, &opts.cgroup)?;
         Ok(Kernel {
+            features,
             attachment,
             _lock: lock,
             tables,
