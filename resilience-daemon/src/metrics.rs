@@ -17,8 +17,13 @@ use crate::{
 
 /// Request heads longer than this are refused: a scrape's is a few hundred bytes.
 const MAX_HEAD: usize = 8192;
-/// Scrapes served at once; more connections are answered 503 and closed at once.
+/// Scrapes served at once; more connections are answered 503 and closed.
 const MAX_CONNECTIONS: usize = 8;
+/// How long a new connection waits for a place before it is answered 503. Places held by
+/// connections whose client already left come back within microseconds (their read sees EOF),
+/// so a scrape right behind a burst of them is served instead of refused; slow clients still
+/// cost the accept loop no more than this each.
+const PLACE_WAIT: Duration = Duration::from_millis(50);
 /// A client has this long to send its request.
 const READ_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -27,7 +32,8 @@ pub async fn serve(listener: TcpListener, tx: mpsc::Sender<Command>) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                let Ok(permit) = slots.clone().try_acquire_owned() else {
+                let place = tokio::time::timeout(PLACE_WAIT, slots.clone().acquire_owned()).await;
+                let Ok(Ok(permit)) = place else {
                     let _ = stream.try_write(
                         respond("503 Service Unavailable", "text/plain", "busy\n", true, &[])
                             .as_bytes(),
