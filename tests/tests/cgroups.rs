@@ -22,7 +22,7 @@ const SECOND: Duration = Duration::from_secs(1);
 /// half-open after 1 s.
 fn policy(addr: std::net::SocketAddr, mode: &str, open: &str) -> String {
     format!(
-        "[[destination]]\nname = \"svc\"\nmatch = [\"{addr}\"]\nmode = \"{mode}\"\n[destination.breaker]\nconsecutive_failures = 3\nopen_duration = \"{open}\"\nhalf_open_probes = 2\n"
+        "[[destination]]\nname = \"svc\"\nmatch = [\"{addr}\"]\nmode = \"{mode}\"\n[destination.breaker]\nconsecutive_failures = 3\nopen_duration = \"{open}\"\nhalf_open_probes = 2\nmax_half_open_duration = \"0s\"\n"
     )
 }
 

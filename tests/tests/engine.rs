@@ -89,7 +89,7 @@ fn open_goes_half_open_without_traffic_and_closes_after_good_probes() {
     }
     let server = Server::start("127.0.0.11:0");
     let policy = format!(
-        "[[destination]]\nname = \"svc\"\nmatch = [\"{}\"]\n[destination.breaker]\nopen_duration = \"500ms\"\nhalf_open_probes = 2\nhalf_open_rule = \"all\"\n",
+        "[[destination]]\nname = \"svc\"\nmatch = [\"{}\"]\n[destination.breaker]\nopen_duration = \"500ms\"\nhalf_open_probes = 2\nhalf_open_rule = \"all\"\nmax_half_open_duration = \"0s\"\n",
         server.addr
     );
     let cg = Cgroup::new("halfopen");
@@ -141,6 +141,7 @@ open_duration = "400ms"
 open_duration_max = "10s"
 half_open_probes = 3
 half_open_rule = "all"
+max_half_open_duration = "0s"
 "#,
         hole.addr
     );

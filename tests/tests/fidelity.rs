@@ -24,7 +24,7 @@ fn an_ignored_probe_gives_its_permission_back() {
     }
     let port = closed_port("127.0.0.180");
     let policy = format!(
-        "[[destination]]\nname = \"api\"\nmatch = [\"{port}\"]\nreject_errno = \"EAGAIN\"\n[destination.breaker]\nfailures = [\"timeout\"]\nopen_duration = \"1s\"\nhalf_open_probes = 2\n"
+        "[[destination]]\nname = \"api\"\nmatch = [\"{port}\"]\nreject_errno = \"EAGAIN\"\n[destination.breaker]\nfailures = [\"timeout\"]\nopen_duration = \"1s\"\nhalf_open_probes = 2\nmax_half_open_duration = \"0s\"\n"
     );
     let cg = Cgroup::new("ignored-probe");
     let pins = PinDir::new("ignored-probe");
@@ -91,7 +91,7 @@ fn half_open_probes_are_judged_by_their_rates() {
     let ok = Server::start("127.0.0.183:0");
     let bad = closed_port("127.0.0.183");
     let policy = format!(
-        "[[destination]]\nname = \"api\"\nmatch = [\"{}\", \"{bad}\"]\nreject_errno = \"EAGAIN\"\n[destination.breaker]\nfailure_rate = 50\nopen_duration = \"500ms\"\nhalf_open_probes = 4\n",
+        "[[destination]]\nname = \"api\"\nmatch = [\"{}\", \"{bad}\"]\nreject_errno = \"EAGAIN\"\n[destination.breaker]\nfailure_rate = 50\nopen_duration = \"1s\"\nhalf_open_probes = 4\nmax_half_open_duration = \"0s\"\n",
         ok.addr
     );
     let cg = Cgroup::new("half-open-rate");

@@ -61,37 +61,11 @@ fn nightly_has_rust_src() -> bool {
 }
 
 fn ensure_apt_packages() -> Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES
-        .iter()
-        .copied()
-        .filter(|p| {
-            !output(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]))
-                .is_some_and(|s| s.contains("install ok installed"))
-        })
-        .collect();
-    if missing.is_empty() {
-        say("setup: Debian BPF compiler packages: already installed");
-    } else {
-        if unsafe { libc::geteuid() } != 0 {
-            bail!(
-                "missing packages {}: run as root, or `apt-get install {}`",
-                missing.join(" "),
-                missing.join(" ")
-            );
-        }
-        say(&format!(
-            "setup: installing {} (rustc-web with a prebuilt BPF core, LLVM 22: about 300 MB, a few minutes)",
-            missing.join(" ")
-        ));
-        run_inherit("apt-get update", Command::new("apt-get").arg("update"))?;
-        run_inherit(
-            "apt-get install",
-            Command::new("apt-get")
-                .args(["install", "-y", "--no-install-recommends"])
-                .args(&missing)
-                .env("DEBIAN_FRONTEND", "noninteractive"),
-        )?;
-    }
+    ensure_packages(
+        APT_PACKAGES,
+        "Debian BPF compiler packages",
+        "rustc-web with a prebuilt BPF core, LLVM 22: about 300 MB, a few minutes",
+    )?;
     if !PathBuf::from(DEBIAN_BPF_CORE).is_dir() {
         bail!("{DEBIAN_BPF_CORE} is missing after installing libstd-rust-web-dev-bpf");
     }
@@ -156,4 +130,36 @@ fn symlink(target: &PathBuf, link: &PathBuf) -> Result<()> {
     let _ = std::fs::remove_file(link);
     std::os::unix::fs::symlink(target, link)
         .with_context(|| format!("linking {} -> {}", link.display(), target.display()))
+}
+
+/// Install the Debian packages of `packages` that are missing, saying what and why.
+pub fn ensure_packages(packages: &[&str], what: &str, size: &str) -> Result<()> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|p| {
+            !output(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]))
+                .is_some_and(|s| s.contains("install ok installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        say(&format!("setup: {what}: already installed"));
+        return Ok(());
+    }
+    if unsafe { libc::geteuid() } != 0 {
+        bail!(
+            "missing packages {}: run as root, or `apt-get install {}`",
+            missing.join(" "),
+            missing.join(" ")
+        );
+    }
+    say(&format!("setup: installing {} ({size})", missing.join(" ")));
+    run_inherit("apt-get update", Command::new("apt-get").arg("update"))?;
+    run_inherit(
+        "apt-get install",
+        Command::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
 }

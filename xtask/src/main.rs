@@ -4,6 +4,7 @@
 mod bpf_toolchain;
 mod fuzz;
 mod step;
+mod vm;
 
 use std::{path::PathBuf, process::Command};
 
@@ -42,6 +43,21 @@ enum Cmd {
     /// it and removes every process, cgroup, pin and file it made. Loopback only; 10 minutes
     /// at most.
     Demo,
+    /// Run the privileged compatibility subset inside another kernel under qemu (root):
+    /// Debian 12's stock 6.1 by default. Installs qemu, the kernel package and virtme-ng.
+    /// `cargo xtask test` runs it after the native suite.
+    VmTest {
+        /// `debian-6.1`, or the path of a vmlinuz.
+        #[arg(long, default_value = "debian-6.1")]
+        kernel: String,
+        /// Use KVM, and fail if it cannot boot the guest. Without --kvm or --no-kvm: KVM
+        /// where it boots a guest here, else software emulation (TCG), saying which.
+        #[arg(long, conflicts_with = "no_kvm")]
+        kvm: bool,
+        /// Software emulation (TCG) only: slower, works without /dev/kvm.
+        #[arg(long)]
+        no_kvm: bool,
+    },
     /// Coverage-guided fuzzing of the policy parser, the control request parser and the
     /// kernel record decoder (cargo-fuzz on rustup's nightly; installs cargo-fuzz). Results in
     /// fuzz/results.md.
@@ -138,6 +154,21 @@ fn main() -> Result<()> {
             let mut cmd = Command::new(root.join("target/release/demo"));
             cmd.env("RESILIENCE_BIN", root.join("target/release/resilience"));
             step::run_inherit("demo", &mut cmd)
+        }
+        Cmd::VmTest {
+            kernel,
+            kvm,
+            no_kvm,
+        } => {
+            let accel = match (kvm, no_kvm) {
+                (true, _) => vm::Accel::Kvm,
+                (_, true) => vm::Accel::Tcg,
+                _ => vm::Accel::Auto,
+            };
+            bpf_toolchain::setup()?;
+            build(&root)?;
+            require_root("cargo xtask vm-test")?;
+            vm::vm_test(&root, &kernel, accel)
         }
         Cmd::Fuzz { seconds, target } => {
             bpf_toolchain::setup()?;
@@ -249,7 +280,9 @@ fn test(root: &PathBuf) -> Result<()> {
     step::run_inherit(
         "privileged eBPF integration tests (real kernel, child cgroups, loopback)",
         &mut it,
-    )
+    )?;
+    // The same programs under a distribution kernel: Debian 12's 6.1.
+    vm::vm_test(root, "debian-6.1", vm::Accel::Auto)
 }
 
 fn require_root(what: &str) -> Result<()> {

@@ -138,6 +138,10 @@ pub fn check() -> Result<Features> {
         "BPF LPM trie maps (Linux 4.11+)",
         is_map_supported(MapType::LpmTrie),
     );
+    p.have(
+        "BPF atomic instructions with fetch (Linux 5.12+)",
+        super::atomics::fetch_supported(),
+    );
     if !p.refused.is_empty() {
         bail!(
             "the kernel refused to let this process load BPF programs, although it has the \

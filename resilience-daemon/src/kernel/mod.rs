@@ -1,6 +1,7 @@
 //! Everything that touches the kernel: feature probes, mounts, BTF, loading and attaching the
 //! programs, and typed access to their maps.
 
+mod atomics;
 pub mod attach;
 pub mod batch;
 pub mod btf;
