@@ -7,6 +7,7 @@
 pub mod cgroup;
 pub mod client;
 pub mod daemon;
+pub mod floor;
 pub mod listener;
 pub mod soak;
 pub mod tmux;

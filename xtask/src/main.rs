@@ -86,10 +86,10 @@ enum Cmd {
         #[arg(long)]
         dashboard_only: bool,
         /// Connects per batch.
-        #[arg(long, default_value_t = 2000)]
+        #[arg(long, default_value_t = 10000)]
         batch: u32,
-        /// Interleaved A/B rounds.
-        #[arg(long, default_value_t = 15)]
+        /// Interleaved rounds (every condition once per round).
+        #[arg(long, default_value_t = 9)]
         rounds: u32,
     },
 }
@@ -202,6 +202,11 @@ fn main() -> Result<()> {
                 return Ok(());
             }
             require_root("cargo xtask bench")?;
+            bpf_toolchain::ensure_packages(
+                &["nftables"],
+                "nftables, the datapath benchmark's comparison",
+                "about 1 MB",
+            )?;
             let mut cmd = cargo(&root);
             cmd.args(["build", "--release", "-p", "resilience-tests", "--bins"]);
             step::run_inherit("build benchmark and client", &mut cmd)?;

@@ -1,10 +1,8 @@
-//! `cargo xtask bench`: what the hooks cost an allowed connect, and how fast a rejection is.
-//!
-//! A client process in a child cgroup runs blocking socket+connect+close loops to a loopback
-//! server. Conditions, interleaved round by round in rotating order so that drift hits all
-//! alike: no programs loaded (daemon stopped), daemon attached with the destination unnamed
-//! (observed path), daemon attached with the destination named by an enforce policy, and a
-//! forced-open destination (the rejection the application sees).
+//! `cargo xtask bench`: what the hooks cost an allowed connect beside the floor and nftables
+//! (`datapath`), how far a breaker overshoots, how exact the bucket is, and whether the
+//! lookup stays flat as the maps grow.
+
+mod datapath;
 
 use std::path::PathBuf;
 
@@ -20,9 +18,9 @@ use resilience_tests::{
 
 #[derive(Parser)]
 struct Args {
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = 10000)]
     batch: u32,
-    #[arg(long, default_value_t = 15)]
+    #[arg(long, default_value_t = 9)]
     rounds: u32,
     /// Markdown file the results are written to.
     #[arg(long)]
@@ -30,6 +28,9 @@ struct Args {
     /// Only the two breaker-overshoot figures, printed (a quick check).
     #[arg(long)]
     overshoot_only: bool,
+    /// Only the datapath comparison, printed.
+    #[arg(long)]
+    datapath_only: bool,
 }
 
 /// (rounds) x (ms of connects at 5k/s): how many connects reach a refusing destination after
@@ -195,30 +196,6 @@ fn entries(batch: u32, rounds: u32) -> String {
     )
 }
 
-#[derive(Clone, Copy, PartialEq)]
-enum Cond {
-    Off,
-    Observed,
-    Named,
-    Rejected,
-    /// The same, with the earlier build given in RESILIENCE_BENCH_BEFORE.
-    ObservedBefore,
-    NamedBefore,
-}
-
-impl Cond {
-    fn label(self) -> &'static str {
-        match self {
-            Cond::Off => "no programs (daemon stopped)",
-            Cond::Observed => "attached, destination observed (no policy)",
-            Cond::Named => "attached, destination named (enforce, allowed)",
-            Cond::Rejected => "attached, forced-open (rejected)",
-            Cond::ObservedBefore => "previous build, destination observed",
-            Cond::NamedBefore => "previous build, destination named (allowed)",
-        }
-    }
-}
-
 fn main() {
     let args = Args::parse();
     assert!(
@@ -229,142 +206,28 @@ fn main() {
         print!("{}\n{}", overshoot(10), success_overshoot(10));
         return;
     }
-    let server = Server::start("127.0.0.7:0");
-    let cg = Cgroup::new("bench");
-    let pins = PinDir::new("bench");
-    let policy_observed =
-        "[[destination]]\nname = \"elsewhere\"\nmatch = [\"127.0.0.8:1\"]\n".to_string();
-    let policy_named = format!(
-        "[[destination]]\nname = \"svc\"\nmatch = [\"{}\"]\nmode = \"enforce\"\n",
-        server.addr
-    );
-    let policy_rejected = format!(
-        "[[destination]]\nname = \"svc\"\nmatch = [\"{}\"]\nmode = \"forced-open\"\n",
-        server.addr
-    );
-
-    // An earlier build, measured in the same interleaved rounds (its own pins: its maps have
-    // another layout).
-    let before = std::env::var_os("RESILIENCE_BENCH_BEFORE").map(std::path::PathBuf::from);
-    let pins_before = PinDir::new("bench-before");
-    let mut conds = vec![Cond::Off, Cond::Observed, Cond::Named, Cond::Rejected];
-    if before.is_some() {
-        conds.extend([Cond::ObservedBefore, Cond::NamedBefore]);
-    }
-    let before_opts = resilience_tests::daemon::StartOpts {
-        bin: before.clone(),
-        ..Default::default()
-    };
-    let mut samples: Vec<Vec<u64>> = vec![Vec::new(); conds.len()];
-    let mut round_medians: Vec<Vec<u64>> = vec![Vec::new(); conds.len()];
-    // Warm-up: caches, the server thread, the connector binary.
-    let _ = raw_loop(cg.path(), server.addr, args.batch / 4);
-    for round in 0..args.rounds {
-        for k in 0..conds.len() {
-            let i = (k + round as usize) % conds.len();
-            let cond = conds[i];
-            let daemon = match cond {
-                Cond::Off => None,
-                Cond::Observed => Some(Daemon::start(
-                    "bench",
-                    cg.path(),
-                    &pins,
-                    &policy_observed,
-                    "2s",
-                )),
-                Cond::Named => Some(Daemon::start(
-                    "bench",
-                    cg.path(),
-                    &pins,
-                    &policy_named,
-                    "2s",
-                )),
-                Cond::Rejected => Some(Daemon::start(
-                    "bench",
-                    cg.path(),
-                    &pins,
-                    &policy_rejected,
-                    "2s",
-                )),
-                Cond::ObservedBefore => Some(Daemon::start_with(
-                    "bench",
-                    cg.path(),
-                    &pins_before,
-                    &policy_observed,
-                    "2s",
-                    before_opts.clone(),
-                )),
-                Cond::NamedBefore => Some(Daemon::start_with(
-                    "bench",
-                    cg.path(),
-                    &pins_before,
-                    &policy_named,
-                    "2s",
-                    before_opts.clone(),
-                )),
-            };
-            let got = raw_loop(cg.path(), server.addr, args.batch);
-            drop(daemon);
-            let want_ok = cond != Cond::Rejected;
-            let bad = got.iter().filter(|o| o.ok != want_ok).count();
-            assert_eq!(
-                bad,
-                0,
-                "{}: {bad} connects had the wrong outcome",
-                cond.label()
-            );
-            let mut ns: Vec<u64> = got.iter().map(|o| o.elapsed.as_nanos() as u64).collect();
-            ns.sort_unstable();
-            round_medians[i].push(ns[ns.len() / 2]);
-            samples[i].extend(ns);
-        }
-        eprintln!("bench: round {}/{} done", round + 1, args.rounds);
-    }
-
-    let stats: Vec<(u64, u64)> = samples
-        .iter_mut()
-        .map(|s| {
-            s.sort_unstable();
-            (s[s.len() / 2], s[s.len() * 9 / 10])
-        })
-        .collect();
-    let off = stats[0].0 as f64;
+    let before = std::env::var_os("RESILIENCE_BENCH_BEFORE").map(PathBuf::from);
     let mut report = String::new();
     report.push_str("# Benchmark results\n\n");
     report.push_str(&format!(
-        "Command: `cargo xtask bench` (batch {}, rounds {}). Kernel {}, {} CPUs.\n\n",
+        "Command: `cargo xtask bench` (batch {}, rounds {}). Kernel {}, {} CPUs.",
         args.batch,
         args.rounds,
         kernel_release(),
         std::thread::available_parallelism().map_or(0, |n| n.get())
     ));
-    report.push_str("One iteration = blocking `socket()` + `connect()` to a loopback server + `close()` (SO_LINGER 0), timed in the client, which runs in a child cgroup, pinned to CPU 0. Conditions are interleaved round by round.");
     if let Some(b) = &before {
         report.push_str(&format!(
-            " \"Previous build\" rows run {} (RESILIENCE_BENCH_BEFORE) in the same rounds: the cost of the change between the two.",
+            " \"Previous build\" rows run {} (RESILIENCE_BENCH_BEFORE) in the same rounds.",
             b.display()
         ));
     }
     report.push_str("\n\n");
-    report.push_str("| condition | median µs | p90 µs | median of round medians µs | vs. no programs |\n|---|---:|---:|---:|---:|\n");
-    for (i, c) in conds.iter().enumerate() {
-        let (med, p90) = stats[i];
-        let mut rm = round_medians[i].clone();
-        rm.sort_unstable();
-        let delta = med as f64 - off;
-        report.push_str(&format!(
-            "| {} | {:.2} | {:.2} | {:.2} | {:+.0} ns ({:+.1}%) |\n",
-            c.label(),
-            med as f64 / 1e3,
-            p90 as f64 / 1e3,
-            rm[rm.len() / 2] as f64 / 1e3,
-            delta,
-            delta / off * 100.0
-        ));
+    report.push_str(&datapath::run(args.batch, args.rounds, before));
+    if args.datapath_only {
+        print!("{report}");
+        return;
     }
-    report.push_str(
-        "\nTarget (issue 2): hook overhead on the allowed path <= 2% of a loopback connect.\n\n",
-    );
     eprintln!("bench: breaker overshoot ...");
     report.push_str(&overshoot(10));
     report.push('\n');

@@ -1,0 +1,415 @@
+//! What an allowed connect pays, beside the alternatives, in one interleaved run: no programs,
+//! empty programs at our four hooks (the floor), the daemon (observed, named, named with
+//! bucket and bulkhead), and nftables (a stateless meter, and `ct count`, which needs
+//! conntrack). Each in two placements: the client alone in the guarded cgroup (the server is
+//! elsewhere, as another host would be), and client and server both in it. Then, with the
+//! kernel's program statistics on, how often each of our programs ran per connect and for how
+//! long.
+
+use std::{
+    io::Write,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use resilience_tests::{
+    cgroup::Cgroup,
+    client::raw_loop,
+    daemon::{Daemon, PinDir, StartOpts},
+    floor::{hook_of, prog_fds, prog_stats, Floor, ProgStats},
+    listener::Server,
+};
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Cond {
+    None,
+    Floor,
+    FloorState,
+    Observed,
+    Named,
+    Limits,
+    NftMeter,
+    NftCount,
+    /// The same as Observed and Named, run by the build in RESILIENCE_BENCH_BEFORE.
+    ObservedBefore,
+    NamedBefore,
+}
+
+impl Cond {
+    fn label(self) -> &'static str {
+        match self {
+            Cond::None => "no programs",
+            Cond::Floor => "floor: empty programs at our 4 hooks",
+            Cond::FloorState => "floor + state callbacks (empty sock_ops that asks for them)",
+            Cond::Observed => "resilience, destination observed",
+            Cond::Named => "resilience, destination named, allowed",
+            Cond::Limits => "resilience, named with token bucket and bulkhead",
+            Cond::NftMeter => "nftables stateless meter",
+            Cond::NftCount => "nftables `ct count` (conntrack)",
+            Cond::ObservedBefore => "previous build, destination observed",
+            Cond::NamedBefore => "previous build, destination named, allowed",
+        }
+    }
+
+    fn has_programs(self) -> bool {
+        !matches!(self, Cond::None | Cond::NftMeter | Cond::NftCount)
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Placement {
+    ClientOnly,
+    Both,
+}
+
+impl Placement {
+    fn label(self) -> &'static str {
+        match self {
+            Placement::ClientOnly => "client in the cgroup",
+            Placement::Both => "client and server in the cgroup",
+        }
+    }
+}
+
+/// What a condition keeps attached while it is measured.
+enum Active {
+    Nothing,
+    Daemon(Daemon),
+    /// Held for its links: dropping it detaches the programs.
+    Floor(#[allow(dead_code)] Floor),
+    Nft(#[allow(dead_code)] NftTable),
+}
+
+impl Active {
+    /// The process holding the program descriptors, for their statistics.
+    fn program_holder(&self) -> Option<u32> {
+        match self {
+            Active::Daemon(d) => d.pid(),
+            Active::Floor(_) => Some(std::process::id()),
+            _ => None,
+        }
+    }
+}
+
+/// An nftables table of ours, deleted on drop.
+struct NftTable;
+
+const NFT_TABLE: &str = "resilience_bench";
+
+impl NftTable {
+    fn add(rule: &str) -> NftTable {
+        let _ = nft(&format!("delete table inet {NFT_TABLE}\n"));
+        let script = format!(
+            "table inet {NFT_TABLE} {{\n  chain out {{\n    type filter hook output priority 0; policy accept;\n    {rule}\n  }}\n}}\n"
+        );
+        nft(&script).unwrap_or_else(|e| panic!("nft: {e}\n{script}"));
+        NftTable
+    }
+}
+
+impl Drop for NftTable {
+    fn drop(&mut self) {
+        let _ = nft(&format!("delete table inet {NFT_TABLE}\n"));
+    }
+}
+
+fn nft(script: &str) -> Result<(), String> {
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("running nft (xtask bench installs nftables): {e}"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(script.as_bytes());
+    }
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// The cgroup this process is in, as a path under the cgroup2 mount.
+fn own_cgroup(mount: &Path) -> PathBuf {
+    let text = std::fs::read_to_string("/proc/self/cgroup").expect("/proc/self/cgroup");
+    let rel = text
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .expect("a cgroup2 line");
+    mount.join(rel.trim_start_matches('/'))
+}
+
+/// A server whose sockets belong to `cg`: the listener is created while this process is in
+/// it (a socket's cgroup is its creator's, and accepted sockets take the listener's).
+fn server_in(cg: &Cgroup, addr: &str) -> Server {
+    let mount = cg
+        .path()
+        .parent()
+        .expect("a child cgroup has a parent")
+        .to_path_buf();
+    let home = own_cgroup(&mount);
+    let me = std::process::id().to_string();
+    std::fs::write(cg.path().join("cgroup.procs"), &me).expect("join the bench cgroup");
+    let server = Server::start(addr);
+    std::fs::write(home.join("cgroup.procs"), &me).expect("leave the bench cgroup");
+    server
+}
+
+pub struct Setup {
+    pub placement: Placement,
+    pub cg: Cgroup,
+    pub server: Server,
+    pins: PinDir,
+    pins_before: PinDir,
+    before: Option<PathBuf>,
+}
+
+impl Setup {
+    pub fn new(placement: Placement, before: Option<PathBuf>) -> Setup {
+        let tag = match placement {
+            Placement::ClientOnly => "dp-client",
+            Placement::Both => "dp-both",
+        };
+        let cg = Cgroup::new(tag);
+        let server = match placement {
+            Placement::ClientOnly => Server::start("127.0.0.7:0"),
+            Placement::Both => server_in(&cg, "127.0.0.7:0"),
+        };
+        Setup {
+            placement,
+            pins: PinDir::new(tag),
+            pins_before: PinDir::new(&format!("{tag}-before")),
+            cg,
+            server,
+            before,
+        }
+    }
+
+    fn policy(&self, cond: Cond) -> String {
+        let a = self.server.addr;
+        match cond {
+            Cond::Observed | Cond::ObservedBefore => {
+                "[[destination]]\nname = \"elsewhere\"\nmatch = [\"127.0.0.8:1\"]\n".into()
+            }
+            Cond::Limits => format!(
+                "[[destination]]\nname = \"svc\"\nmatch = [\"{a}\"]\n[destination.rate_limit]\nrate = 10000000\nburst = 10000000\n[destination.bulkhead]\nmax_concurrent = 100000\n"
+            ),
+            _ => format!("[[destination]]\nname = \"svc\"\nmatch = [\"{a}\"]\n"),
+        }
+    }
+
+    fn start(&self, cond: Cond) -> Active {
+        let port = self.server.addr.port();
+        let tag = "datapath";
+        match cond {
+            Cond::None => Active::Nothing,
+            Cond::Floor | Cond::FloorState => Active::Floor(
+                Floor::attach(self.cg.path(), cond == Cond::FloorState)
+                    .unwrap_or_else(|e| panic!("attaching the empty programs: {e}")),
+            ),
+            Cond::Observed | Cond::Named | Cond::Limits => Active::Daemon(Daemon::start(
+                tag,
+                self.cg.path(),
+                &self.pins,
+                &self.policy(cond),
+                "2s",
+            )),
+            Cond::ObservedBefore | Cond::NamedBefore => Active::Daemon(Daemon::start_with(
+                tag,
+                self.cg.path(),
+                &self.pins_before,
+                &self.policy(cond),
+                "2s",
+                StartOpts {
+                    bin: self.before.clone(),
+                    ..StartOpts::default()
+                },
+            )),
+            Cond::NftMeter => Active::Nft(NftTable::add(&format!(
+                "ip daddr 127.0.0.7 tcp dport {port} meter m {{ ip daddr . tcp dport limit rate over 100000000/second }} drop"
+            ))),
+            Cond::NftCount => Active::Nft(NftTable::add(&format!(
+                "ip daddr 127.0.0.7 tcp dport {port} ct count over 10000000 drop"
+            ))),
+        }
+    }
+}
+
+/// Samples of one condition in one placement.
+#[derive(Default)]
+struct Series {
+    all: Vec<u64>,
+    round_medians: Vec<u64>,
+}
+
+fn median(v: &mut [u64]) -> u64 {
+    v.sort_unstable();
+    v[v.len() / 2]
+}
+
+/// Per hook: (runs per connect, ns per connect).
+type HookCost = Vec<(&'static str, f64, f64)>;
+
+fn hook_costs(active: &Active, run: impl FnOnce()) -> HookCost {
+    let Some(pid) = active.program_holder() else {
+        return Vec::new();
+    };
+    let read = || -> Vec<(&'static str, ProgStats)> {
+        prog_fds(pid)
+            .into_iter()
+            .filter_map(|(fd, t, _)| Some((hook_of(t), prog_stats(pid, fd)?)))
+            .collect()
+    };
+    let before = read();
+    run();
+    let after = read();
+    let mut out: HookCost = Vec::new();
+    for hook in ["connect", "sock_ops", "sock_release"] {
+        let sum = |v: &[(&'static str, ProgStats)]| {
+            v.iter()
+                .filter(|(h, _)| *h == hook)
+                .fold(ProgStats::default(), |a, (_, s)| ProgStats {
+                    run_cnt: a.run_cnt + s.run_cnt,
+                    run_time_ns: a.run_time_ns + s.run_time_ns,
+                })
+        };
+        let (b, a) = (sum(&before), sum(&after));
+        out.push((
+            hook,
+            (a.run_cnt - b.run_cnt) as f64,
+            (a.run_time_ns - b.run_time_ns) as f64,
+        ));
+    }
+    out
+}
+
+/// Runs the comparison; returns the markdown section.
+pub fn run(batch: u32, rounds: u32, before: Option<PathBuf>) -> String {
+    let mut conds = vec![
+        Cond::None,
+        Cond::Floor,
+        Cond::FloorState,
+        Cond::Observed,
+        Cond::Named,
+        Cond::Limits,
+        Cond::NftMeter,
+        Cond::NftCount,
+    ];
+    if before.is_some() {
+        conds.extend([Cond::ObservedBefore, Cond::NamedBefore]);
+    }
+    let setups = [
+        Setup::new(Placement::ClientOnly, before.clone()),
+        Setup::new(Placement::Both, before.clone()),
+    ];
+    // Every (placement, condition), interleaved round by round in rotating order.
+    let cells: Vec<(usize, Cond)> = (0..setups.len())
+        .flat_map(|p| conds.iter().map(move |&c| (p, c)))
+        .collect();
+    let mut series: Vec<Series> = (0..cells.len()).map(|_| Series::default()).collect();
+    for s in &setups {
+        let _ = raw_loop(s.cg.path(), s.server.addr, batch / 4);
+    }
+    for round in 0..rounds {
+        for k in 0..cells.len() {
+            let i = (k + round as usize) % cells.len();
+            let (p, cond) = cells[i];
+            let s = &setups[p];
+            let active = s.start(cond);
+            let got = raw_loop(s.cg.path(), s.server.addr, batch);
+            drop(active);
+            let bad = got.iter().filter(|o| !o.ok).count();
+            assert_eq!(bad, 0, "{}: {bad} connects failed", cond.label());
+            let mut ns: Vec<u64> = got.iter().map(|o| o.elapsed.as_nanos() as u64).collect();
+            series[i].round_medians.push(median(&mut ns));
+            series[i].all.extend(ns);
+        }
+        eprintln!("bench: datapath round {}/{rounds} done", round + 1);
+    }
+
+    // The kernel's own accounting, apart from the timed rounds (it costs two clock reads per
+    // program run).
+    eprintln!("bench: per-program statistics ...");
+    let stats_path = "/proc/sys/kernel/bpf_stats_enabled";
+    let was = std::fs::read_to_string(stats_path).unwrap_or_else(|_| "0".into());
+    std::fs::write(stats_path, "1").expect("enabling kernel.bpf_stats_enabled");
+    let mut costs: Vec<HookCost> = Vec::new();
+    for &(p, cond) in &cells {
+        let s = &setups[p];
+        if !cond.has_programs() {
+            costs.push(Vec::new());
+            continue;
+        }
+        let active = s.start(cond);
+        let c = hook_costs(&active, || {
+            let _ = raw_loop(s.cg.path(), s.server.addr, batch);
+        });
+        drop(active);
+        costs.push(
+            c.into_iter()
+                .map(|(h, runs, ns)| (h, runs / f64::from(batch), ns / f64::from(batch)))
+                .collect(),
+        );
+    }
+    let _ = std::fs::write(stats_path, was.trim());
+
+    let mut out = format!(
+        "## Datapath cost\n\nOne iteration = blocking `socket()` + `connect()` to a loopback server + `close()` (SO_LINGER 0), timed in the client, pinned to CPU 0; the server accepts and closes on another thread. {rounds} rounds of {batch} per condition, every condition of both placements interleaved in rotating order. Spread = lowest to highest round median. Per-program figures come from a separate pass of {batch} connects with `kernel.bpf_stats_enabled=1` (`run_cnt`, `run_time_ns` of each program): runs and ns per connect, for connect4 (\"connect\"), sock_ops and sock_release. nftables rules sit on the output hook and match the server's address and port only.\n\n"
+    );
+    for (p, setup) in setups.iter().enumerate() {
+        let idx = |c: Cond| cells.iter().position(|&x| x == (p, c));
+        let med = |c: Cond| idx(c).map(|i| median(&mut series[i].all.clone()) as f64);
+        let none = med(Cond::None).unwrap_or(1.0);
+        out.push_str(&format!(
+            "### {}\n\n| condition | median µs | spread µs | vs none | connect: runs, ns | sock_ops: runs, ns | sock_release: runs, ns |\n|---|---:|---:|---:|---:|---:|---:|\n",
+            setup.placement.label()
+        ));
+        for &c in &conds {
+            let Some(i) = idx(c) else { continue };
+            let m = med(c).unwrap_or(0.0);
+            let mut rm = series[i].round_medians.clone();
+            rm.sort_unstable();
+            let cost = |hook: &str| {
+                costs[i]
+                    .iter()
+                    .find(|(h, _, _)| *h == hook)
+                    .map_or("-".to_string(), |(_, runs, ns)| format!("{runs:.1}, {ns:.0}"))
+            };
+            out.push_str(&format!(
+                "| {} | {:.2} | {:.2}–{:.2} | {:+.1}% | {} | {} | {} |\n",
+                c.label(),
+                m / 1e3,
+                rm[0] as f64 / 1e3,
+                rm[rm.len() - 1] as f64 / 1e3,
+                (m - none) / none * 100.0,
+                cost("connect"),
+                cost("sock_ops"),
+                cost("sock_release"),
+            ));
+        }
+        let over = |c: Cond| med(c).map(|m| m - none);
+        let (meter, count) = (over(Cond::NftMeter), over(Cond::NftCount));
+        let floor = over(Cond::FloorState);
+        out.push('\n');
+        for c in [Cond::Observed, Cond::Named] {
+            let Some(cost) = over(c) else { continue };
+            let verdict = |ok: bool| if ok { "met" } else { "not met" };
+            out.push_str(&format!(
+                "- {}: {:+.0} ns ({:+.1}%). At most 2% of a connect: {}. At most the nftables meter ({:+.0} ns): {}. At most a quarter of `ct count` ({:+.0} ns / 4): {}. Floor with state callbacks: {:+.0} ns.\n",
+                c.label(),
+                cost,
+                cost / none * 100.0,
+                verdict(cost <= 0.02 * none),
+                meter.unwrap_or(f64::NAN),
+                verdict(meter.is_some_and(|m| cost <= m)),
+                count.unwrap_or(f64::NAN),
+                verdict(count.is_some_and(|n| cost <= n / 4.0)),
+                floor.unwrap_or(f64::NAN),
+            ));
+        }
+        out.push('\n');
+    }
+    out
+}
