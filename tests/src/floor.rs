@@ -138,10 +138,25 @@ impl Floor {
             allow()
         };
         let specs: [(&'static str, u32, u32, Vec<u64>); 4] = [
-            ("connect4", PROG_CGROUP_SOCK_ADDR, ATTACH_INET4_CONNECT, allow()),
-            ("connect6", PROG_CGROUP_SOCK_ADDR, ATTACH_INET6_CONNECT, allow()),
+            (
+                "connect4",
+                PROG_CGROUP_SOCK_ADDR,
+                ATTACH_INET4_CONNECT,
+                allow(),
+            ),
+            (
+                "connect6",
+                PROG_CGROUP_SOCK_ADDR,
+                ATTACH_INET6_CONNECT,
+                allow(),
+            ),
             ("sock_ops", PROG_SOCK_OPS, ATTACH_SOCK_OPS, sock_ops),
-            ("sock_release", PROG_CGROUP_SOCK, ATTACH_SOCK_RELEASE, allow()),
+            (
+                "sock_release",
+                PROG_CGROUP_SOCK,
+                ATTACH_SOCK_RELEASE,
+                allow(),
+            ),
         ];
         let mut programs = Vec::new();
         let mut links = Vec::new();

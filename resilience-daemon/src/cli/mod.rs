@@ -1,5 +1,6 @@
 //! Command line: what each subcommand takes and does.
 
+mod explain;
 mod print;
 mod run;
 
@@ -115,6 +116,22 @@ enum Cmd {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Which destination and rule govern a connect to ADDR:PORT (exact, DNS or CIDR, by the
+    /// hook's precedence), which other destinations it shadows, and what such a connect would
+    /// get now (state, tokens, free places). Asks the running daemon; with --config, explains
+    /// from a policy file alone (no daemon needed; DNS names are resolved by this command).
+    Explain {
+        /// The address a program connects to, e.g. 10.0.0.5:443 or [2001:db8::1]:443.
+        address: String,
+        /// Explain from this policy file instead of the running daemon.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The explanation as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Reload the policy file; a bad file is refused and the running policy stays.
     Reload {
         #[command(flatten)]
@@ -200,6 +217,20 @@ fn client(command: Cmd) -> Result<ExitCode> {
         Cmd::Disable { name, client } => act(&client.socket, Request::Disable { name }),
         Cmd::Enable { name, client } => act(&client.socket, Request::Enable { name }),
         Cmd::Reload { client } => act(&client.socket, Request::Reload),
+        Cmd::Explain {
+            address,
+            config,
+            client,
+            json,
+        } => {
+            out(&explain::explain(
+                &address,
+                config.as_deref(),
+                &client.socket,
+                json,
+            )?)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Completions { shell } => {
             let mut script = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "resilience", &mut script);

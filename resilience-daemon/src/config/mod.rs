@@ -2,6 +2,7 @@
 
 mod duration;
 mod errno;
+pub mod govern;
 mod guards;
 mod matcher;
 mod overlap;

@@ -375,7 +375,9 @@ pub fn run(batch: u32, rounds: u32, before: Option<PathBuf>) -> String {
                 costs[i]
                     .iter()
                     .find(|(h, _, _)| *h == hook)
-                    .map_or("-".to_string(), |(_, runs, ns)| format!("{runs:.1}, {ns:.0}"))
+                    .map_or("-".to_string(), |(_, runs, ns)| {
+                        format!("{runs:.1}, {ns:.0}")
+                    })
             };
             out.push_str(&format!(
                 "| {} | {:.2} | {:.2}–{:.2} | {:+.1}% | {} | {} | {} |\n",
@@ -389,6 +391,19 @@ pub fn run(batch: u32, rounds: u32, before: Option<PathBuf>) -> String {
                 cost("sock_release"),
             ));
         }
+        // The kernel's own figure: program time per connect, summed over the hooks. Far
+        // steadier than the wall-clock medians on a machine whose rounds drift.
+        let kernel_ns = |c: Cond| idx(c).map(|i| costs[i].iter().map(|(_, _, ns)| ns).sum::<f64>());
+        let line =
+            |c: Cond| kernel_ns(c).map_or(String::new(), |ns| format!("{}: {ns:.0} ns", c.label()));
+        out.push_str(&format!(
+            "\nProgram time per connect (all hooks, kernel statistics): {}; {}; {}; {}; {}.\n",
+            line(Cond::Floor),
+            line(Cond::FloorState),
+            line(Cond::Observed),
+            line(Cond::Named),
+            line(Cond::Limits)
+        ));
         let over = |c: Cond| med(c).map(|m| m - none);
         let (meter, count) = (over(Cond::NftMeter), over(Cond::NftCount));
         let floor = over(Cond::FloorState);
