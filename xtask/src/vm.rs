@@ -15,7 +15,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::{
     bpf_toolchain::ensure_packages,
-    step::{output, run_inherit, say},
+    step::{output, run_inherit, run_piped, say},
 };
 
 const PACKAGES: &[&str] = &["qemu-system-x86", "linux-image-amd64", "busybox-static"];
@@ -86,7 +86,7 @@ pub fn vm_test(root: &Path, kernel: &str, accel: Accel) -> Result<()> {
     }
     cmd.arg("--").arg(&script);
     cmd.env("PATH", path_with(vng.parent().unwrap_or(Path::new("."))));
-    let ran = run_inherit("vm-test: the compatibility subset in the guest", &mut cmd);
+    let ran = run_piped("vm-test: the compatibility subset in the guest", &mut cmd);
 
     let guest_kernel = std::fs::read_to_string(dir.join("kernel")).unwrap_or_default();
     let (mut passed, mut failed) = (0u64, 0u64);
