@@ -14,6 +14,7 @@ use resilience_common::Endpoint;
 use serde_json::{json, Value};
 
 use crate::{
+    apply::endpoint,
     client::{Client, DEFAULT_TIMEOUT},
     config::{
         self,
@@ -63,13 +64,6 @@ struct Dest {
     resolved: Vec<(String, u16, Endpoint)>,
 }
 
-fn endpoint_of(a: SocketAddr) -> Endpoint {
-    match a.ip() {
-        IpAddr::V4(v4) => Endpoint::v4(v4.octets(), a.port()),
-        IpAddr::V6(v6) => Endpoint::v6(v6.octets(), a.port()),
-    }
-}
-
 /// The daemon's DNS answers are listed per destination, not per name: each goes to the
 /// destination's first name on the same port.
 fn from_snapshot(d: &DestinationStatus) -> Dest {
@@ -85,7 +79,7 @@ fn from_snapshot(d: &DestinationStatus) -> Dest {
         .filter_map(|a| {
             matches.iter().find_map(|m| match &m.kind {
                 MatchKind::Host { host, port } if *port == a.port() => {
-                    Some((host.clone(), *port, endpoint_of(a)))
+                    Some((host.clone(), *port, endpoint(&a)))
                 }
                 _ => None,
             })
@@ -112,7 +106,7 @@ fn resolve_now(host: &str, port: u16) -> Vec<Endpoint> {
     rx.recv_timeout(RESOLVE_DEADLINE)
         .unwrap_or_default()
         .into_iter()
-        .map(endpoint_of)
+        .map(|a| endpoint(&a))
         .collect()
 }
 

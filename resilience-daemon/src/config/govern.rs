@@ -109,11 +109,7 @@ mod tests {
     }
 
     fn ep(s: &str) -> Endpoint {
-        let a: std::net::SocketAddr = s.parse().expect(s);
-        match a.ip() {
-            std::net::IpAddr::V4(v4) => Endpoint::v4(v4.octets(), a.port()),
-            std::net::IpAddr::V6(v6) => Endpoint::v6(v6.octets(), a.port()),
-        }
+        crate::apply::endpoint(&s.parse().expect(s))
     }
 
     #[test]
