@@ -2,7 +2,10 @@
 //! and the close of established connections.
 
 use aya_ebpf::{
-    bindings::{BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB},
+    bindings::{
+        BPF_SOCK_OPS_RTO_CB_FLAG, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
+        BPF_SOCK_OPS_TCP_CONNECT_CB,
+    },
     helpers::{
         bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_probe_read_kernel,
         generated::bpf_skc_to_tcp_sock,
@@ -23,7 +26,13 @@ use crate::{
     outcome::{settle, succeed},
 };
 
+/// Set on the sockets whose connection is in CONNS (a named destination), so that their later
+/// callbacks look in one map only. A flag the socket carries anyway: the RTO callback it also
+/// asks for runs only when a retransmission timer fires, and returns at once.
+const NAMED_MARK: u32 = BPF_SOCK_OPS_RTO_CB_FLAG;
+
 const TCP_ESTABLISHED: u32 = 1;
+const TCP_SYN_SENT: u32 = 2;
 const TCP_CLOSE: u32 = 7;
 
 const ECONNRESET: u32 = 104;
@@ -37,30 +46,42 @@ const EPIPE: u32 = 32;
 /// guarded sockets pay for it.
 pub fn on_sock_ops(ctx: &SockOpsContext) {
     match ctx.op() {
-        // The SYN is about to go out: follow this socket's state changes from now on.
+        // The SYN is about to go out: follow the state changes of a socket the hook let
+        // through from now on, and remember in the socket which map holds it.
         BPF_SOCK_OPS_TCP_CONNECT_CB => {
-            let flags = ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG;
-            let _ = ctx.set_cb_flags(flags as i32);
             // SAFETY: the context is a valid bpf_sock_ops for this program type.
             let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-            if !arm(&CONNS, cookie) {
-                arm(&OBS_CONNS, cookie);
-            }
+            let mark = if arm(&CONNS, cookie) {
+                NAMED_MARK
+            } else if arm(&OBS_CONNS, cookie) {
+                0
+            } else {
+                // Not ours (untracked): nothing to follow.
+                return;
+            };
+            let flags = ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG | mark;
+            let _ = ctx.set_cb_flags(flags as i32);
         }
         // Only sockets armed above get here. ESTABLISHED covers the active open and the
         // simultaneous open (SYN_SENT -> SYN_RECV -> ESTABLISHED) alike.
         BPF_SOCK_OPS_STATE_CB => {
             let new = ctx.arg(1);
+            let named = ctx.cb_flags() & NAMED_MARK != 0;
             if new == TCP_ESTABLISHED {
                 let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-                if !established(&CONNS, cookie) {
-                    established(&OBS_CONNS, cookie);
+                // A socket armed by an earlier build has no mark: both maps, as then.
+                if !named && !established(&OBS_CONNS, cookie) {
+                    established(&CONNS, cookie);
+                } else if named {
+                    established(&CONNS, cookie);
                 }
             } else if new == TCP_CLOSE {
                 let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
                 let err = sk_err(ctx);
-                if !closed(&CONNS, cookie, err) {
-                    closed(&OBS_CONNS, cookie, err);
+                if !named && !closed(&OBS_CONNS, cookie, err) {
+                    closed(&CONNS, cookie, err);
+                } else if named {
+                    closed(&CONNS, cookie, err);
                 }
             }
         }
@@ -75,6 +96,13 @@ pub fn on_sock_ops(ctx: &SockOpsContext) {
 pub fn on_release(ctx: &SockContext) {
     // SAFETY: the kernel hands a valid bpf_sock to this program type.
     let state = unsafe { (*ctx.sock).state };
+    // A socket the hook let through and that was never armed is still SYN_SENT (Fast Open,
+    // not yet written to) or CLOSE (failed before its SYN). In any other state it was armed
+    // and the state callback reports it: most closes (and every accepted or listening socket)
+    // end here without a lookup.
+    if state != TCP_SYN_SENT && state != TCP_CLOSE {
+        return;
+    }
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     if !release(&CONNS, cookie, state) {
         release(&OBS_CONNS, cookie, state);

@@ -80,7 +80,9 @@ enum Cmd {
     /// (bench/dashboard.md, no root needed), then connect() overhead, breaker overshoot, token
     /// bucket accuracy and map size (bench/results.md, root), then what a dashboard refresh
     /// costs the daemon at 10k destinations (bench/refresh.md, root; set
-    /// RESILIENCE_BENCH_BEFORE=BIN to measure an earlier build beside it).
+    /// RESILIENCE_BENCH_BEFORE=BIN to measure an earlier build beside it), then the daemon's
+    /// CPU and memory at 20k connects/s over 10k destinations with the dashboard attached
+    /// (bench/daemon.md, root).
     Bench {
         /// Only the dashboard benchmark.
         #[arg(long)]
@@ -231,6 +233,16 @@ fn main() -> Result<()> {
             }
             step::run_inherit(
                 "dashboard refresh cost, 10k destinations (bench/refresh.md)",
+                &mut cmd,
+            )?;
+            // (tmux, where its dashboard runs, is among the packages setup installs.)
+            let mut cmd = Command::new(root.join("target/release/daemon_cost"));
+            cmd.env("RESILIENCE_BIN", root.join("target/release/resilience"))
+                .arg("--out")
+                .arg(root.join("bench/daemon.md"));
+            step::run_inherit(
+                "daemon CPU and memory at 20k connects/s over 10k destinations, dashboard \
+                 attached (bench/daemon.md)",
                 &mut cmd,
             )
         }

@@ -1,0 +1,216 @@
+//! `cargo xtask bench` (daemon cost, issue 10 item 4): the daemon's own CPU and memory at
+//! 20k connects/s spread over 10,000 named destinations, with the dashboard (`resilience top`,
+//! in a tmux session) attached and refreshing.
+//!
+//! One listener on 0.0.0.0 accepts and closes; every destination is an exact 127.x.y.z address
+//! on its port, so each connect succeeds and is charged to its own destination. Two clients
+//! (one per CPU) cycle through all the addresses at the given rate. After a warm-up, the
+//! daemon's CPU (utime + stime from /proc) is read over a measured window, with the rate the
+//! daemon itself counted in that window (sum of `attempts`), RSS at the end and its peak.
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use clap::Parser;
+use resilience_tests::{
+    cgroup::Cgroup,
+    client::{spawn, Opts},
+    daemon::{Daemon, PinDir},
+    listener::Server,
+    tmux::{self, Session},
+};
+
+#[derive(Parser)]
+struct Args {
+    #[arg(long, default_value_t = 10_000)]
+    destinations: u32,
+    /// Connects per second, all clients together.
+    #[arg(long, default_value_t = 20_000)]
+    rate: u32,
+    /// Seconds of warm-up before the measured window.
+    #[arg(long, default_value_t = 5)]
+    warmup: u64,
+    /// Seconds measured.
+    #[arg(long, default_value_t = 20)]
+    window: u64,
+    /// Markdown file the results are written to.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+const CLIENTS: u32 = 2;
+
+fn addr(i: u32, port: u16) -> SocketAddr {
+    format!(
+        "127.{}.{}.{}:{port}",
+        2 + i / 65536,
+        (i / 256) % 256,
+        i % 256
+    )
+    .parse()
+    .expect("address")
+}
+
+/// utime + stime of `pid`, in seconds.
+fn cpu(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // SAFETY: sysconf has no preconditions.
+    (t(11) + t(12)) / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+/// A `Vm*:` line of /proc/PID/status, in MiB.
+fn vm_mib(pid: u32, field: &str) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
+/// Sum of every destination's `attempts`, as the daemon reports them.
+fn attempts(d: &Daemon) -> u64 {
+    let s = d.status();
+    s["destinations"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|x| x["attempts"].as_u64()).sum())
+        .unwrap_or(0)
+}
+
+/// The pid of the `resilience top` running in the tmux session's pane.
+fn top_pid(session: &str) -> Option<u32> {
+    let shell: u32 = tmux::tmux(&["display-message", "-p", "-t", session, "#{pane_pid}"])
+        .trim()
+        .parse()
+        .ok()?;
+    let children = std::fs::read_to_string(format!("/proc/{shell}/task/{shell}/children")).ok()?;
+    children.split_whitespace().next()?.parse().ok()
+}
+
+fn main() {
+    let args = Args::parse();
+    assert!(
+        resilience_tests::privileged("daemon_cost"),
+        "the benchmark needs root"
+    );
+    let server = Server::start("0.0.0.0:0");
+    let port = server.addr.port();
+    let addrs: Vec<SocketAddr> = (0..args.destinations).map(|i| addr(i, port)).collect();
+    let mut policy = String::new();
+    for (i, a) in addrs.iter().enumerate() {
+        policy.push_str(&format!(
+            "[[destination]]\nname = \"svc-{i}\"\nmatch = [\"{a}\"]\n"
+        ));
+    }
+    let cg = Cgroup::new("daemon-cost");
+    let pins = PinDir::new("daemon-cost");
+    let d = Daemon::start("daemon-cost", &cg.path, &pins, &policy, "2s");
+    let pid = d.pid().expect("daemon pid");
+
+    eprintln!(
+        "daemon_cost: dashboard attached (tmux), {} destinations",
+        args.destinations
+    );
+    let session = Session::new("daemon-cost");
+    session.keys(&[
+        &format!(
+            "exec {} top --socket {}",
+            resilience_tests::daemon_bin().display(),
+            d.socket.display()
+        ),
+        "Enter",
+    ]);
+    tmux::wait_screen(&session.0, "the dashboard's rows", |s| s.contains("svc-"));
+    let top = top_pid(&session.0).expect("dashboard pid");
+
+    let total = Duration::from_secs(args.warmup + args.window + 2);
+    let interval = Duration::from_nanos(1_000_000_000 * u64::from(CLIENTS) / u64::from(args.rate));
+    eprintln!(
+        "daemon_cost: {} clients, a connect every {:?} each, for {:?}",
+        CLIENTS, interval, total
+    );
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            // Each client starts at its own place in the cycle, so that together they spread
+            // over every destination.
+            let mut mine = addrs.clone();
+            mine.rotate_left((c * args.destinations / CLIENTS) as usize);
+            spawn(
+                &cg.path,
+                &mine,
+                u32::MAX,
+                &Opts {
+                    raw: true,
+                    cycle: true,
+                    summary: true,
+                    cpu: Some(c as usize),
+                    for_time: Some(total),
+                    interval: Some(interval),
+                    ..Opts::default()
+                },
+            )
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(args.warmup));
+
+    let (c0, t0, a0, start) = (cpu(pid), cpu(top), attempts(&d), Instant::now());
+    std::thread::sleep(Duration::from_secs(args.window));
+    let (c1, t1, a1, wall) = (cpu(pid), cpu(top), attempts(&d), start.elapsed());
+    let (rss, hwm) = (vm_mib(pid, "VmRSS:"), vm_mib(pid, "VmHWM:"));
+    let top_rss = vm_mib(top, "VmRSS:");
+    for c in clients {
+        c.wait_summary();
+    }
+    let screen = tmux::capture(&session.0);
+    session.kill();
+
+    let secs = wall.as_secs_f64();
+    let rate = (a1 - a0) as f64 / secs;
+    let daemon_pct = 100.0 * (c1 - c0) / secs;
+    let top_pct = 100.0 * (t1 - t0) / secs;
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let verdict = |ok: bool| if ok { "met" } else { "not met" };
+    let text = format!(
+        "# Daemon cost under load\n\n\
+         Measured by `cargo xtask bench` (tests/src/bin/daemon_cost.rs), kernel {}, {} CPUs. \
+         The real daemon with {} named destinations (exact 127.x.y.z addresses, one listener \
+         on 0.0.0.0 that accepts and closes); {CLIENTS} clients in the guarded cgroup cycle \
+         through all of them, a connect every {:?} each (target {} connects/s); the dashboard \
+         (`resilience top`, 1 s refresh) runs in a tmux session the whole time. {} s of \
+         warm-up, then {} s measured. The rate is what the daemon itself counted (sum of \
+         `attempts`) in the window; CPU is utime + stime from /proc (10 ms ticks).\n\n\
+         | connects/s counted | daemon CPU, % of one core | daemon RSS MiB (end) | daemon peak RSS MiB | dashboard CPU % | dashboard RSS MiB |\n\
+         |---:|---:|---:|---:|---:|---:|\n\
+         | {:.0} | {:.2} | {:.1} | {:.1} | {:.2} | {:.1} |\n\n\
+         Targets (issue 10): at most 2% of one core: {}; at most 40 MiB RSS: {} (peak {}).\n",
+        kernel.trim(),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        args.destinations,
+        interval,
+        args.rate,
+        args.warmup,
+        args.window,
+        rate,
+        daemon_pct,
+        rss,
+        hwm,
+        top_pct,
+        top_rss,
+        verdict(daemon_pct <= 2.0),
+        verdict(rss <= 40.0),
+        verdict(hwm <= 40.0),
+    );
+    print!("{text}");
+    if !screen.contains("svc-") {
+        eprintln!("daemon_cost: the dashboard's last screen showed no rows:\n{screen}");
+    }
+    if let Some(out) = &args.out {
+        std::fs::write(out, &text).expect("writing results");
+    }
+}
