@@ -118,6 +118,7 @@ fn main() {
     // disturb the timing.
     let mut out: Vec<(SocketAddr, Record)> = Vec::new();
     let (mut total, mut ok_total) = (0u64, 0u64);
+    let begin = Instant::now();
     let deadline = args
         .for_ms
         .map(|ms| Instant::now() + Duration::from_millis(ms));
@@ -140,6 +141,13 @@ fn main() {
         for _ in 0..count {
             if until.is_some_and(|u| Instant::now() >= u) {
                 break;
+            }
+            // An absolute schedule: a connect that ran late does not push the rest back.
+            if let Some(every) = args.interval_us {
+                let due = begin + Duration::from_micros(every.saturating_mul(total));
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
             }
             let t = monotonic_ns();
             let start = Instant::now();

@@ -83,14 +83,13 @@ fn attempts(d: &Daemon) -> u64 {
         .unwrap_or(0)
 }
 
-/// The pid of the `resilience top` running in the tmux session's pane.
+/// The pid of the `resilience top` running in the tmux session's pane: the pane's shell
+/// `exec`s it, so it is the pane's own pid.
 fn top_pid(session: &str) -> Option<u32> {
-    let shell: u32 = tmux::tmux(&["display-message", "-p", "-t", session, "#{pane_pid}"])
+    tmux::tmux(&["display-message", "-p", "-t", session, "#{pane_pid}"])
         .trim()
         .parse()
-        .ok()?;
-    let children = std::fs::read_to_string(format!("/proc/{shell}/task/{shell}/children")).ok()?;
-    children.split_whitespace().next()?.parse().ok()
+        .ok()
 }
 
 fn main() {
