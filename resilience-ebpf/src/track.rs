@@ -98,8 +98,9 @@ pub fn on_release(ctx: &SockContext) {
     let state = unsafe { (*ctx.sock).state };
     // A socket the hook let through and that was never armed is still SYN_SENT (Fast Open,
     // not yet written to) or CLOSE (failed before its SYN). In any other state it was armed
-    // and the state callback reports it: most closes (and every accepted or listening socket)
-    // end here without a lookup.
+    // and the state callback reports it: most closes, listening sockets and accepted ones
+    // still open end here without a lookup (an accepted socket its peer reset is CLOSE, and
+    // still pays the lookups).
     if state != TCP_SYN_SENT && state != TCP_CLOSE {
         return;
     }
