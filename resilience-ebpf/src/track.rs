@@ -70,17 +70,13 @@ pub fn on_sock_ops(ctx: &SockOpsContext) {
             if new == TCP_ESTABLISHED {
                 let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
                 // A socket armed by an earlier build has no mark: both maps, as then.
-                if !named && !established(&OBS_CONNS, cookie) {
-                    established(&CONNS, cookie);
-                } else if named {
+                if named || !established(&OBS_CONNS, cookie) {
                     established(&CONNS, cookie);
                 }
             } else if new == TCP_CLOSE {
                 let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
                 let err = sk_err(ctx);
-                if !named && !closed(&OBS_CONNS, cookie, err) {
-                    closed(&CONNS, cookie, err);
-                } else if named {
+                if named || !closed(&OBS_CONNS, cookie, err) {
                     closed(&CONNS, cookie, err);
                 }
             }

@@ -9,6 +9,7 @@ pub mod client;
 pub mod daemon;
 pub mod floor;
 pub mod listener;
+pub mod procfs;
 pub mod soak;
 pub mod tmux;
 

@@ -125,15 +125,6 @@ fn addrs(base: u8, n: std::ops::Range<usize>, port: u16) -> Vec<SocketAddr> {
         .collect()
 }
 
-fn rss_mib(pid: u32) -> f64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-        .unwrap_or(0.0)
-        / 1024.0
-}
-
 /// A dashboard-like client: deltas at 1 Hz, reconnecting across restarts. Counts snapshots.
 fn dashboard(socket: std::path::PathBuf, stop: Arc<AtomicBool>, count: Arc<AtomicU64>) {
     let mut conn: Option<(UnixStream, BufReader<UnixStream>)> = None;
@@ -269,7 +260,7 @@ pub fn run(seconds: u64) -> Report {
         let (stop, max_rss, pid) = (stop.clone(), max_rss.clone(), pid.clone());
         std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
-                let r = rss_mib(pid.load(Ordering::Relaxed) as u32);
+                let r = crate::procfs::rss_mib(pid.load(Ordering::Relaxed) as u32);
                 if let Ok(mut m) = max_rss.lock() {
                     *m = m.max(r);
                 }

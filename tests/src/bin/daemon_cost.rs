@@ -20,6 +20,7 @@ use resilience_tests::{
     client::{spawn, Opts},
     daemon::{Daemon, PinDir},
     listener::Server,
+    procfs::{cpu_seconds as cpu, vm_mib},
     tmux::{self, Session},
 };
 
@@ -52,26 +53,6 @@ fn addr(i: u32, port: u16) -> SocketAddr {
     )
     .parse()
     .expect("address")
-}
-
-/// utime + stime of `pid`, in seconds.
-fn cpu(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest = stat.rsplit(')').next().unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // SAFETY: sysconf has no preconditions.
-    (t(11) + t(12)) / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
-}
-
-/// A `Vm*:` line of /proc/PID/status, in MiB.
-fn vm_mib(pid: u32, field: &str) -> f64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-        .unwrap_or(0.0)
-        / 1024.0
 }
 
 /// Sum of every destination's `attempts`, as the daemon reports them.

@@ -18,6 +18,7 @@ use resilience_tests::{
     cgroup::Cgroup,
     client::{spawn, Opts, Running},
     daemon::{Daemon, PinDir},
+    procfs::{cpu_seconds as cpu, rss_mib},
 };
 use serde_json::Value;
 
@@ -53,25 +54,6 @@ fn policy(n: u32) -> String {
         ));
     }
     p
-}
-
-/// utime + stime of `pid`, in seconds.
-fn cpu(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest = stat.rsplit(')').next().unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // SAFETY: sysconf has no preconditions.
-    (t(11) + t(12)) / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
-}
-
-fn rss_mib(pid: u32) -> f64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-        .unwrap_or(0.0)
-        / 1024.0
 }
 
 #[derive(Clone, Copy, PartialEq)]
