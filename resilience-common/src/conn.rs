@@ -5,8 +5,8 @@ use crate::endpoint::Endpoint;
 /// `ConnTrack::slot` of a destination that no policy names (counted in the observed map).
 pub const SLOT_OBSERVED: u32 = u32::MAX;
 
-pub const CONN_CONNECTING: u32 = 0;
-pub const CONN_ESTABLISHED: u32 = 1;
+pub const CONN_CONNECTING: u16 = 0;
+pub const CONN_ESTABLISHED: u16 = 1;
 
 /// A TCP socket whose connect the hook allowed, keyed by socket cookie: in CONNS for a named
 /// destination, in OBS_CONNS for an observed one.
@@ -21,13 +21,18 @@ pub struct ConnTrack {
     /// Destination slot, or `SLOT_OBSERVED`.
     pub slot: u32,
     /// `CONN_*`.
-    pub state: u32,
-    /// `TRACK_*`.
+    pub state: u16,
+    /// With `TRACK_DEADLINE`: the TCP_USER_TIMEOUT (ms) the hook gave the socket for its
+    /// connect. (Was the high half of a u32 `state`: entries pinned by older builds read 0.)
+    pub deadline_ms: u16,
+    /// `TRACK_*`, and with `TRACK_PENDING` the age bucket in `PENDING_BUCKET_MASK`.
     pub flags: u32,
     /// `DestPolicy::generation` when admitted: the outcome is charged to the slot only while
     /// its generation is still this one.
     pub generation: u32,
-    pub _pad: u32,
+    /// With `TRACK_DEADLINE`: the application's own TCP_USER_TIMEOUT (ms) when it connected,
+    /// given back once the connection is established.
+    pub app_user_timeout_ms: u32,
 }
 
 /// The connection holds a bulkhead place (given back when it closes or fails).
@@ -39,6 +44,14 @@ pub const TRACK_SLOW: u32 = 1 << 2;
 /// The SYN went out and the state callback is on for this socket: it will report the socket's
 /// end. Without it (a Fast Open connect not yet written to), sock_release has the last word.
 pub const TRACK_ARMED: u32 = 1 << 3;
+/// The hook set the socket's TCP_USER_TIMEOUT to the destination's `connect_timeout`
+/// (`ConnTrack::deadline_ms`); the application's own comes back at ESTABLISHED.
+pub const TRACK_DEADLINE: u32 = 1 << 4;
+/// The connect is counted in `PENDING[slot]`, in the age bucket `(flags >> PENDING_SHIFT) &
+/// PENDING_BUCKET_MASK`, until its connect phase ends.
+pub const TRACK_PENDING: u32 = 1 << 5;
+pub const PENDING_SHIFT: u32 = 8;
+pub const PENDING_BUCKET_MASK: u32 = 0xff;
 
 pub const OUTCOME_SUCCESS: u32 = 0;
 pub const OUTCOME_REFUSED: u32 = 1;

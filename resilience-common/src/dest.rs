@@ -72,7 +72,9 @@ pub struct DestPolicy {
     /// trip when `failures * 100000 >= failure_milli * calls` (or the same for slow calls).
     pub failure_milli: u32,
     pub slow_milli: u32,
-    pub _pad: u32,
+    /// Connect deadline (`connect_timeout`) in ms: the socket's TCP_USER_TIMEOUT while it
+    /// connects, and its first SYN retransmission no later than that; 0 = none.
+    pub connect_timeout_ms: u32,
     pub window_until_ns: u64,
 }
 
@@ -202,5 +204,87 @@ pub fn latency_bucket(latency_ns: u64) -> usize {
         LATENCY_BUCKETS - 1
     } else {
         bits
+    }
+}
+
+/// Age buckets of `PendingAges`.
+pub const PENDING_BUCKETS: usize = 16;
+
+/// Connects of one slot whose SYN has had no answer yet, by when they started: bucket
+/// `(start_ns / width) % PENDING_BUCKETS` with `width = slow_ns / 4`, so that the buckets span
+/// four slow-call thresholds. The kernel adds one when it admits a connect and takes it back
+/// when the connect ends either way; the daemon reads which connects have been pending longer
+/// than the threshold and counts them as slow calls now, before they end (early slow-call
+/// detection). A connect pending longer than the whole span shares its bucket with younger
+/// ones and is read as young: the count can only be low, never high.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct PendingAges {
+    pub counts: [u32; PENDING_BUCKETS],
+}
+
+impl PendingAges {
+    /// Width of a bucket for a slow-call threshold; 0 when there is no threshold.
+    #[inline(always)]
+    pub fn width(slow_ns: u64) -> u64 {
+        slow_ns / 4
+    }
+
+    #[inline(always)]
+    pub fn bucket(start_ns: u64, width: u64) -> usize {
+        if width == 0 {
+            return 0;
+        }
+        ((start_ns / width) % PENDING_BUCKETS as u64) as usize
+    }
+
+    /// Connects that have been pending for at least `slow_ns` at `now_ns`: the buckets whose
+    /// youngest start is that old. Buckets still filling, or young, are left out.
+    pub fn slow(&self, slow_ns: u64, now_ns: u64) -> u32 {
+        let width = Self::width(slow_ns);
+        if width == 0 {
+            return 0;
+        }
+        let current = now_ns / width;
+        let mut n = 0u32;
+        // Bucket `current - k` holds starts in [(current - k) * width, (current - k + 1) *
+        // width); all of them are at least `slow_ns` old once (current - k + 1) * width +
+        // slow_ns <= now_ns.
+        for k in 1..PENDING_BUCKETS as u64 {
+            let Some(b) = current.checked_sub(k) else {
+                break;
+            };
+            let count = self.counts[(b % PENDING_BUCKETS as u64) as usize];
+            // A count that went below zero (cannot happen while every add has its take-back)
+            // reads as nothing rather than as four billion.
+            if (b + 1) * width + slow_ns <= now_ns && count < 1 << 31 {
+                n = n.saturating_add(count);
+            }
+        }
+        n
+    }
+}
+
+#[cfg(test)]
+mod pending_tests {
+    use super::*;
+
+    #[test]
+    fn counts_only_buckets_past_the_threshold() {
+        let slow = 400;
+        let w = PendingAges::width(slow);
+        assert_eq!(w, 100);
+        let mut p = PendingAges::default();
+        // Started at 1000 (bucket of 1000..1100) and at 1350.
+        p.counts[PendingAges::bucket(1000, w)] += 2;
+        p.counts[PendingAges::bucket(1350, w)] += 1;
+        // At 1450 nothing is 400 old.
+        assert_eq!(p.slow(slow, 1450), 0);
+        // 1099 + 400 < 1500: the first two are.
+        assert_eq!(p.slow(slow, 1500), 2);
+        assert_eq!(p.slow(slow, 1799), 2);
+        assert_eq!(p.slow(slow, 1800), 3);
+        // No threshold, nothing slow.
+        assert_eq!(p.slow(0, 5000), 0);
     }
 }

@@ -3,7 +3,7 @@
 //! Every type here is `#[repr(C)]`, built from fixed-width integers and byte arrays, with any
 //! padding spelled out, so that both sides agree on the layout. A test in the daemon checks each
 //! map's key and value size in the built object against `size_of` of these types.
-#![no_std]
+#![cfg_attr(not(test), no_std)]
 
 pub mod conn;
 pub mod control;
@@ -14,7 +14,7 @@ pub mod saved;
 
 pub use conn::{ConnTrack, OutcomeEvent};
 pub use control::{Control, Stats};
-pub use dest::{Bucket, DestCounters, DestPolicy, WindowCounts};
+pub use dest::{Bucket, DestCounters, DestPolicy, PendingAges, WindowCounts};
 pub use endpoint::{CidrData, Endpoint};
 pub use saved::SavedBreaker;
 
@@ -32,4 +32,5 @@ mod pod {
     unsafe impl aya::Pod for super::Stats {}
     unsafe impl aya::Pod for super::SavedBreaker {}
     unsafe impl aya::Pod for super::WindowCounts {}
+    unsafe impl aya::Pod for super::PendingAges {}
 }

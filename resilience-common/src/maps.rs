@@ -3,8 +3,8 @@
 use core::mem::size_of;
 
 use crate::{
-    Bucket, CidrData, ConnTrack, Control, DestCounters, DestPolicy, Endpoint, SavedBreaker, Stats,
-    WindowCounts,
+    Bucket, CidrData, ConnTrack, Control, DestCounters, DestPolicy, Endpoint, PendingAges,
+    SavedBreaker, Stats, WindowCounts,
 };
 
 /// (set, ip:port) or (set, ip with port 0) -> destination slot.
@@ -25,6 +25,8 @@ pub const BUCKETS: &str = "BUCKETS";
 pub const STREAKS: &str = "STREAKS";
 /// slot -> the breaker window's counts since its last state change (the kernel's own judgement).
 pub const WINDOWS: &str = "WINDOWS";
+/// slot -> connects whose SYN has no answer yet, by age (`PendingAges`).
+pub const PENDING: &str = "PENDING";
 /// slot -> the daemon's saved breaker (never read by the programs).
 pub const SAVED: &str = "SAVED";
 /// Endpoint no policy names -> counters (LRU).
@@ -74,6 +76,10 @@ pub const GLOBAL_SK_ERR_OFFSET: &str = "SK_ERR_OFFSET";
 /// bpf_get_retval (Linux 5.18+); with 0 a rejected connect gets EPERM.
 pub const GLOBAL_HAVE_RETVAL: &str = "HAVE_RETVAL";
 
+/// Read-only global in the object: the kernel's HZ (jiffies per second), for the initial SYN
+/// retransmission timeout of a connect with a deadline.
+pub const GLOBAL_HZ: &str = "HZ";
+
 /// LPM trie keys are `{ u32 prefix_len, data }`, packed.
 pub const CIDR_KEY_SIZE: usize = 4 + size_of::<CidrData>();
 
@@ -90,6 +96,7 @@ pub const LAYOUT: &[(&str, usize, usize)] = &[
     (STREAKS, size_of::<u32>(), size_of::<u64>()),
     (WINDOWS, size_of::<u32>(), size_of::<WindowCounts>()),
     (SAVED, size_of::<u32>(), size_of::<SavedBreaker>()),
+    (PENDING, size_of::<u32>(), size_of::<PendingAges>()),
     (OBSERVED, size_of::<Endpoint>(), size_of::<DestCounters>()),
     (CONNS, size_of::<u64>(), size_of::<ConnTrack>()),
     (OBS_CONNS, size_of::<u64>(), size_of::<ConnTrack>()),
@@ -107,5 +114,6 @@ pub const MMAPPED: &[(&str, u32)] = &[
     (STREAKS, MAX_SLOTS),
     (WINDOWS, MAX_SLOTS),
     (SAVED, MAX_SLOTS),
+    (PENDING, MAX_SLOTS),
     (CONTROL, 1),
 ];

@@ -51,10 +51,7 @@ pub fn kernel_policy(dest: &Destination, kv: KernelVerdict, generation: u32) -> 
         }
         None => 0,
     };
-    let slow_ns = match dest.mode {
-        Mode::Enforce | Mode::DryRun => dest.breaker.slow_call_duration.as_nanos() as u64,
-        Mode::Disabled | Mode::ForcedOpen => 0,
-    };
+    let slow_ns = slow_ns(dest);
     DestPolicy {
         action: action(kv.verdict),
         errno: dest.reject_errno.0 as u32,
@@ -71,8 +68,23 @@ pub fn kernel_policy(dest: &Destination, kv: KernelVerdict, generation: u32) -> 
         window_max_calls: kv.window.map_or(0, |w| w.max_calls),
         failure_milli: kv.window.map_or(0, |w| w.failure_milli),
         slow_milli: kv.window.map_or(0, |w| w.slow_milli),
-        _pad: 0,
+        connect_timeout_ms: match dest.mode {
+            // Disabled guards nothing; a forced-open destination admits nothing.
+            Mode::Enforce | Mode::DryRun => dest
+                .connect_timeout
+                .map_or(0, |t| t.as_millis().min(u128::from(u16::MAX)) as u32),
+            Mode::Disabled | Mode::ForcedOpen => 0,
+        },
         window_until_ns: kv.window.map_or(0, |w| w.until_ns),
+    }
+}
+
+/// The slow-call threshold the kernel is given (and counts pending connects by); 0 where the
+/// breaker does not run.
+pub fn slow_ns(dest: &Destination) -> u64 {
+    match dest.mode {
+        Mode::Enforce | Mode::DryRun => dest.breaker.slow_call_duration.as_nanos() as u64,
+        Mode::Disabled | Mode::ForcedOpen => 0,
     }
 }
 

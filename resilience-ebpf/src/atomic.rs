@@ -12,6 +12,15 @@ pub fn add(p: *mut u64, v: u64) {
     }
 }
 
+/// A 32-bit add (BPF_ADD | BPF_W); `v` may be a two's complement for a subtraction.
+#[inline(always)]
+pub fn add32(p: *mut u32, v: u32) {
+    // SAFETY: as above.
+    unsafe {
+        atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(p, v);
+    }
+}
+
 /// Adds `v` (two's complement for a subtraction) and returns the previous value.
 #[inline(always)]
 pub fn fetch_add(p: *mut u64, v: u64) -> u64 {

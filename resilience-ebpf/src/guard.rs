@@ -10,23 +10,27 @@ use aya_ebpf::{
     EbpfContext,
 };
 use resilience_common::{
-    conn::{CONN_CONNECTING, OUTCOME_LOCAL, SLOT_OBSERVED, TRACK_HELD, TRACK_PROBE},
+    conn::{
+        CONN_CONNECTING, OUTCOME_LOCAL, PENDING_SHIFT, SLOT_OBSERVED, TRACK_DEADLINE, TRACK_HELD,
+        TRACK_PENDING, TRACK_PROBE,
+    },
     control::{LOOKUP_CIDR_ANY, LOOKUP_CIDR_PORT, LOOKUP_EXACT},
     dest::{
-        ACTION_PROBE, ACTION_REJECT, FLAG_BULKHEAD, FLAG_DRY_RUN, FLAG_RATE_LIMIT, REJECT_BREAKER,
-        REJECT_BULKHEAD, REJECT_RATE_LIMIT,
+        ACTION_PROBE, ACTION_REJECT, FLAG_BULKHEAD, FLAG_DRY_RUN, FLAG_RATE_LIMIT, PENDING_BUCKETS,
+        REJECT_BREAKER, REJECT_BULKHEAD, REJECT_RATE_LIMIT,
     },
     endpoint::CIDR_HEAD_BITS,
-    Bucket, CidrData, ConnTrack, DestCounters, DestPolicy, Endpoint,
+    Bucket, CidrData, ConnTrack, DestCounters, DestPolicy, Endpoint, PendingAges,
 };
 
 use crate::{
-    atomic::{add, cas, fetch_add, MINUS_ONE},
+    atomic::{add, add32, cas, fetch_add, MINUS_ONE},
+    deadline::{set_user_timeout, user_timeout},
     maps::{
         have_retval, policy, stats, ACTIVE, BUCKETS, CIDR, CONNS, CONTROL, COUNTERS, EXACT,
-        OBSERVED, OBS_CONNS, PROBES, STREAKS,
+        OBSERVED, OBS_CONNS, PENDING, PROBES, STREAKS,
     },
-    outcome::settle,
+    outcome::{settle, unpend},
     ALLOW,
 };
 
@@ -99,7 +103,7 @@ pub fn on_connect(ctx: &SockAddrContext, ep: Endpoint) -> i32 {
             }
         }
     }
-    track(ctx, &ep, slot, p.generation, flags, now, set);
+    track(ctx, &ep, slot, Some(&p), flags, now, set);
     ALLOW
 }
 
@@ -257,42 +261,78 @@ fn observe(ctx: &SockAddrContext, ep: &Endpoint, now: u64) {
     if let Some(c) = counters {
         unsafe { add(&raw mut (*c).attempts, 1) };
     }
-    track(ctx, ep, SLOT_OBSERVED, 0, 0, now, 0);
+    track(ctx, ep, SLOT_OBSERVED, None, 0, now, 0);
 }
 
 /// Remember the allowed connect so that the outcome trackers can count it and give its place
-/// back. Named destinations go to CONNS (never evicted), observed ones to OBS_CONNS.
+/// back. Named destinations go to CONNS (never evicted), observed ones to OBS_CONNS. A named
+/// destination's connect also gets its deadline and is counted as pending.
 #[inline(always)]
 fn track(
     ctx: &SockAddrContext,
     ep: &Endpoint,
     slot: u32,
-    generation: u32,
-    flags: u32,
+    p: Option<&DestPolicy>,
+    mut flags: u32,
     now: u64,
     set: u32,
 ) {
     // SAFETY: the context is a valid bpf_sock_addr for this program type.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let conn = ConnTrack {
+    let mut conn = ConnTrack {
         start_ns: now,
         established_ns: 0,
         endpoint: *ep,
         slot,
         state: CONN_CONNECTING,
+        deadline_ms: 0,
         flags,
-        generation,
-        _pad: 0,
+        generation: p.map_or(0, |p| p.generation),
+        app_user_timeout_ms: 0,
     };
-    let tracked = if slot == SLOT_OBSERVED {
-        track_in(&OBS_CONNS, &CONNS, cookie, &conn, now, set)
+    if let Some(p) = p {
+        if p.connect_timeout_ms != 0 {
+            if let Some(app) = user_timeout(ctx.as_ptr()) {
+                // The application's own timeout, if shorter, is the deadline.
+                let deadline = if app != 0 && app < p.connect_timeout_ms {
+                    app
+                } else {
+                    p.connect_timeout_ms
+                };
+                conn.deadline_ms = deadline.min(u32::from(u16::MAX)) as u16;
+                conn.app_user_timeout_ms = app;
+                conn.flags |= TRACK_DEADLINE;
+            }
+        }
+        let width = PendingAges::width(p.slow_ns);
+        if width != 0 {
+            let b = PendingAges::bucket(now, width);
+            if let Some(ages) = PENDING.get_ptr_mut(slot) {
+                if b < PENDING_BUCKETS {
+                    // SAFETY: pointer into an array map value; `b` is in bounds.
+                    add32(unsafe { &raw mut (*ages).counts[b] }, 1);
+                    conn.flags |= TRACK_PENDING | ((b as u32) << PENDING_SHIFT);
+                }
+            }
+        }
+    }
+    flags = conn.flags;
+    let (tracked, restore) = if slot == SLOT_OBSERVED {
+        track_in(&OBS_CONNS, &CONNS, cookie, &mut conn, now, set)
     } else {
-        track_in(&CONNS, &OBS_CONNS, cookie, &conn, now, set)
+        track_in(&CONNS, &OBS_CONNS, cookie, &mut conn, now, set)
     };
+    if tracked && flags & TRACK_DEADLINE != 0 {
+        set_user_timeout(ctx.as_ptr(), u32::from(conn.deadline_ms));
+    } else if let Some(app) = restore {
+        // An earlier attempt on this socket set a deadline this one does not have.
+        set_user_timeout(ctx.as_ptr(), app);
+    }
     if tracked || slot == SLOT_OBSERVED {
         return;
     }
-    // Untracked: nobody would see its outcome or give its place back.
+    // Untracked: nobody would see its outcome, give its place back or end its pending count.
+    unpend(&conn);
     give_back(slot, flags);
     if let Some(c) = COUNTERS.get_ptr_mut(slot) {
         unsafe { add(&raw mut (*c).untracked, 1) };
@@ -304,28 +344,48 @@ fn track(
 
 /// Insert `conn` into `mine`. The socket may be connecting again: its earlier attempt failed
 /// before its SYN (no route, no local port), and that attempt ends here, once, in whichever
-/// map holds it.
+/// map holds it. If that attempt had a deadline, the application's own user timeout is the
+/// one it had then (carried into `conn`, or returned to be put back).
 #[inline(always)]
 fn track_in(
     mine: &impl Tracking,
     other: &impl Tracking,
     cookie: u64,
-    conn: &ConnTrack,
+    conn: &mut ConnTrack,
     now: u64,
     set: u32,
-) -> bool {
-    other.settle_stale(cookie, now, set);
-    if mine.insert(cookie, conn, BPF_NOEXIST) {
-        return true;
+) -> (bool, Option<u32>) {
+    let mut restore = None;
+    if let Some(old) = other.settle_stale(cookie, now, set) {
+        restore = inherit(conn, &old);
     }
-    mine.settle_stale(cookie, now, set) && mine.insert(cookie, conn, BPF_ANY)
+    if mine.insert(cookie, conn, BPF_NOEXIST) {
+        return (true, restore);
+    }
+    match mine.settle_stale(cookie, now, set) {
+        Some(old) => {
+            restore = inherit(conn, &old).or(restore);
+            (mine.insert(cookie, conn, BPF_ANY), restore)
+        }
+        None => (false, restore),
+    }
+}
+
+#[inline(always)]
+fn inherit(conn: &mut ConnTrack, old: &ConnTrack) -> Option<u32> {
+    if old.flags & TRACK_DEADLINE == 0 {
+        return None;
+    }
+    conn.app_user_timeout_ms = old.app_user_timeout_ms;
+    Some(old.app_user_timeout_ms)
 }
 
 /// CONNS and OBS_CONNS, one way.
 trait Tracking {
     fn insert(&self, cookie: u64, conn: &ConnTrack, flags: u64) -> bool;
-    /// If the socket has an entry, end it as a failure before its SYN; true if there was one.
-    fn settle_stale(&self, cookie: u64, now: u64, set: u32) -> bool;
+    /// If the socket has an entry, end it as a failure before its SYN; the entry if there was
+    /// one.
+    fn settle_stale(&self, cookie: u64, now: u64, set: u32) -> Option<ConnTrack>;
 }
 
 macro_rules! tracking {
@@ -337,10 +397,8 @@ macro_rules! tracking {
             }
 
             #[inline(always)]
-            fn settle_stale(&self, cookie: u64, now: u64, set: u32) -> bool {
-                let Some(old) = self.get_ptr(cookie) else {
-                    return false;
-                };
+            fn settle_stale(&self, cookie: u64, now: u64, set: u32) -> Option<ConnTrack> {
+                let old = self.get_ptr(cookie)?;
                 // SAFETY: pointer into a hash map value; copied before the entry goes away.
                 let old: ConnTrack = unsafe { *old };
                 // Whoever deletes the entry counts its outcome, so it is counted once.
@@ -349,7 +407,7 @@ macro_rules! tracking {
                     // never got a SYN out (the kernel refuses it on a connecting socket).
                     settle(&old, OUTCOME_LOCAL, 0, now, set);
                 }
-                true
+                Some(old)
             }
         }
     };

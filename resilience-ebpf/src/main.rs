@@ -10,6 +10,7 @@
 #![allow(internal_features)]
 
 mod atomic;
+mod deadline;
 mod guard;
 mod maps;
 mod outcome;

@@ -10,8 +10,8 @@ use resilience_common::{
         BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, EVENTS_BYTES, MAX_CIDR, MAX_CONNS, MAX_EXACT,
         MAX_OBSERVED, MAX_OBS_CONNS, MAX_SLOTS, POLICY_ENTRIES,
     },
-    Bucket, CidrData, ConnTrack, Control, DestCounters, DestPolicy, Endpoint, SavedBreaker, Stats,
-    WindowCounts,
+    Bucket, CidrData, ConnTrack, Control, DestCounters, DestPolicy, Endpoint, PendingAges,
+    SavedBreaker, Stats, WindowCounts,
 };
 
 // Pinned (by name, under the daemon's pin directory): a restarted daemon finds the same
@@ -37,6 +37,8 @@ pub static BUCKETS: Array<Bucket> = Array::pinned(MAX_SLOTS, BPF_F_MMAPABLE);
 pub static STREAKS: Array<u64> = Array::pinned(MAX_SLOTS, BPF_F_MMAPABLE);
 #[map]
 pub static WINDOWS: Array<WindowCounts> = Array::pinned(MAX_SLOTS, BPF_F_MMAPABLE);
+#[map]
+pub static PENDING: Array<PendingAges> = Array::pinned(MAX_SLOTS, BPF_F_MMAPABLE);
 // The daemon's own: saved breaker states. Declared here so that it is created and pinned with
 // the rest and checked by the same layout test.
 #[map]
@@ -70,6 +72,16 @@ pub static SK_ERR_OFFSET: u32 = 0;
 /// kernel without the helpers could not load.
 #[unsafe(no_mangle)]
 pub static HAVE_RETVAL: u32 = 1;
+
+/// The kernel's HZ, set by the daemon (the initial SYN timeout is given in jiffies).
+#[unsafe(no_mangle)]
+pub static HZ: u32 = 250;
+
+#[inline(always)]
+pub fn hz() -> u64 {
+    // SAFETY: a read of a global the loader sets once.
+    u64::from(unsafe { core::ptr::read_volatile(&HZ) })
+}
 
 #[inline(always)]
 pub fn have_retval() -> bool {

@@ -4,20 +4,20 @@
 
 use resilience_common::{
     conn::{
-        OUTCOME_ABANDONED, OUTCOME_CLOSED, OUTCOME_LOCAL, OUTCOME_REFUSED, OUTCOME_RESET,
+        CONN_CONNECTING, PENDING_BUCKET_MASK, PENDING_SHIFT, TRACK_PENDING, OUTCOME_ABANDONED, OUTCOME_CLOSED, OUTCOME_LOCAL, OUTCOME_REFUSED, OUTCOME_RESET,
         OUTCOME_SUCCESS, OUTCOME_TIMEOUT, OUTCOME_UNREACHABLE, SLOT_OBSERVED, TRACK_HELD,
         TRACK_PROBE, TRACK_SLOW,
     },
     dest::{
-        latency_bucket, FLAG_COUNT_LOCAL, FLAG_COUNT_REFUSED, FLAG_COUNT_TIMEOUT,
+        latency_bucket, PENDING_BUCKETS, FLAG_COUNT_LOCAL, FLAG_COUNT_REFUSED, FLAG_COUNT_TIMEOUT,
         FLAG_COUNT_UNREACHABLE, TRIPPED,
     },
     ConnTrack, DestCounters, DestPolicy, OutcomeEvent, WindowCounts,
 };
 
 use crate::{
-    atomic::{add, fetch_add, MINUS_ONE},
-    maps::{policy, stats, ACTIVE, COUNTERS, EVENTS, OBSERVED, STREAKS, WINDOWS},
+    atomic::{add, add32, fetch_add, MINUS_ONE},
+    maps::{policy, stats, ACTIVE, COUNTERS, EVENTS, OBSERVED, PENDING, STREAKS, WINDOWS},
 };
 
 /// The slot's policy if the connection still belongs to its owner; counts a stale outcome
@@ -35,10 +35,28 @@ fn owner(c: &ConnTrack, set: u32) -> Option<DestPolicy> {
     Some(p)
 }
 
+/// The connect phase of `c` ended (it succeeded, failed, or was given up): it is no longer
+/// pending. Whatever the slot's owner now: the count is the slot's own.
+#[inline(always)]
+pub fn unpend(c: &ConnTrack) {
+    if c.flags & TRACK_PENDING == 0 || c.state != CONN_CONNECTING {
+        return;
+    }
+    let b = ((c.flags >> PENDING_SHIFT) & PENDING_BUCKET_MASK) as usize;
+    if b >= PENDING_BUCKETS {
+        return;
+    }
+    if let Some(ages) = PENDING.get_ptr_mut(c.slot) {
+        // SAFETY: pointer into an array map value; `b` is in bounds.
+        add32(unsafe { &raw mut (*ages).counts[b] }, u32::MAX);
+    }
+}
+
 /// SYN_SENT -> ESTABLISHED (an active or a simultaneous open). `c` stays tracked until close.
 #[inline(always)]
 pub fn succeed(c: &ConnTrack, now: u64, set: u32) {
     let elapsed = now.wrapping_sub(c.start_ns);
+    unpend(c);
     if c.slot == SLOT_OBSERVED {
         if let Some(counters) = OBSERVED.get_ptr_mut(c.endpoint) {
             count_success(counters, elapsed, false);
@@ -134,6 +152,7 @@ fn count_success(counters: *mut DestCounters, elapsed: u64, slow: bool) {
 #[inline(always)]
 pub fn settle(c: &ConnTrack, outcome: u32, err: u32, now: u64, set: u32) {
     let elapsed = now.wrapping_sub(c.start_ns);
+    unpend(c);
     if c.slot == SLOT_OBSERVED {
         if let Some(counters) = OBSERVED.get_ptr_mut(c.endpoint) {
             count_end(counters, outcome);

@@ -3,8 +3,8 @@
 
 use aya_ebpf::{
     bindings::{
-        BPF_SOCK_OPS_RTO_CB_FLAG, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
-        BPF_SOCK_OPS_TCP_CONNECT_CB,
+        BPF_SOCK_OPS_RETRANS_CB_FLAG, BPF_SOCK_OPS_RTO_CB_FLAG, BPF_SOCK_OPS_STATE_CB,
+        BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_SOCK_OPS_TIMEOUT_INIT,
     },
     helpers::{
         bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_probe_read_kernel,
@@ -17,12 +17,14 @@ use resilience_common::{
     conn::{
         CONN_CONNECTING, CONN_ESTABLISHED, OUTCOME_ABANDONED, OUTCOME_CLOSED, OUTCOME_LOCAL,
         OUTCOME_REFUSED, OUTCOME_RESET, OUTCOME_TIMEOUT, OUTCOME_UNREACHABLE, TRACK_ARMED,
+        TRACK_DEADLINE,
     },
     ConnTrack,
 };
 
 use crate::{
-    maps::{active_set, CONNS, OBS_CONNS, SK_ERR_OFFSET},
+    deadline::{set_user_timeout, syn_rto_jiffies, user_timeout},
+    maps::{active_set, hz, CONNS, OBS_CONNS, SK_ERR_OFFSET},
     outcome::{settle, succeed},
 };
 
@@ -30,6 +32,10 @@ use crate::{
 /// callbacks look in one map only. A flag the socket carries anyway: the RTO callback it also
 /// asks for runs only when a retransmission timer fires, and returns at once.
 const NAMED_MARK: u32 = BPF_SOCK_OPS_RTO_CB_FLAG;
+/// Set on the sockets whose connect has a deadline, so that the initial SYN timeout callback
+/// (which every socket runs) looks nothing up for the others. Its own callback runs only on a
+/// retransmission, returns at once, and the mark goes at ESTABLISHED.
+const DEADLINE_MARK: u32 = BPF_SOCK_OPS_RETRANS_CB_FLAG;
 
 const TCP_ESTABLISHED: u32 = 1;
 const TCP_SYN_SENT: u32 = 2;
@@ -51,9 +57,9 @@ pub fn on_sock_ops(ctx: &SockOpsContext) {
         BPF_SOCK_OPS_TCP_CONNECT_CB => {
             // SAFETY: the context is a valid bpf_sock_ops for this program type.
             let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-            let mark = if arm(&CONNS, cookie) {
-                NAMED_MARK
-            } else if arm(&OBS_CONNS, cookie) {
+            let mark = if let Some(deadline) = arm(&CONNS, cookie) {
+                NAMED_MARK | if deadline { DEADLINE_MARK } else { 0 }
+            } else if arm(&OBS_CONNS, cookie).is_some() {
                 0
             } else {
                 // Not ours (untracked): nothing to follow.
@@ -61,6 +67,20 @@ pub fn on_sock_ops(ctx: &SockOpsContext) {
             };
             let flags = ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG | mark;
             let _ = ctx.set_cb_flags(flags as i32);
+        }
+        // Runs right after TCP_CONNECT_CB, for every connect: a deadline below the kernel's
+        // 1 s initial SYN timeout needs an earlier first timer, since the kernel checks the
+        // user timeout only when the timer fires (later timers are clamped to it).
+        BPF_SOCK_OPS_TIMEOUT_INIT => {
+            if ctx.cb_flags() & DEADLINE_MARK == 0 {
+                return;
+            }
+            let Some(ms) = user_timeout(ctx.as_ptr()) else {
+                return;
+            };
+            if let Some(j) = syn_rto_jiffies(ms, hz()) {
+                ctx.set_reply(j);
+            }
         }
         // Only sockets armed above get here. ESTABLISHED covers the active open and the
         // simultaneous open (SYN_SENT -> SYN_RECV -> ESTABLISHED) alike.
@@ -70,14 +90,24 @@ pub fn on_sock_ops(ctx: &SockOpsContext) {
             if new == TCP_ESTABLISHED {
                 let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
                 // A socket armed by an earlier build has no mark: both maps, as then.
-                if named || !established(&OBS_CONNS, cookie) {
-                    established(&CONNS, cookie);
+                if named || established(&OBS_CONNS, cookie).is_none() {
+                    if let Some(c) = established(&CONNS, cookie) {
+                        if c.flags & TRACK_DEADLINE != 0 {
+                            end_deadline(ctx, &c);
+                        }
+                    }
                 }
             } else if new == TCP_CLOSE {
                 let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
                 let err = sk_err(ctx);
-                if named || !closed(&OBS_CONNS, cookie, err) {
-                    closed(&CONNS, cookie, err);
+                if named || closed(&OBS_CONNS, cookie, err).is_none() {
+                    if let Some(c) = closed(&CONNS, cookie, err) {
+                        // A failed connect: the socket may connect again, with what the
+                        // application had set.
+                        if c.flags & TRACK_DEADLINE != 0 && c.state == CONN_CONNECTING {
+                            end_deadline(ctx, &c);
+                        }
+                    }
                 }
             }
         }
@@ -131,22 +161,32 @@ macro_rules! conns {
 conns!(aya_ebpf::maps::HashMap<u64, ConnTrack>);
 conns!(aya_ebpf::maps::LruHashMap<u64, ConnTrack>);
 
+/// Marks the entry armed; `Some(has a deadline)` if there is one.
 #[inline(always)]
-fn arm(map: &impl Conns, cookie: u64) -> bool {
-    let Some(conn) = map.entry(cookie) else {
-        return false;
-    };
+fn arm(map: &impl Conns, cookie: u64) -> Option<bool> {
+    let conn = map.entry(cookie)?;
     // SAFETY: pointer into a hash map value; only this socket's own callbacks (under its lock)
     // write it.
-    unsafe { (*conn).flags |= TRACK_ARMED };
-    true
+    unsafe {
+        (*conn).flags |= TRACK_ARMED;
+        Some((*conn).flags & TRACK_DEADLINE != 0)
+    }
 }
 
+/// The connect is done: the application's own user timeout comes back, unless it set another
+/// one meanwhile, and the deadline's mark goes.
 #[inline(always)]
-fn established(map: &impl Conns, cookie: u64) -> bool {
-    let Some(conn) = map.entry(cookie) else {
-        return false;
-    };
+fn end_deadline(ctx: &SockOpsContext, c: &ConnTrack) {
+    if user_timeout(ctx.as_ptr()) == Some(u32::from(c.deadline_ms)) {
+        set_user_timeout(ctx.as_ptr(), c.app_user_timeout_ms);
+    }
+    let _ = ctx.set_cb_flags((ctx.cb_flags() & !DEADLINE_MARK) as i32);
+}
+
+/// The entry as it was before, if there is one.
+#[inline(always)]
+fn established(map: &impl Conns, cookie: u64) -> Option<ConnTrack> {
+    let conn = map.entry(cookie)?;
     let now = unsafe { bpf_ktime_get_ns() };
     // SAFETY: as above; copied first.
     let c: ConnTrack = unsafe { *conn };
@@ -157,21 +197,19 @@ fn established(map: &impl Conns, cookie: u64) -> bool {
         }
         succeed(&c, now, active_set());
     }
-    true
+    Some(c)
 }
 
 /// The socket reached CLOSE: whoever deletes the entry counts the outcome, so it is counted
 /// exactly once.
 #[inline(always)]
-fn closed(map: &impl Conns, cookie: u64, err: u32) -> bool {
-    let Some(conn) = map.entry(cookie) else {
-        return false;
-    };
+fn closed(map: &impl Conns, cookie: u64, err: u32) -> Option<ConnTrack> {
+    let conn = map.entry(cookie)?;
     let now = unsafe { bpf_ktime_get_ns() };
     // SAFETY: copied before the entry goes away.
     let c: ConnTrack = unsafe { *conn };
     if !map.delete(cookie) {
-        return true;
+        return Some(c);
     }
     let outcome = match c.state {
         CONN_CONNECTING => match err {
@@ -184,7 +222,7 @@ fn closed(map: &impl Conns, cookie: u64, err: u32) -> bool {
         _ => OUTCOME_CLOSED,
     };
     settle(&c, outcome, err, now, active_set());
-    true
+    Some(c)
 }
 
 #[inline(always)]

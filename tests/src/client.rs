@@ -10,6 +10,8 @@ pub struct Outcome {
     /// CLOCK_MONOTONIC nanoseconds when the connect started.
     pub started_ns: u64,
     pub elapsed: Duration,
+    /// With `blocking`: the socket's TCP_USER_TIMEOUT once connected; -1 otherwise.
+    pub user_timeout_ms: i64,
 }
 
 /// What to ask of the connector beyond addresses and count.
@@ -41,6 +43,10 @@ pub struct Opts {
     pub nonblocking: bool,
     /// Run as this uid (and gid) after joining the cgroup.
     pub user: Option<u32>,
+    /// Blocking connects with no application timeout (`timeout` is not used).
+    pub blocking: bool,
+    /// With `blocking`: the application's own TCP_USER_TIMEOUT, set before connecting.
+    pub user_timeout: Option<Duration>,
 }
 
 pub fn connector_bin() -> std::path::PathBuf {
@@ -124,6 +130,12 @@ pub fn spawn(cgroup: &Path, addrs: &[SocketAddr], count: u32, opts: &Opts) -> Ru
     if let Some(u) = opts.user {
         cmd.args(["--user", &u.to_string()]);
     }
+    if opts.blocking {
+        cmd.arg("--blocking");
+    }
+    if let Some(t) = opts.user_timeout {
+        cmd.args(["--user-timeout-ms", &t.as_millis().to_string()]);
+    }
     if let Some(t) = opts.for_time {
         cmd.args(["--for-ms", &t.as_millis().to_string()]);
     }
@@ -187,6 +199,7 @@ impl Running {
                     errno: v["errno"].as_i64().unwrap_or(-1) as i32,
                     started_ns: v["t"].as_u64().unwrap_or(0),
                     elapsed: Duration::from_nanos(v["ns"].as_u64().unwrap_or(0)),
+                    user_timeout_ms: v["uto"].as_i64().unwrap_or(-1),
                 }
             })
             .collect()

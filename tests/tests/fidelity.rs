@@ -157,7 +157,7 @@ fn a_slow_failure_is_a_slow_call() {
     }
     let ok = Server::start("127.0.0.184:0");
     let hole = BlackHole::start("127.0.0.184");
-    let policy = format!(
+    let policy = String::from(
         "[[destination]]\nname = \"api\"\nmatch = [\"127.0.0.184\"]\n[destination.breaker]\nfailure_rate = 100\nslow_call_duration = \"100ms\"\nslow_call_rate = 50\nminimum_calls = 5\n"
     );
     let cg = Cgroup::new("slow-failure");

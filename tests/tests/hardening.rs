@@ -219,7 +219,7 @@ fn events_follow_loses_nothing_at_15k_events_a_second() {
             let mut r = BufReader::new(c.try_clone().expect("clone"));
             let mut n = 0u64;
             while start.elapsed() < 3 * SECOND {
-                let cmd = if n % 2 == 0 { "trip" } else { "reset" };
+                let cmd = if n.is_multiple_of(2) { "trip" } else { "reset" };
                 c.write_all(format!("{}\n", json!({"cmd": cmd, "name": name})).as_bytes())
                     .expect("write");
                 let mut l = String::new();

@@ -124,6 +124,9 @@ pub struct Destination {
     pub matches: Vec<Match>,
     pub mode: Mode,
     pub reject_errno: Errno,
+    /// `connect_timeout`: a connect not established by then fails with ETIMEDOUT, enforced
+    /// by the kernel.
+    pub connect_timeout: Option<std::time::Duration>,
     pub breaker: BreakerConfig,
     pub rate_limit: Option<RateLimit>,
     pub bulkhead: Option<Bulkhead>,

@@ -5,6 +5,7 @@ use std::{
     fmt,
     ops::Range,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use serde::Deserialize;
@@ -54,6 +55,7 @@ struct RawFile {
 struct RawDefaults {
     mode: Option<Spanned<String>>,
     reject_errno: Option<Spanned<String>>,
+    connect_timeout: Option<Spanned<String>>,
     #[serde(default)]
     breaker: RawBreaker,
     rate_limit: Option<Spanned<RawRateLimit>>,
@@ -79,10 +81,30 @@ struct RawDestination {
     matches: Spanned<Vec<Spanned<String>>>,
     mode: Option<Spanned<String>>,
     reject_errno: Option<Spanned<String>>,
+    connect_timeout: Option<Spanned<String>>,
     #[serde(default)]
     breaker: RawBreaker,
     rate_limit: Option<Spanned<RawRateLimit>>,
     bulkhead: Option<Spanned<RawBulkhead>>,
+}
+
+/// Longest connect deadline: the kernel keeps it in 16 bits of milliseconds per connection,
+/// and the kernel's own SYN retries give up well before it anyway.
+pub const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn connect_timeout(s: &Spanned<String>) -> Result<Duration, (Range<usize>, String)> {
+    let d = parse_duration(s.get_ref()).map_err(|m| (s.span(), m))?;
+    if d < Duration::from_millis(1) || d > MAX_CONNECT_TIMEOUT {
+        return Err((
+            s.span(),
+            format!(
+                "connect_timeout must be between 1ms and {}s, not {:?}",
+                MAX_CONNECT_TIMEOUT.as_secs(),
+                s.get_ref()
+            ),
+        ));
+    }
+    Ok(d)
 }
 
 /// A destination's table over the defaults' one, keeping the span of whichever was written.
@@ -280,6 +302,10 @@ pub fn parse_str(text: &str, path: &Path) -> Result<Policy, ConfigError> {
             None => Errno::default(),
             Some(e) => Errno::from_name(e.get_ref()).map_err(|m| at(e.span(), m))?,
         };
+        let connect_timeout = match d.connect_timeout.as_ref().or(defaults.connect_timeout.as_ref()) {
+            None => None,
+            Some(t) => Some(connect_timeout(t).map_err(|(span, m)| at(span, m))?),
+        };
         let breaker = d.breaker.over(&defaults.breaker).build().map_err(located)?;
         let rate_limit = table_over(&d.rate_limit, &defaults.rate_limit, RawRateLimit::over)
             .map(|(span, r)| r.build(span))
@@ -294,6 +320,7 @@ pub fn parse_str(text: &str, path: &Path) -> Result<Policy, ConfigError> {
             matches,
             mode,
             reject_errno,
+            connect_timeout,
             breaker,
             rate_limit,
             bulkhead,
@@ -396,6 +423,19 @@ mod tests {
         assert_eq!(d.mode, Mode::ForcedOpen);
         assert_eq!(d.reject_errno, Errno(libc::ETIMEDOUT));
         assert_eq!(d.matches.len(), 2);
+    }
+
+    #[test]
+    fn connect_timeout_per_destination_over_the_defaults() {
+        let p = parse(
+            "[defaults]\nconnect_timeout = \"1s\"\n[[destination]]\nname = \"a\"\nmatch = [\"127.0.0.1:80\"]\nconnect_timeout = \"300ms\"\n[[destination]]\nname = \"b\"\nmatch = [\"127.0.0.2:80\"]\n",
+        )
+        .unwrap();
+        let t: Vec<_> = p.destinations.iter().map(|d| d.connect_timeout).collect();
+        assert_eq!(
+            t,
+            [Some(Duration::from_millis(300)), Some(Duration::from_secs(1))]
+        );
     }
 
     #[test]
@@ -523,6 +563,14 @@ mod tests {
             (
                 "[[destination]]\nname = \"a\"\nmatch = [\"127.0.0.1:80\"]\ncolour = \"red\"\n",
                 "p.toml:4:1: unknown field `colour`",
+            ),
+            (
+                "[[destination]]\nname = \"a\"\nmatch = [\"127.0.0.1:80\"]\nconnect_timeout = \"2m\"\n",
+                "p.toml:4:19: connect_timeout must be between 1ms and 60s, not \"2m\"",
+            ),
+            (
+                "[defaults]\nconnect_timeout = \"0ms\"\n[[destination]]\nname = \"a\"\nmatch = [\"127.0.0.1:80\"]\n",
+                "p.toml:2:19: connect_timeout must be between 1ms and 60s",
             ),
             ("[[destination]]\nmatch = [\"127.0.0.1:80\"]\n", "p.toml:1:1: missing field `name`"),
             ("[daemon\n", "p.toml:1:8: "),

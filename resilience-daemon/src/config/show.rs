@@ -44,6 +44,7 @@ pub fn destination_json(d: &Destination) -> Value {
         "match": d.matches.iter().map(|m| &m.text).collect::<Vec<_>>(),
         "mode": d.mode.as_str(),
         "reject_errno": d.reject_errno.name(),
+        "connect_timeout_ms": d.connect_timeout.map(|t| t.as_millis() as u64),
         "breaker": breaker_json(&d.breaker),
         "rate_limit": d.rate_limit.map(|r| json!({"rate": r.rate, "burst": r.burst})),
         "bulkhead": d.bulkhead.map(|b| json!({"max_concurrent": b.max_concurrent})),
@@ -85,10 +86,12 @@ pub fn to_text(policy: &Policy) -> String {
         let m: Vec<&str> = dest.matches.iter().map(|m| m.text.as_str()).collect();
         let _ = writeln!(
             out,
-            "{}: mode={} reject_errno={} match=[{}]",
+            "{}: mode={} reject_errno={} connect_timeout={} match=[{}]",
             dest.name,
             dest.mode.as_str(),
             dest.reject_errno.name(),
+            dest.connect_timeout
+                .map_or("none".to_string(), |t| format!("{t:?}")),
             m.join(", ")
         );
         let b = &dest.breaker;

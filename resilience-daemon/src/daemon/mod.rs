@@ -504,6 +504,12 @@ fn on_tick(d: &mut Daemon, journal: &mut Journal, jitter: &mut impl Jitter) {
         if let Some(t) = dest.breaker.on_tick(now, jitter) {
             publish::transition(&arrays, journal, dest, &t);
         }
+        // The kernel counts pending connects by age with the slow threshold it was given.
+        let slow_ns = crate::apply::slow_ns(&dest.def);
+        let pending_slow = arrays.pending_slow(dest.slot, slow_ns, now);
+        if let Some(t) = dest.breaker.on_pending(now, pending_slow, jitter) {
+            publish::transition(&arrays, journal, dest, &t);
+        }
         if matches!(dest.def.breaker.window, config::Window::Time(_)) {
             if let Err(e) = publish::refresh_fuse(&arrays, dest) {
                 tracing::error!(error = %format!("{e:#}"), "cannot move a trip fuse");

@@ -491,16 +491,49 @@ impl Breaker {
         self.judge(now_ns, jitter)
     }
 
+    /// Early slow-call detection: `pending_slow` connects are still waiting for an answer and
+    /// have already taken at least the slow-call threshold. Each is a slow call from now on:
+    /// judged with the window's calls, not added to it (its outcome, when it comes, is the one
+    /// call that enters the window, slow as well). Only a closed breaker judges this way.
+    pub fn on_pending(
+        &mut self,
+        now_ns: u64,
+        pending_slow: u32,
+        jitter: &mut impl Jitter,
+    ) -> Option<Transition> {
+        if pending_slow == 0 || self.state != State::Closed || !self.mode_runs() {
+            return None;
+        }
+        self.judge_with(now_ns, pending_slow, jitter)
+    }
+
     /// The window's rates against the thresholds.
     fn judge(&mut self, now_ns: u64, jitter: &mut impl Jitter) -> Option<Transition> {
-        let t = self.window.totals(now_ns);
+        self.judge_with(now_ns, 0, jitter)
+    }
+
+    /// The same, with `pending` slow calls still in progress on top of the window's.
+    fn judge_with(
+        &mut self,
+        now_ns: u64,
+        pending: u32,
+        jitter: &mut impl Jitter,
+    ) -> Option<Transition> {
+        let mut t = self.window.totals(now_ns);
+        t.calls += pending;
+        t.slow += pending;
         if t.calls == 0 || t.calls < self.window.minimum(self.cfg.minimum_calls) {
             return None;
         }
+        let still = if pending > 0 {
+            format!(", {pending} of them still connecting")
+        } else {
+            String::new()
+        };
         let failure_rate = f64::from(t.failures) * 100.0 / f64::from(t.calls);
         if failure_rate >= self.cfg.failure_rate {
             let reason = format!(
-                "failure rate {}% >= {}% over {} calls",
+                "failure rate {}% >= {}% over {} calls{still}",
                 pct(failure_rate),
                 pct(self.cfg.failure_rate),
                 t.calls
@@ -510,7 +543,7 @@ impl Breaker {
         let slow_rate = f64::from(t.slow) * 100.0 / f64::from(t.calls);
         if slow_rate >= self.cfg.slow_call_rate {
             let reason = format!(
-                "slow-call rate {}% >= {}% over {} calls (slow: >= {:?})",
+                "slow-call rate {}% >= {}% over {} calls (slow: >= {:?}){still}",
                 pct(slow_rate),
                 pct(self.cfg.slow_call_rate),
                 t.calls,
@@ -713,6 +746,33 @@ mod tests {
             .enumerate()
             .filter_map(|(i, o)| b.on_outcome(start + i as u64 * MS, *o, &mut j))
             .collect()
+    }
+
+    #[test]
+    fn pending_slow_connects_are_judged_as_slow_calls_without_entering_the_window() {
+        let c = BreakerConfig {
+            slow_call_rate: 50.0,
+            ..cfg()
+        };
+        let mut b = Breaker::new(c, Mode::Enforce, 0);
+        let mut j = Fixed(0.5);
+        assert!(feed(&mut b, 0, &[ok(), ok()]).is_empty());
+        // 2 fast calls and 2 still pending past the threshold: 4 calls, under the minimum.
+        assert!(b.on_pending(10 * MS, 2, &mut j).is_none());
+        // They were judged, not recorded: the window still holds the two successes.
+        assert_eq!(b.window_contents(10 * MS).totals.calls, 2);
+        // Three pending: 5 calls, 60% slow.
+        let t = b.on_pending(20 * MS, 3, &mut j).expect("trips");
+        assert_eq!((t.from, t.to), (State::Closed, State::Open));
+        assert_eq!(
+            t.reason,
+            "slow-call rate 60% >= 50% over 5 calls (slow: >= 1s), 3 of them still connecting; open for 30s"
+        );
+        // Open: pending connects change nothing.
+        assert!(b.on_pending(30 * MS, 10, &mut j).is_none());
+        // Disabled: no judgement at all.
+        let mut off = Breaker::new(cfg(), Mode::Disabled, 0);
+        assert!(off.on_pending(0, 100, &mut j).is_none());
     }
 
     #[test]

@@ -42,10 +42,21 @@ impl Kernel {
         super::layout::check_pinned_layout(&opts.pin_dir, OBJECT, opts.max_connections)?;
 
         let sk_err = Btf::from_sys_fs()?.member_offset("sock", "sk_err")?;
+        let (hz, hz_from) = super::hz::detect();
+        if hz_from.starts_with("nowhere") {
+            tracing::warn!(
+                hz,
+                "the kernel's HZ is not in /boot/config-* nor readable from /proc/timer_list: \
+                 connect deadlines below 1s may retransmit their SYN early"
+            );
+        } else {
+            tracing::debug!(hz, from = %hz_from, "kernel HZ");
+        }
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&opts.pin_dir)
             .override_global(maps::GLOBAL_SK_ERR_OFFSET, &sk_err, true)
             .override_global(maps::GLOBAL_HAVE_RETVAL, &u32::from(features.retval), true)
+            .override_global(maps::GLOBAL_HZ, &hz, true)
             .map_max_entries(maps::CONNS, opts.max_connections)
             .load(OBJECT)
             .context("loading the eBPF object")?;

@@ -7,6 +7,7 @@ pub mod batch;
 pub mod btf;
 pub mod features;
 pub mod fs;
+pub mod hz;
 pub mod keys;
 pub mod layout;
 pub mod loader;

@@ -7,7 +7,10 @@ use std::{path::Path, sync::atomic::Ordering};
 use anyhow::{Context, Result};
 use aya::maps::{HashMap, MapData};
 use resilience_common::{
-    conn::{CONN_ESTABLISHED, TRACK_HELD},
+    conn::{
+        CONN_CONNECTING, CONN_ESTABLISHED, PENDING_BUCKET_MASK, PENDING_SHIFT, TRACK_HELD,
+        TRACK_PENDING,
+    },
     maps, ConnTrack,
 };
 
@@ -47,6 +50,9 @@ pub fn reconcile(pin_dir: &Path, arrays: &Arrays, before_ns: u64) -> Result<Reco
                 continue;
             }
             r.removed += 1;
+            if named && c.state == CONN_CONNECTING && c.flags & TRACK_PENDING != 0 {
+                arrays.unpend(c.slot, ((c.flags >> PENDING_SHIFT) & PENDING_BUCKET_MASK) as usize);
+            }
             if named && settle(arrays, &c) {
                 r.places += 1;
             }

@@ -18,7 +18,8 @@ use anyhow::{Context, Result};
 use aya::maps::{HashMap, Map, MapData, PerCpuArray};
 use resilience_common::{
     maps::{self, MAX_SLOTS, POLICY_ENTRIES},
-    Bucket, Control, DestCounters, DestPolicy, Endpoint, SavedBreaker, Stats, WindowCounts,
+    Bucket, Control, DestCounters, DestPolicy, Endpoint, PendingAges, SavedBreaker, Stats,
+    WindowCounts,
 };
 
 use super::{keys::KeySets, mmap, mmap::MmapArray};
@@ -33,6 +34,9 @@ pub struct Arrays {
     pub streaks: MmapArray<u64>,
     pub windows: MmapArray<WindowCounts>,
     pub saved: MmapArray<SavedBreaker>,
+    /// Connects still waiting for an answer, by age. Never reset: the kernel adds and takes
+    /// back each connect's one, whoever owns the slot meanwhile.
+    pub pending: MmapArray<PendingAges>,
     pub control: MmapArray<Control>,
 }
 
@@ -86,6 +90,7 @@ impl Tables {
             streaks: mapped(src, maps::STREAKS, MAX_SLOTS)?,
             windows: mapped(src, maps::WINDOWS, MAX_SLOTS)?,
             saved: mapped(src, maps::SAVED, MAX_SLOTS)?,
+            pending: mapped(src, maps::PENDING, MAX_SLOTS)?,
             control: mapped(src, maps::CONTROL, 1)?,
         };
         let keys = KeySets::load(typed(src, maps::EXACT)?, typed(src, maps::CIDR)?)?;
@@ -268,6 +273,30 @@ impl Arrays {
 
     /// A fresh owner's slot starts from zero: counters, places, streak, probes, bucket. Only
     /// for a retired slot: no connect can be charged to it (see the generations).
+    /// Connects to `slot` pending for at least `slow_ns` now.
+    pub fn pending_slow(&self, slot: u32, slow_ns: u64, now_ns: u64) -> u32 {
+        self.pending
+            .get(slot)
+            .map_or(0, |p| p.slow(slow_ns, now_ns))
+    }
+
+    /// Take back one pending count (a tracking entry removed by the daemon).
+    pub fn unpend(&self, slot: u32, bucket: usize) {
+        let Some(p) = self.pending.ptr(slot) else {
+            return;
+        };
+        if bucket >= resilience_common::dest::PENDING_BUCKETS {
+            return;
+        }
+        // SAFETY: an aligned u32 of a mapped entry, which the programs change atomically.
+        let count = unsafe { super::mmap::atomic_u32(&raw mut (*p).counts[bucket]) };
+        let _ = count.fetch_update(
+            std::sync::atomic::Ordering::AcqRel,
+            std::sync::atomic::Ordering::Acquire,
+            |v| v.checked_sub(1),
+        );
+    }
+
     pub fn reset_slot(&self, slot: u32) {
         self.counters.set(slot, DestCounters::default());
         self.active.set(slot, 0);

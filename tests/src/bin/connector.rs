@@ -62,6 +62,14 @@ struct Args {
     /// After joining the cgroup, run as this uid and gid (an unprivileged local user).
     #[arg(long)]
     user: Option<u32>,
+    /// A plain blocking connect() with no application timeout at all (--timeout-ms is not
+    /// used): how long it takes is up to the kernel. IPv4 only.
+    #[arg(long)]
+    blocking: bool,
+    /// With --blocking: set TCP_USER_TIMEOUT to this before connecting; the value read back
+    /// after a successful connect is printed as "uto".
+    #[arg(long)]
+    user_timeout_ms: Option<u32>,
     /// Addresses, in order.
     addrs: Vec<SocketAddr>,
 }
@@ -72,6 +80,8 @@ struct Record {
     errno: i32,
     t: u64,
     ns: u64,
+    /// TCP_USER_TIMEOUT after a successful --blocking connect; -1 otherwise.
+    uto: i64,
 }
 
 fn main() {
@@ -155,13 +165,23 @@ fn main() {
                 || args.tfo_defer
                 || args.self_connect
                 || args.nonblocking;
-            let record = if special {
+            let record = if args.blocking {
+                let (ok, errno, uto) = blocking_connect(addr, args.user_timeout_ms, &mut held);
+                Record {
+                    ok,
+                    errno,
+                    t,
+                    ns: start.elapsed().as_nanos() as u64,
+                    uto,
+                }
+            } else if special {
                 let (ok, errno) = socket_connect(&args, addr, &mut held);
                 Record {
                     ok,
                     errno,
                     t,
                     ns: start.elapsed().as_nanos() as u64,
+                    uto: -1,
                 }
             } else if args.raw {
                 let (ok, errno) = raw_connect(addr);
@@ -170,6 +190,7 @@ fn main() {
                     errno,
                     t,
                     ns: start.elapsed().as_nanos() as u64,
+                    uto: -1,
                 }
             } else {
                 let result = TcpStream::connect_timeout(addr, timeout);
@@ -182,7 +203,13 @@ fn main() {
                 if let (Ok(stream), true) = (result, args.hold_ms > 0) {
                     held.push(stream);
                 }
-                Record { ok, errno, t, ns }
+                Record {
+                    ok,
+                    errno,
+                    t,
+                    ns,
+                    uto: -1,
+                }
             };
             total += 1;
             ok_total += u64::from(record.ok);
@@ -201,8 +228,8 @@ fn main() {
     }
     for (addr, r) in out {
         println!(
-            r#"{{"addr":"{addr}","ok":{},"errno":{},"t":{},"ns":{}}}"#,
-            r.ok, r.errno, r.t, r.ns
+            r#"{{"addr":"{addr}","ok":{},"errno":{},"t":{},"ns":{},"uto":{}}}"#,
+            r.ok, r.errno, r.t, r.ns, r.uto
         );
     }
 }
@@ -230,6 +257,67 @@ fn monotonic_ns() -> u64 {
     // SAFETY: clock_gettime writes the timespec it is given.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// A blocking connect with no timeout of the application's own (unless `user_timeout_ms`);
+/// a socket that connected is kept in `held`. Returns (ok, errno, TCP_USER_TIMEOUT after).
+fn blocking_connect(
+    addr: &SocketAddr,
+    user_timeout_ms: Option<u32>,
+    held: &mut Vec<TcpStream>,
+) -> (bool, i32, i64) {
+    use std::os::fd::FromRawFd;
+    let SocketAddr::V4(v4) = addr else {
+        eprintln!("connector: --blocking takes IPv4 addresses");
+        std::process::exit(2);
+    };
+    let sin = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: v4.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(v4.ip().octets()),
+        },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: plain syscalls on a socket this function owns (then the stream owns it).
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        if fd < 0 {
+            return (false, *libc::__errno_location(), -1);
+        }
+        if let Some(ms) = user_timeout_ms {
+            let v = ms as libc::c_int;
+            libc::setsockopt(
+                fd,
+                libc::IPPROTO_TCP,
+                libc::TCP_USER_TIMEOUT,
+                (&v as *const libc::c_int).cast(),
+                len,
+            );
+        }
+        let rc = libc::connect(
+            fd,
+            (&sin as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        );
+        if rc != 0 {
+            let errno = *libc::__errno_location();
+            libc::close(fd);
+            return (false, errno, -1);
+        }
+        let mut v: libc::c_int = -1;
+        let mut l = len;
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_USER_TIMEOUT,
+            (&mut v as *mut libc::c_int).cast(),
+            &mut l,
+        );
+        held.push(TcpStream::from_raw_fd(fd));
+        (true, 0, i64::from(v))
+    }
 }
 
 fn raw_connect(addr: &SocketAddr) -> (bool, i32) {
