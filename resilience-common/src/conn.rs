@@ -50,6 +50,8 @@ pub const TRACK_DEADLINE: u32 = 1 << 4;
 /// The connect is counted in `PENDING[slot]`, in the age bucket `(flags >> PENDING_SHIFT) &
 /// PENDING_BUCKET_MASK`, until its connect phase ends.
 pub const TRACK_PENDING: u32 = 1 << 5;
+/// The connect was admitted as a retry (counted in the retry budget's window).
+pub const TRACK_RETRY: u32 = 1 << 6;
 pub const PENDING_SHIFT: u32 = 8;
 pub const PENDING_BUCKET_MASK: u32 = 0xff;
 

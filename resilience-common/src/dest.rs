@@ -18,12 +18,17 @@ pub const FLAG_COUNT_REFUSED: u32 = 1 << 3;
 pub const FLAG_COUNT_TIMEOUT: u32 = 1 << 4;
 pub const FLAG_COUNT_UNREACHABLE: u32 = 1 << 5;
 pub const FLAG_COUNT_LOCAL: u32 = 1 << 6;
+/// Apply the retry budget (`RETRY[slot]`).
+pub const FLAG_RETRY_BUDGET: u32 = 1 << 7;
 
 /// Index of a rejection reason in `DestCounters::rejected`.
 pub const REJECT_BREAKER: usize = 0;
 pub const REJECT_RATE_LIMIT: usize = 1;
 pub const REJECT_BULKHEAD: usize = 2;
 pub const REJECT_REASONS: usize = 3;
+/// A fourth reason, counted in `RetryBudget::rejected` / `would_reject` (the counters' layout
+/// is pinned across upgrades).
+pub const REJECT_RETRY_BUDGET: usize = 3;
 
 /// Connect latency histogram: bucket `i` counts connects that took less than `2^i` µs and at
 /// least `2^(i-1)` µs; the last bucket takes everything slower (about 4 s and up).

@@ -10,12 +10,14 @@ pub mod control;
 pub mod dest;
 pub mod endpoint;
 pub mod maps;
+pub mod retry;
 pub mod saved;
 
 pub use conn::{ConnTrack, OutcomeEvent};
 pub use control::{Control, Stats};
 pub use dest::{Bucket, DestCounters, DestPolicy, PendingAges, WindowCounts};
 pub use endpoint::{CidrData, Endpoint};
+pub use retry::RetryBudget;
 pub use saved::SavedBreaker;
 
 #[cfg(feature = "user")]
@@ -33,4 +35,5 @@ mod pod {
     unsafe impl aya::Pod for super::SavedBreaker {}
     unsafe impl aya::Pod for super::WindowCounts {}
     unsafe impl aya::Pod for super::PendingAges {}
+    unsafe impl aya::Pod for super::RetryBudget {}
 }

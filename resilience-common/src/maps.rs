@@ -4,7 +4,7 @@ use core::mem::size_of;
 
 use crate::{
     Bucket, CidrData, ConnTrack, Control, DestCounters, DestPolicy, Endpoint, PendingAges,
-    SavedBreaker, Stats, WindowCounts,
+    RetryBudget, SavedBreaker, Stats, WindowCounts,
 };
 
 /// (set, ip:port) or (set, ip with port 0) -> destination slot.
@@ -27,6 +27,8 @@ pub const STREAKS: &str = "STREAKS";
 pub const WINDOWS: &str = "WINDOWS";
 /// slot -> connects whose SYN has no answer yet, by age (`PendingAges`).
 pub const PENDING: &str = "PENDING";
+/// slot -> retry budget: bounds (daemon) and window counts (kernel).
+pub const RETRY: &str = "RETRY";
 /// slot -> the daemon's saved breaker (never read by the programs).
 pub const SAVED: &str = "SAVED";
 /// Endpoint no policy names -> counters (LRU).
@@ -97,6 +99,7 @@ pub const LAYOUT: &[(&str, usize, usize)] = &[
     (WINDOWS, size_of::<u32>(), size_of::<WindowCounts>()),
     (SAVED, size_of::<u32>(), size_of::<SavedBreaker>()),
     (PENDING, size_of::<u32>(), size_of::<PendingAges>()),
+    (RETRY, size_of::<u32>(), size_of::<RetryBudget>()),
     (OBSERVED, size_of::<Endpoint>(), size_of::<DestCounters>()),
     (CONNS, size_of::<u64>(), size_of::<ConnTrack>()),
     (OBS_CONNS, size_of::<u64>(), size_of::<ConnTrack>()),
@@ -115,5 +118,6 @@ pub const MMAPPED: &[(&str, u32)] = &[
     (WINDOWS, MAX_SLOTS),
     (SAVED, MAX_SLOTS),
     (PENDING, MAX_SLOTS),
+    (RETRY, MAX_SLOTS),
     (CONTROL, 1),
 ];

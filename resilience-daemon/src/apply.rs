@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use resilience_common::{
     dest::{
         FLAG_BULKHEAD, FLAG_COUNT_LOCAL, FLAG_COUNT_REFUSED, FLAG_COUNT_TIMEOUT,
-        FLAG_COUNT_UNREACHABLE, FLAG_DRY_RUN, FLAG_RATE_LIMIT,
+        FLAG_COUNT_UNREACHABLE, FLAG_DRY_RUN, FLAG_RATE_LIMIT, FLAG_RETRY_BUDGET,
     },
     Bucket, DestPolicy, Endpoint,
 };
@@ -44,6 +44,9 @@ pub fn kernel_policy(dest: &Destination, kv: KernelVerdict, generation: u32) -> 
         }
         None => (0, 0),
     };
+    if dest.retry_budget.is_some() {
+        flags |= FLAG_RETRY_BUDGET;
+    }
     let max_concurrent = match dest.bulkhead {
         Some(b) => {
             flags |= FLAG_BULKHEAD;

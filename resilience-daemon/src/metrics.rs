@@ -312,6 +312,7 @@ pub fn render(s: &Snapshot) -> String {
                 ("breaker", r.breaker),
                 ("rate_limit", r.rate_limit),
                 ("bulkhead", r.bulkhead),
+                ("retry_budget", r.retry_budget),
             ] {
                 f.sample(
                     name,

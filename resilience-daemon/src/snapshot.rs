@@ -220,6 +220,9 @@ pub struct DestinationStatus {
     pub tokens: Option<u64>,
     pub burst: Option<u32>,
     pub max_concurrent: Option<u32>,
+    /// The retry budget's window; null without a retry budget.
+    #[serde(default)]
+    pub retry_budget: Option<RetryWindow>,
     /// Half-open: probes still to be admitted (the kernel's budget); null otherwise.
     #[serde(default)]
     pub probes_left: Option<u64>,
@@ -355,6 +358,19 @@ pub struct Rejected {
     pub breaker: u64,
     pub rate_limit: u64,
     pub bulkhead: u64,
+    #[serde(default)]
+    pub retry_budget: u64,
+}
+
+/// A retry budget's window now: original connects and retries counted in it, and the
+/// retries it allows.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RetryWindow {
+    pub originals: u64,
+    pub retries: u64,
+    pub allowed: u64,
+    /// Retries admitted since the slot was created.
+    pub retries_admitted: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -407,11 +423,18 @@ pub fn histogram_quantile_ms(h: &[u64], q: f64) -> Option<f64> {
 }
 
 impl Counts {
-    pub fn new(c: &DestCounters, samples: Option<&Samples>, active: u64) -> Counts {
-        let by_reason = |r: &[u64; 3]| Rejected {
+    /// `retry`: the retry budget's (rejected, would_reject).
+    pub fn new(
+        c: &DestCounters,
+        samples: Option<&Samples>,
+        active: u64,
+        retry: (u64, u64),
+    ) -> Counts {
+        let by_reason = |r: &[u64; 3], retry_budget: u64| Rejected {
             breaker: r[REJECT_BREAKER],
             rate_limit: r[REJECT_RATE_LIMIT],
             bulkhead: r[REJECT_BULKHEAD],
+            retry_budget,
         };
         Counts {
             attempts: c.attempts,
@@ -424,8 +447,8 @@ impl Counts {
                 reset: c.reset,
                 local: c.local,
             },
-            rejected: by_reason(&c.rejected),
-            would_reject: by_reason(&c.would_reject),
+            rejected: by_reason(&c.rejected, retry.0),
+            would_reject: by_reason(&c.would_reject, retry.1),
             fail_open: c.fail_open,
             active,
             closed: c.closed,

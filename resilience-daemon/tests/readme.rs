@@ -68,6 +68,10 @@ fn every_policy_key_table_matches_the_parser() {
             "bulkhead",
             format!("{DEST}[destination.bulkhead]\nmax_concurrent = 1\nunknown_key = 1\n"),
         ),
+        (
+            "retry_budget",
+            format!("{DEST}[destination.retry_budget]\nunknown_key = 1\n"),
+        ),
     ];
     for (marker, policy) in tables {
         let documented = first_column(&format!("keys: {marker}"));

@@ -12,15 +12,17 @@ use aya_ebpf::{
 use resilience_common::{
     conn::{
         CONN_CONNECTING, OUTCOME_LOCAL, PENDING_SHIFT, SLOT_OBSERVED, TRACK_DEADLINE, TRACK_HELD,
-        TRACK_PENDING, TRACK_PROBE,
+        TRACK_PENDING, TRACK_PROBE, TRACK_RETRY,
     },
     control::{LOOKUP_CIDR_ANY, LOOKUP_CIDR_PORT, LOOKUP_EXACT},
     dest::{
-        ACTION_PROBE, ACTION_REJECT, FLAG_BULKHEAD, FLAG_DRY_RUN, FLAG_RATE_LIMIT, PENDING_BUCKETS,
-        REJECT_BREAKER, REJECT_BULKHEAD, REJECT_RATE_LIMIT,
+        ACTION_PROBE, ACTION_REJECT, FLAG_BULKHEAD, FLAG_DRY_RUN, FLAG_RATE_LIMIT,
+        FLAG_RETRY_BUDGET, PENDING_BUCKETS, REJECT_BREAKER, REJECT_BULKHEAD, REJECT_RATE_LIMIT,
+        REJECT_REASONS, REJECT_RETRY_BUDGET,
     },
     endpoint::CIDR_HEAD_BITS,
-    Bucket, CidrData, ConnTrack, DestCounters, DestPolicy, Endpoint, PendingAges,
+    retry::RETRY_BUCKETS,
+    Bucket, CidrData, ConnTrack, DestCounters, DestPolicy, Endpoint, PendingAges, RetryBudget,
 };
 
 use crate::{
@@ -28,7 +30,7 @@ use crate::{
     deadline::{set_user_timeout, user_timeout},
     maps::{
         have_retval, policy, stats, ACTIVE, BUCKETS, CIDR, CONNS, CONTROL, COUNTERS, EXACT,
-        OBSERVED, OBS_CONNS, PENDING, PROBES, STREAKS,
+        OBSERVED, OBS_CONNS, PENDING, PROBES, RETRY, STREAKS,
     },
     outcome::{settle, unpend},
     ALLOW,
@@ -77,7 +79,7 @@ pub fn on_connect(ctx: &SockAddrContext, ep: Endpoint) -> i32 {
     let mut flags = 0;
     if let Some(reason) = admit(slot, &p, now, &mut flags) {
         if p.flags & FLAG_DRY_RUN != 0 {
-            unsafe { add(&raw mut (*counters).would_reject[reason], 1) };
+            count_reason(counters, slot, reason, true);
         } else if !lease_valid {
             // Fail-open: a daemon that stopped renewing its lease may hold stale verdicts.
             unsafe { add(&raw mut (*counters).fail_open, 1) };
@@ -85,8 +87,8 @@ pub fn on_connect(ctx: &SockAddrContext, ep: Endpoint) -> i32 {
                 unsafe { (*s).fail_open += 1 };
             }
         } else {
-            give_back(slot, flags);
-            unsafe { add(&raw mut (*counters).rejected[reason], 1) };
+            give_back(slot, flags, now);
+            count_reason(counters, slot, reason, false);
             // Without the helper (before Linux 5.18) the application sees EPERM.
             if have_retval() {
                 // SAFETY: as above.
@@ -107,7 +109,31 @@ pub fn on_connect(ctx: &SockAddrContext, ep: Endpoint) -> i32 {
     ALLOW
 }
 
-/// Breaker, then bulkhead, then token bucket. Returns the first step that says no; `flags`
+/// A rejection (or, in dry-run, a would-be one) by reason: the retry budget's in its own entry.
+#[inline(always)]
+fn count_reason(counters: *mut DestCounters, slot: u32, reason: usize, dry: bool) {
+    if reason < REJECT_REASONS {
+        // SAFETY: pointer into an array map value; `reason` is in bounds.
+        unsafe {
+            if dry {
+                add(&raw mut (*counters).would_reject[reason], 1);
+            } else {
+                add(&raw mut (*counters).rejected[reason], 1);
+            }
+        }
+    } else if let Some(rb) = RETRY.get_ptr_mut(slot) {
+        // SAFETY: as above.
+        unsafe {
+            if dry {
+                add(&raw mut (*rb).would_reject, 1);
+            } else {
+                add(&raw mut (*rb).rejected, 1);
+            }
+        }
+    }
+}
+
+/// Breaker, then retry budget, then bulkhead, then token bucket. Returns the first step that says no; `flags`
 /// gets what the connect took (a probe, a bulkhead place), whatever the answer.
 #[inline(always)]
 fn admit(slot: u32, p: &DestPolicy, now: u64, flags: &mut u32) -> Option<usize> {
@@ -131,6 +157,13 @@ fn admit(slot: u32, p: &DestPolicy, now: u64, flags: &mut u32) -> Option<usize> 
             }
         }
     }
+    if p.flags & FLAG_RETRY_BUDGET != 0 {
+        if let Some(rb) = RETRY.get_ptr_mut(slot) {
+            if !take_retry(rb, now, flags) {
+                return Some(REJECT_RETRY_BUDGET);
+            }
+        }
+    }
     // Every admitted connect to a named destination holds a place until it closes, so that the
     // active count is known with or without a bulkhead.
     let active = ACTIVE.get_ptr_mut(slot)?;
@@ -147,6 +180,80 @@ fn admit(slot: u32, p: &DestPolicy, now: u64, flags: &mut u32) -> Option<usize> 
         }
     }
     None
+}
+
+/// Count the connect in the slot's retry budget (see `resilience_common::RetryBudget` for why
+/// this is exact): an original, or a retry, one that follows a connect failure of this slot by
+/// at most `after_failure_ns`, admitted while the window's retries stay within the bound.
+#[inline(always)]
+fn take_retry(rb: *mut RetryBudget, now: u64, flags: &mut u32) -> bool {
+    // SAFETY (all derefs of `rb`): a pointer into an array map value, valid for the run; the
+    // daemon writes the bounds, the hooks the counts.
+    let b = unsafe { core::ptr::read_volatile(rb) };
+    if b.bucket_ns == 0 {
+        return true;
+    }
+    let (tag, i) = b.epoch(now);
+    if i >= RETRY_BUCKETS {
+        return true;
+    }
+    let since = now.wrapping_sub(b.last_failure_ns);
+    let retry = b.last_failure_ns != 0 && now >= b.last_failure_ns && since <= b.after_failure_ns;
+    if !retry {
+        bump(unsafe { &raw mut (*rb).originals[i] }, tag);
+        return true;
+    }
+    if !bump(unsafe { &raw mut (*rb).retries[i] }, tag) {
+        return false;
+    }
+    // Counted first, then judged: a CPU racing this one sees this retry too.
+    let mut originals = 0;
+    let mut retries = 0;
+    for k in 0..RETRY_BUCKETS {
+        unsafe {
+            originals += RetryBudget::live(core::ptr::read_volatile(&raw const (*rb).originals[k]), tag);
+            retries += RetryBudget::live(core::ptr::read_volatile(&raw const (*rb).retries[k]), tag);
+        }
+    }
+    if retries > b.allowed(originals) {
+        unbump(unsafe { &raw mut (*rb).retries[i] }, tag);
+        return false;
+    }
+    unsafe { add(&raw mut (*rb).retries_admitted, 1) };
+    *flags |= TRACK_RETRY;
+    true
+}
+
+/// One more in an epoch-tagged bucket word (starting it over in a new epoch).
+#[inline(always)]
+fn bump(p: *mut u64, tag: u64) -> bool {
+    // SAFETY: pointer into an array map value.
+    let mut w = unsafe { core::ptr::read_volatile(p) };
+    for _ in 0..4 {
+        let (found, swapped) = cas(p, w, RetryBudget::bumped(w, tag));
+        if swapped {
+            return true;
+        }
+        w = found;
+    }
+    false
+}
+
+/// Take back what `bump` counted, unless the bucket has moved on to another epoch.
+#[inline(always)]
+fn unbump(p: *mut u64, tag: u64) {
+    // SAFETY: pointer into an array map value.
+    let mut w = unsafe { core::ptr::read_volatile(p) };
+    for _ in 0..4 {
+        let Some(new) = RetryBudget::dropped(w, tag) else {
+            return;
+        };
+        let (found, swapped) = cas(p, w, new);
+        if swapped {
+            return;
+        }
+        w = found;
+    }
 }
 
 /// Take one half-open probe ticket if any is left. A compare-and-swap, never an add that may
@@ -203,7 +310,18 @@ fn take_token(b: *mut Bucket, p: &DestPolicy, now: u64) -> bool {
 
 /// Undo what a rejected connect took.
 #[inline(always)]
-fn give_back(slot: u32, flags: u32) {
+fn give_back(slot: u32, flags: u32, now: u64) {
+    if flags & TRACK_RETRY != 0 {
+        if let Some(rb) = RETRY.get_ptr_mut(slot) {
+            // SAFETY: pointer into an array map value.
+            let b = unsafe { &*rb };
+            let (tag, i) = b.epoch(now);
+            if i < RETRY_BUCKETS {
+                unbump(unsafe { &raw mut (*rb).retries[i] }, tag);
+                add(unsafe { &raw mut (*rb).retries_admitted }, MINUS_ONE);
+            }
+        }
+    }
     if flags & TRACK_HELD != 0 {
         if let Some(active) = ACTIVE.get_ptr_mut(slot) {
             add(active, MINUS_ONE);
@@ -333,7 +451,7 @@ fn track(
     }
     // Untracked: nobody would see its outcome, give its place back or end its pending count.
     unpend(&conn);
-    give_back(slot, flags);
+    give_back(slot, flags, now);
     if let Some(c) = COUNTERS.get_ptr_mut(slot) {
         unsafe { add(&raw mut (*c).untracked, 1) };
     }

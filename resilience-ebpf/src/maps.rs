@@ -11,7 +11,7 @@ use resilience_common::{
         MAX_OBSERVED, MAX_OBS_CONNS, MAX_SLOTS, POLICY_ENTRIES,
     },
     Bucket, CidrData, ConnTrack, Control, DestCounters, DestPolicy, Endpoint, PendingAges,
-    SavedBreaker, Stats, WindowCounts,
+    RetryBudget, SavedBreaker, Stats, WindowCounts,
 };
 
 // Pinned (by name, under the daemon's pin directory): a restarted daemon finds the same
@@ -37,6 +37,8 @@ pub static BUCKETS: Array<Bucket> = Array::pinned(MAX_SLOTS, BPF_F_MMAPABLE);
 pub static STREAKS: Array<u64> = Array::pinned(MAX_SLOTS, BPF_F_MMAPABLE);
 #[map]
 pub static WINDOWS: Array<WindowCounts> = Array::pinned(MAX_SLOTS, BPF_F_MMAPABLE);
+#[map]
+pub static RETRY: Array<RetryBudget> = Array::pinned(MAX_SLOTS, BPF_F_MMAPABLE);
 #[map]
 pub static PENDING: Array<PendingAges> = Array::pinned(MAX_SLOTS, BPF_F_MMAPABLE);
 // The daemon's own: saved breaker states. Declared here so that it is created and pinned with

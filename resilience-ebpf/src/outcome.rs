@@ -9,7 +9,7 @@ use resilience_common::{
         TRACK_PROBE, TRACK_SLOW,
     },
     dest::{
-        latency_bucket, PENDING_BUCKETS, FLAG_COUNT_LOCAL, FLAG_COUNT_REFUSED, FLAG_COUNT_TIMEOUT,
+        latency_bucket, PENDING_BUCKETS, FLAG_COUNT_LOCAL, FLAG_RETRY_BUDGET, FLAG_COUNT_REFUSED, FLAG_COUNT_TIMEOUT,
         FLAG_COUNT_UNREACHABLE, TRIPPED,
     },
     ConnTrack, DestCounters, DestPolicy, OutcomeEvent, WindowCounts,
@@ -17,7 +17,7 @@ use resilience_common::{
 
 use crate::{
     atomic::{add, add32, fetch_add, MINUS_ONE},
-    maps::{policy, stats, ACTIVE, COUNTERS, EVENTS, OBSERVED, PENDING, STREAKS, WINDOWS},
+    maps::{policy, stats, ACTIVE, COUNTERS, EVENTS, OBSERVED, PENDING, RETRY, STREAKS, WINDOWS},
 };
 
 /// The slot's policy if the connection still belongs to its owner; counts a stale outcome
@@ -163,6 +163,16 @@ pub fn settle(c: &ConnTrack, outcome: u32, err: u32, now: u64, set: u32) {
     if c.flags & TRACK_HELD != 0 {
         if let Some(active) = ACTIVE.get_ptr_mut(c.slot) {
             add(active, MINUS_ONE);
+        }
+    }
+    // A connect that failed: the next connects to the slot within `retry_after_failure` are
+    // retries.
+    if p.flags & FLAG_RETRY_BUDGET != 0
+        && matches!(outcome, OUTCOME_REFUSED | OUTCOME_TIMEOUT | OUTCOME_UNREACHABLE)
+    {
+        if let Some(rb) = RETRY.get_ptr_mut(c.slot) {
+            // SAFETY: pointer into an array map value.
+            unsafe { core::ptr::write_volatile(&raw mut (*rb).last_failure_ns, now) };
         }
     }
     let counted = match outcome {

@@ -199,6 +199,27 @@ pub struct Bulkhead {
     pub max_concurrent: u32,
 }
 
+/// `[destination.retry_budget]`: retries may add at most `ratio` of the original connects in
+/// `window`, and `min_per_second * window` are always allowed (Linkerd's retryBudget).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryBudget {
+    pub ratio: f64,
+    pub min_per_second: f64,
+    pub window: Duration,
+    pub retry_after_failure: Duration,
+}
+
+impl RetryBudget {
+    /// Retries always allowed in a window.
+    pub fn min_retries(&self) -> u64 {
+        (self.min_per_second * self.window.as_secs_f64()).floor() as u64
+    }
+
+    pub fn ratio_milli(&self) -> u64 {
+        (self.ratio * 1000.0).floor() as u64
+    }
+}
+
 /// Shorter durations are refused: nothing in the daemon acts at a finer grain.
 pub const MIN_DURATION: Duration = Duration::from_millis(1);
 
@@ -243,6 +264,15 @@ pub(super) struct RawRateLimit {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawBulkhead {
     max_concurrent: Option<Spanned<u32>>,
+}
+
+#[derive(Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRetryBudget {
+    ratio: Option<Spanned<f64>>,
+    min_per_second: Option<Spanned<f64>>,
+    window: Option<Spanned<String>>,
+    retry_after_failure: Option<Spanned<String>>,
 }
 
 /// An error at a byte range of the file.
@@ -529,6 +559,58 @@ impl RawRateLimit {
             ));
         }
         Ok(limit)
+    }
+}
+
+impl RawRetryBudget {
+    pub(super) fn over(&self, defaults: &RawRetryBudget) -> RawRetryBudget {
+        overlay!(defaults, self, ratio, min_per_second, window, retry_after_failure)
+    }
+
+    pub(super) fn build(&self) -> Result<RetryBudget, Located> {
+        let ratio = match &self.ratio {
+            None => 0.2,
+            Some(r) if (0.0..=100.0).contains(r.get_ref()) => *r.get_ref(),
+            Some(r) => return Err((r.span(), "ratio must be from 0 to 100".into())),
+        };
+        let min_per_second = match &self.min_per_second {
+            None => 10.0,
+            Some(m) if (0.0..=1e6).contains(m.get_ref()) => *m.get_ref(),
+            Some(m) => return Err((m.span(), "min_per_second must be from 0 to 1e6".into())),
+        };
+        let duration = |v: &Option<Spanned<String>>,
+                        default: Duration,
+                        key: &str,
+                        (lo, hi): (Duration, Duration)|
+         -> Result<Duration, Located> {
+            let Some(v) = v else { return Ok(default) };
+            let d = super::duration::parse_duration(v.get_ref()).map_err(|m| (v.span(), m))?;
+            if d < lo || d > hi {
+                return Err((
+                    v.span(),
+                    format!("{key} must be between {lo:?} and {hi:?}, not {:?}", v.get_ref()),
+                ));
+            }
+            Ok(d)
+        };
+        let window = duration(
+            &self.window,
+            Duration::from_secs(10),
+            "window",
+            (Duration::from_secs(1), Duration::from_secs(3600)),
+        )?;
+        let retry_after_failure = duration(
+            &self.retry_after_failure,
+            Duration::from_secs(1),
+            "retry_after_failure",
+            (MIN_DURATION, Duration::from_secs(3600)),
+        )?;
+        Ok(RetryBudget {
+            ratio,
+            min_per_second,
+            window,
+            retry_after_failure,
+        })
     }
 }
 

@@ -12,7 +12,8 @@ mod show;
 pub use duration::parse_duration;
 pub use errno::Errno;
 pub use guards::{
-    BreakerConfig, Bulkhead, FailureClass, FailureClasses, HalfOpenRule, RateLimit, Window,
+    BreakerConfig, Bulkhead, FailureClass, FailureClasses, HalfOpenRule, RateLimit, RetryBudget,
+    Window,
     MIN_DURATION, MIN_RATE,
 };
 pub use matcher::{ip, Match, MatchKind};
@@ -130,4 +131,5 @@ pub struct Destination {
     pub breaker: BreakerConfig,
     pub rate_limit: Option<RateLimit>,
     pub bulkhead: Option<Bulkhead>,
+    pub retry_budget: Option<RetryBudget>,
 }

@@ -16,7 +16,7 @@ use resilience_common::maps::{MAX_CIDR_PER_SET, MAX_DESTINATIONS, MAX_EXACT_PER_
 use super::{
     duration::parse_duration,
     errno::Errno,
-    guards::{RawBreaker, RawBulkhead, RawRateLimit},
+    guards::{RawBreaker, RawBulkhead, RawRateLimit, RawRetryBudget},
     matcher::Match,
     DaemonSettings, Destination, MatchKind, Mode, Policy,
 };
@@ -60,6 +60,7 @@ struct RawDefaults {
     breaker: RawBreaker,
     rate_limit: Option<Spanned<RawRateLimit>>,
     bulkhead: Option<Spanned<RawBulkhead>>,
+    retry_budget: Option<Spanned<RawRetryBudget>>,
 }
 
 #[derive(Deserialize)]
@@ -86,6 +87,7 @@ struct RawDestination {
     breaker: RawBreaker,
     rate_limit: Option<Spanned<RawRateLimit>>,
     bulkhead: Option<Spanned<RawBulkhead>>,
+    retry_budget: Option<Spanned<RawRetryBudget>>,
 }
 
 /// Longest connect deadline: the kernel keeps it in 16 bits of milliseconds per connection,
@@ -315,6 +317,11 @@ pub fn parse_str(text: &str, path: &Path) -> Result<Policy, ConfigError> {
             .map(|(span, b)| b.build(span))
             .transpose()
             .map_err(located)?;
+        let retry_budget =
+            table_over(&d.retry_budget, &defaults.retry_budget, RawRetryBudget::over)
+                .map(|(_, r)| r.build())
+                .transpose()
+                .map_err(located)?;
         destinations.push(Destination {
             name,
             matches,
@@ -324,6 +331,7 @@ pub fn parse_str(text: &str, path: &Path) -> Result<Policy, ConfigError> {
             breaker,
             rate_limit,
             bulkhead,
+            retry_budget,
         });
     }
     Ok(Policy {

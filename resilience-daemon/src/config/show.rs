@@ -48,6 +48,12 @@ pub fn destination_json(d: &Destination) -> Value {
         "breaker": breaker_json(&d.breaker),
         "rate_limit": d.rate_limit.map(|r| json!({"rate": r.rate, "burst": r.burst})),
         "bulkhead": d.bulkhead.map(|b| json!({"max_concurrent": b.max_concurrent})),
+        "retry_budget": d.retry_budget.map(|r| json!({
+            "ratio": r.ratio,
+            "min_per_second": r.min_per_second,
+            "window_ms": r.window.as_millis() as u64,
+            "retry_after_failure_ms": r.retry_after_failure.as_millis() as u64,
+        })),
     })
 }
 
@@ -86,13 +92,13 @@ pub fn to_text(policy: &Policy) -> String {
         let m: Vec<&str> = dest.matches.iter().map(|m| m.text.as_str()).collect();
         let _ = writeln!(
             out,
-            "{}: mode={} reject_errno={} connect_timeout={} match=[{}]",
+            "{}: mode={} reject_errno={} match=[{}]{}",
             dest.name,
             dest.mode.as_str(),
             dest.reject_errno.name(),
+            m.join(", "),
             dest.connect_timeout
-                .map_or("none".to_string(), |t| format!("{t:?}")),
-            m.join(", ")
+                .map_or(String::new(), |t| format!(" connect_timeout={t:?}")),
         );
         let b = &dest.breaker;
         let streak = match b.consecutive_failures {
@@ -128,6 +134,13 @@ pub fn to_text(policy: &Policy) -> String {
         }
         if let Some(k) = dest.bulkhead {
             let _ = writeln!(out, "  bulkhead: max_concurrent {}", k.max_concurrent);
+        }
+        if let Some(r) = dest.retry_budget {
+            let _ = writeln!(
+                out,
+                "  retry_budget: ratio {} min {}/s over {:?}, a retry within {:?} of a failure",
+                r.ratio, r.min_per_second, r.window, r.retry_after_failure
+            );
         }
     }
     for o in super::overlaps(policy) {

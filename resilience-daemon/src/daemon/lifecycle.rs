@@ -394,6 +394,7 @@ fn commit(
         if arrays.window_epoch(d.slot) != u64::from(kv.epoch) {
             arrays.reset_window(d.slot, kv.epoch);
         }
+        arrays.set_retry_bounds(d.slot, d.def.retry_budget.as_ref());
         let _ = arrays.set_policy(set, d.slot, entry);
         dests.push(d);
     }

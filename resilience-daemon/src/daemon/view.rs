@@ -161,7 +161,13 @@ pub fn destination(
         transitions: d.transitions,
         window,
         policy: whole.then(|| d.policy_json.clone()),
-        counts: snapshot::Counts::new(c, Some(&d.samples), arrays.active(d.slot)),
+        retry_budget: def.retry_budget.map(|_| arrays.retry_window(d.slot, now_ns)),
+        counts: snapshot::Counts::new(
+            c,
+            Some(&d.samples),
+            arrays.active(d.slot),
+            arrays.retry_rejections(d.slot),
+        ),
     }
 }
 
@@ -217,7 +223,7 @@ pub fn snapshot(
         if changed(rev) {
             observed.push(ObservedStatus {
                 address: snapshot::show_endpoint(ep),
-                counts: snapshot::Counts::new(c, None, c.active()),
+                counts: snapshot::Counts::new(c, None, c.active(), (0, 0)),
             });
         }
     }

@@ -18,8 +18,8 @@ use anyhow::{Context, Result};
 use aya::maps::{HashMap, Map, MapData, PerCpuArray};
 use resilience_common::{
     maps::{self, MAX_SLOTS, POLICY_ENTRIES},
-    Bucket, Control, DestCounters, DestPolicy, Endpoint, PendingAges, SavedBreaker, Stats,
-    WindowCounts,
+    Bucket, Control, DestCounters, DestPolicy, Endpoint, PendingAges, RetryBudget,
+    SavedBreaker, Stats, WindowCounts, retry::RETRY_BUCKETS,
 };
 
 use super::{keys::KeySets, mmap, mmap::MmapArray};
@@ -37,6 +37,8 @@ pub struct Arrays {
     /// Connects still waiting for an answer, by age. Never reset: the kernel adds and takes
     /// back each connect's one, whoever owns the slot meanwhile.
     pub pending: MmapArray<PendingAges>,
+    /// Retry budgets: bounds written here, counts by the programs.
+    pub retry: MmapArray<RetryBudget>,
     pub control: MmapArray<Control>,
 }
 
@@ -91,6 +93,7 @@ impl Tables {
             windows: mapped(src, maps::WINDOWS, MAX_SLOTS)?,
             saved: mapped(src, maps::SAVED, MAX_SLOTS)?,
             pending: mapped(src, maps::PENDING, MAX_SLOTS)?,
+            retry: mapped(src, maps::RETRY, MAX_SLOTS)?,
             control: mapped(src, maps::CONTROL, 1)?,
         };
         let keys = KeySets::load(typed(src, maps::EXACT)?, typed(src, maps::CIDR)?)?;
@@ -297,6 +300,57 @@ impl Arrays {
         );
     }
 
+    /// Put `budget`'s bounds in force for `slot` (or none), leaving the counts alone. The
+    /// bucket width goes last when a budget starts, first when it ends: the hooks never use a
+    /// half-written one.
+    pub fn set_retry_bounds(&self, slot: u32, budget: Option<&crate::config::RetryBudget>) {
+        let Some(p) = self.retry.ptr(slot) else {
+            return;
+        };
+        // SAFETY: aligned u64 fields of a mapped entry; the programs read them.
+        unsafe {
+            let width = mmap::atomic_u64(&raw mut (*p).bucket_ns);
+            let Some(b) = budget else {
+                width.store(0, Ordering::Release);
+                return;
+            };
+            let bucket_ns = (b.window.as_nanos() / RETRY_BUCKETS as u128) as u64;
+            if width.load(Ordering::Acquire) != bucket_ns {
+                // A new width reads the buckets differently: start the window over.
+                width.store(0, Ordering::Release);
+                for i in 0..RETRY_BUCKETS {
+                    mmap::atomic_u64(&raw mut (*p).originals[i]).store(0, Ordering::Release);
+                    mmap::atomic_u64(&raw mut (*p).retries[i]).store(0, Ordering::Release);
+                }
+            }
+            mmap::atomic_u64(&raw mut (*p).after_failure_ns)
+                .store(b.retry_after_failure.as_nanos() as u64, Ordering::Release);
+            mmap::atomic_u64(&raw mut (*p).min_retries).store(b.min_retries(), Ordering::Release);
+            mmap::atomic_u64(&raw mut (*p).ratio_milli).store(b.ratio_milli(), Ordering::Release);
+            width.store(bucket_ns, Ordering::Release);
+        }
+    }
+
+    /// The retry budget's window of `slot` at `now_ns`.
+    pub fn retry_window(&self, slot: u32, now_ns: u64) -> crate::snapshot::RetryWindow {
+        let b = self.retry.get(slot).unwrap_or_default();
+        let (tag, _) = b.epoch(now_ns);
+        let originals = RetryBudget::window_sum(&b.originals, tag);
+        crate::snapshot::RetryWindow {
+            originals,
+            retries: RetryBudget::window_sum(&b.retries, tag),
+            allowed: b.allowed(originals),
+            retries_admitted: b.retries_admitted,
+        }
+    }
+
+    /// Retries rejected for the budget, and those a dry run would have rejected.
+    pub fn retry_rejections(&self, slot: u32) -> (u64, u64) {
+        self.retry
+            .get(slot)
+            .map_or((0, 0), |b| (b.rejected, b.would_reject))
+    }
+
     pub fn reset_slot(&self, slot: u32) {
         self.counters.set(slot, DestCounters::default());
         self.active.set(slot, 0);
@@ -304,6 +358,7 @@ impl Arrays {
         self.probes.set(slot, 0);
         self.buckets.set(slot, Bucket::default());
         self.saved.set(slot, SavedBreaker::default());
+        self.retry.set(slot, RetryBudget::default());
     }
 
     pub fn saved(&self, slot: u32) -> SavedBreaker {

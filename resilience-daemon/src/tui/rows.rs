@@ -31,8 +31,8 @@ pub struct Row {
     pub failures_per_s: Option<f64>,
     pub fail_pct: Option<f64>,
     pub slow_pct: Option<f64>,
-    /// Rejected per second: breaker, rate limit, bulkhead.
-    pub rejected_per_s: Option<[f64; 3]>,
+    /// Rejected per second: breaker, rate limit, bulkhead, retry budget.
+    pub rejected_per_s: Option<[f64; 4]>,
     pub tokens: Option<(u64, u32)>,
     pub active: u64,
     pub max_active: Option<u32>,
@@ -49,7 +49,7 @@ pub struct Row {
 pub struct Prev {
     pub attempts: u64,
     pub failures: u64,
-    pub rejected: [u64; 3],
+    pub rejected: [u64; 4],
 }
 
 pub fn failures(c: &Counts) -> u64 {
@@ -65,6 +65,7 @@ pub fn prev_of(c: &Counts) -> Prev {
             c.rejected.breaker,
             c.rejected.rate_limit,
             c.rejected.bulkhead,
+            c.rejected.retry_budget,
         ],
     }
 }
@@ -101,6 +102,7 @@ pub fn build(s: &Snapshot, prev: &HashMap<String, Prev>, dt: Option<f64>) -> Vec
                 rate(c.rejected.breaker, p.rejected[0], dt),
                 rate(c.rejected.rate_limit, p.rejected[1], dt),
                 rate(c.rejected.bulkhead, p.rejected[2], dt),
+                rate(c.rejected.retry_budget, p.rejected[3], dt),
             ],
         ))
     };

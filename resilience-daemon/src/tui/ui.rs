@@ -213,6 +213,7 @@ enum Col {
     RejBreaker,
     RejRate,
     RejBulkhead,
+    RejRetry,
     Tokens,
     Active,
     P50,
@@ -232,6 +233,7 @@ impl Col {
             Col::RejBreaker => "BRK/S",
             Col::RejRate => "RATE/S",
             Col::RejBulkhead => "BULK/S",
+            Col::RejRetry => "RTRY/S",
             Col::Tokens => "TOKENS",
             Col::Active => "ACTIVE",
             Col::P50 => "P50ms",
@@ -246,7 +248,12 @@ impl Col {
             Col::State => 12,
             Col::Tokens | Col::Active | Col::Since => 9,
             Col::Attempts | Col::P50 | Col::P99 | Col::Rejected => 7,
-            Col::Fail | Col::Slow | Col::RejBreaker | Col::RejRate | Col::RejBulkhead => 6,
+            Col::Fail
+            | Col::Slow
+            | Col::RejBreaker
+            | Col::RejRate
+            | Col::RejBulkhead
+            | Col::RejRetry => 6,
         }
     }
 
@@ -255,13 +262,18 @@ impl Col {
         match self {
             Col::Name | Col::State => 0,
             Col::Attempts | Col::Fail | Col::Rejected | Col::Active | Col::Since => 1,
-            Col::Tokens | Col::P99 | Col::RejBreaker | Col::RejRate | Col::RejBulkhead => 2,
+            Col::Tokens
+            | Col::P99
+            | Col::RejBreaker
+            | Col::RejRate
+            | Col::RejBulkhead
+            | Col::RejRetry => 2,
             Col::Slow | Col::P50 => 3,
         }
     }
 }
 
-const ALL: [Col; 14] = [
+const ALL: [Col; 15] = [
     Col::Name,
     Col::State,
     Col::Attempts,
@@ -271,6 +283,7 @@ const ALL: [Col; 14] = [
     Col::RejBreaker,
     Col::RejRate,
     Col::RejBulkhead,
+    Col::RejRetry,
     Col::Tokens,
     Col::Active,
     Col::P50,
@@ -318,6 +331,7 @@ fn cell(c: Col, r: &Row) -> Cell<'static> {
         Col::RejBreaker => rej(0),
         Col::RejRate => rej(1),
         Col::RejBulkhead => rej(2),
+        Col::RejRetry => rej(3),
         Col::Tokens => match r.tokens {
             Some((t, b)) => {
                 let style = if t == 0 {
@@ -524,9 +538,9 @@ fn summary(d: &DestinationStatus, row: Option<&Row>) -> Paragraph<'static> {
         Line::from(first),
         Line::raw(format!("match {to}   rejects with {}", d.reject_errno)),
         Line::raw(format!(
-            "attempts {}  ok {}  refused {}  timeout {}  unreachable {}  local {}  reset {}  slow {}  rejected {}/{}/{} (breaker/rate/bulkhead)  active {}",
+            "attempts {}  ok {}  refused {}  timeout {}  unreachable {}  local {}  reset {}  slow {}  rejected {}/{}/{}/{} (breaker/rate/bulkhead/retry budget)  active {}",
             c.attempts, c.successes, x.refused, x.timeout, x.unreachable, x.local, x.reset, c.slow,
-            r.breaker, r.rate_limit, r.bulkhead, c.active
+            r.breaker, r.rate_limit, r.bulkhead, r.retry_budget, c.active
         )),
     ];
     Paragraph::new(lines).wrap(Wrap { trim: true }).block(
