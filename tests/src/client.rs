@@ -47,6 +47,8 @@ pub struct Opts {
     pub blocking: bool,
     /// With `blocking`: the application's own TCP_USER_TIMEOUT, set before connecting.
     pub user_timeout: Option<Duration>,
+    /// After a failed connect, connect again at once, up to this many times.
+    pub retries: u32,
 }
 
 pub fn connector_bin() -> std::path::PathBuf {
@@ -132,6 +134,9 @@ pub fn spawn(cgroup: &Path, addrs: &[SocketAddr], count: u32, opts: &Opts) -> Ru
     }
     if opts.blocking {
         cmd.arg("--blocking");
+    }
+    if opts.retries > 0 {
+        cmd.args(["--retries", &opts.retries.to_string()]);
     }
     if let Some(t) = opts.user_timeout {
         cmd.args(["--user-timeout-ms", &t.as_millis().to_string()]);

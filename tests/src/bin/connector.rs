@@ -70,6 +70,10 @@ struct Args {
     /// after a successful connect is printed as "uto".
     #[arg(long)]
     user_timeout_ms: Option<u32>,
+    /// After a failed connect, connect again at once, up to this many times (a retry storm;
+    /// each retry is a line of its own).
+    #[arg(long, default_value_t = 0)]
+    retries: u32,
     /// Addresses, in order.
     addrs: Vec<SocketAddr>,
 }
@@ -192,6 +196,20 @@ fn main() {
                     ns: start.elapsed().as_nanos() as u64,
                     uto: -1,
                 }
+            } else if args.retries > 0 {
+                let mut r = plain_connect(addr, timeout, &args, &mut held, t, start);
+                for _ in 0..args.retries {
+                    if r.ok {
+                        break;
+                    }
+                    total += 1;
+                    if !args.summary {
+                        out.push((*addr, r));
+                    }
+                    let (t, start) = (monotonic_ns(), Instant::now());
+                    r = plain_connect(addr, timeout, &args, &mut held, t, start);
+                }
+                r
             } else {
                 let result = TcpStream::connect_timeout(addr, timeout);
                 let ns = start.elapsed().as_nanos() as u64;
@@ -257,6 +275,33 @@ fn monotonic_ns() -> u64 {
     // SAFETY: clock_gettime writes the timespec it is given.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn plain_connect(
+    addr: &SocketAddr,
+    timeout: Duration,
+    args: &Args,
+    held: &mut Vec<TcpStream>,
+    t: u64,
+    start: Instant,
+) -> Record {
+    let result = TcpStream::connect_timeout(addr, timeout);
+    let ns = start.elapsed().as_nanos() as u64;
+    let (ok, errno) = match &result {
+        Ok(_) => (true, 0),
+        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => (false, libc::ETIMEDOUT),
+        Err(e) => (false, e.raw_os_error().unwrap_or(-1)),
+    };
+    if let (Ok(stream), true) = (result, args.hold_ms > 0) {
+        held.push(stream);
+    }
+    Record {
+        ok,
+        errno,
+        t,
+        ns,
+        uto: -1,
+    }
 }
 
 /// A blocking connect with no timeout of the application's own (unless `user_timeout_ms`);
