@@ -44,7 +44,12 @@ impl RetryBudget {
     /// The epoch tag of the bucket `now_ns` falls in, and that bucket's index.
     #[inline(always)]
     pub fn epoch(&self, now_ns: u64) -> (u64, usize) {
-        let e = now_ns / if self.bucket_ns == 0 { 1 } else { self.bucket_ns };
+        let e = now_ns
+            / if self.bucket_ns == 0 {
+                1
+            } else {
+                self.bucket_ns
+            };
         (e & EPOCH_MASK, (e % RETRY_BUCKETS as u64) as usize)
     }
 
@@ -113,8 +118,14 @@ mod tests {
         assert_eq!(RetryBudget::live(w, t0 + 15), 2);
         assert_eq!(RetryBudget::live(w, t0 + 16), 0);
         // Reused by a later epoch: starts at one.
-        assert_eq!(RetryBudget::live(RetryBudget::bumped(w, t0 + 16), t0 + 16), 1);
-        assert_eq!(RetryBudget::dropped(w, t0), Some(RetryBudget::bumped(0, t0)));
+        assert_eq!(
+            RetryBudget::live(RetryBudget::bumped(w, t0 + 16), t0 + 16),
+            1
+        );
+        assert_eq!(
+            RetryBudget::dropped(w, t0),
+            Some(RetryBudget::bumped(0, t0))
+        );
         assert_eq!(RetryBudget::dropped(w, t0 + 1), None);
     }
 

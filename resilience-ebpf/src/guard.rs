@@ -211,8 +211,10 @@ fn take_retry(rb: *mut RetryBudget, now: u64, flags: &mut u32) -> bool {
     let mut retries = 0;
     for k in 0..RETRY_BUCKETS {
         unsafe {
-            originals += RetryBudget::live(core::ptr::read_volatile(&raw const (*rb).originals[k]), tag);
-            retries += RetryBudget::live(core::ptr::read_volatile(&raw const (*rb).retries[k]), tag);
+            originals +=
+                RetryBudget::live(core::ptr::read_volatile(&raw const (*rb).originals[k]), tag);
+            retries +=
+                RetryBudget::live(core::ptr::read_volatile(&raw const (*rb).retries[k]), tag);
         }
     }
     if retries > b.allowed(originals) {

@@ -4,13 +4,13 @@
 
 use resilience_common::{
     conn::{
-        CONN_CONNECTING, PENDING_BUCKET_MASK, PENDING_SHIFT, TRACK_PENDING, OUTCOME_ABANDONED, OUTCOME_CLOSED, OUTCOME_LOCAL, OUTCOME_REFUSED, OUTCOME_RESET,
-        OUTCOME_SUCCESS, OUTCOME_TIMEOUT, OUTCOME_UNREACHABLE, SLOT_OBSERVED, TRACK_HELD,
-        TRACK_PROBE, TRACK_SLOW,
+        CONN_CONNECTING, OUTCOME_ABANDONED, OUTCOME_CLOSED, OUTCOME_LOCAL, OUTCOME_REFUSED,
+        OUTCOME_RESET, OUTCOME_SUCCESS, OUTCOME_TIMEOUT, OUTCOME_UNREACHABLE, PENDING_BUCKET_MASK,
+        PENDING_SHIFT, SLOT_OBSERVED, TRACK_HELD, TRACK_PENDING, TRACK_PROBE, TRACK_SLOW,
     },
     dest::{
-        latency_bucket, PENDING_BUCKETS, FLAG_COUNT_LOCAL, FLAG_RETRY_BUDGET, FLAG_COUNT_REFUSED, FLAG_COUNT_TIMEOUT,
-        FLAG_COUNT_UNREACHABLE, TRIPPED,
+        latency_bucket, FLAG_COUNT_LOCAL, FLAG_COUNT_REFUSED, FLAG_COUNT_TIMEOUT,
+        FLAG_COUNT_UNREACHABLE, FLAG_RETRY_BUDGET, PENDING_BUCKETS, TRIPPED,
     },
     ConnTrack, DestCounters, DestPolicy, OutcomeEvent, WindowCounts,
 };
@@ -168,7 +168,10 @@ pub fn settle(c: &ConnTrack, outcome: u32, err: u32, now: u64, set: u32) {
     // A connect that failed: the next connects to the slot within `retry_after_failure` are
     // retries.
     if p.flags & FLAG_RETRY_BUDGET != 0
-        && matches!(outcome, OUTCOME_REFUSED | OUTCOME_TIMEOUT | OUTCOME_UNREACHABLE)
+        && matches!(
+            outcome,
+            OUTCOME_REFUSED | OUTCOME_TIMEOUT | OUTCOME_UNREACHABLE
+        )
     {
         if let Some(rb) = RETRY.get_ptr_mut(c.slot) {
             // SAFETY: pointer into an array map value.

@@ -64,7 +64,10 @@ fn a_deadline_fails_a_hanging_connect_in_time() {
         );
     }
     let v = d.wait_dest("hole", |v| v["failures"]["timeout"] == 3);
-    assert_eq!(v["failures"]["timeout"], 3, "each counts as a timeout: {v:#}");
+    assert_eq!(
+        v["failures"]["timeout"], 3,
+        "each counts as a timeout: {v:#}"
+    );
 
     // No deadline there: the first SYN's 1 s timer is the kernel's, so a connect the
     // application gives up on after 1.2 s is still pending at 1.2 s.

@@ -48,7 +48,10 @@ fn a_retry_storm_is_held_to_the_budget() {
         .filter(|o| o.addr == refusing.to_string())
         .collect();
     let originals = got.len() - to_refusing.len() + 25;
-    let refused = to_refusing.iter().filter(|o| o.errno == ECONNREFUSED).count();
+    let refused = to_refusing
+        .iter()
+        .filter(|o| o.errno == ECONNREFUSED)
+        .count();
     let rejected = to_refusing.iter().filter(|o| o.errno == EAGAIN).count();
     let admitted_retries = refused - 25;
     // min_per_second * window = 20; ratio * 50 originals = 10.

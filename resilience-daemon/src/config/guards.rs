@@ -564,7 +564,14 @@ impl RawRateLimit {
 
 impl RawRetryBudget {
     pub(super) fn over(&self, defaults: &RawRetryBudget) -> RawRetryBudget {
-        overlay!(defaults, self, ratio, min_per_second, window, retry_after_failure)
+        overlay!(
+            defaults,
+            self,
+            ratio,
+            min_per_second,
+            window,
+            retry_after_failure
+        )
     }
 
     pub(super) fn build(&self) -> Result<RetryBudget, Located> {
@@ -588,7 +595,10 @@ impl RawRetryBudget {
             if d < lo || d > hi {
                 return Err((
                     v.span(),
-                    format!("{key} must be between {lo:?} and {hi:?}, not {:?}", v.get_ref()),
+                    format!(
+                        "{key} must be between {lo:?} and {hi:?}, not {:?}",
+                        v.get_ref()
+                    ),
                 ));
             }
             Ok(d)

@@ -13,8 +13,7 @@ pub use duration::parse_duration;
 pub use errno::Errno;
 pub use guards::{
     BreakerConfig, Bulkhead, FailureClass, FailureClasses, HalfOpenRule, RateLimit, RetryBudget,
-    Window,
-    MIN_DURATION, MIN_RATE,
+    Window, MIN_DURATION, MIN_RATE,
 };
 pub use matcher::{ip, Match, MatchKind};
 pub use overlap::overlaps;

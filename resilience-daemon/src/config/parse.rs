@@ -304,7 +304,11 @@ pub fn parse_str(text: &str, path: &Path) -> Result<Policy, ConfigError> {
             None => Errno::default(),
             Some(e) => Errno::from_name(e.get_ref()).map_err(|m| at(e.span(), m))?,
         };
-        let connect_timeout = match d.connect_timeout.as_ref().or(defaults.connect_timeout.as_ref()) {
+        let connect_timeout = match d
+            .connect_timeout
+            .as_ref()
+            .or(defaults.connect_timeout.as_ref())
+        {
             None => None,
             Some(t) => Some(connect_timeout(t).map_err(|(span, m)| at(span, m))?),
         };
@@ -317,11 +321,14 @@ pub fn parse_str(text: &str, path: &Path) -> Result<Policy, ConfigError> {
             .map(|(span, b)| b.build(span))
             .transpose()
             .map_err(located)?;
-        let retry_budget =
-            table_over(&d.retry_budget, &defaults.retry_budget, RawRetryBudget::over)
-                .map(|(_, r)| r.build())
-                .transpose()
-                .map_err(located)?;
+        let retry_budget = table_over(
+            &d.retry_budget,
+            &defaults.retry_budget,
+            RawRetryBudget::over,
+        )
+        .map(|(_, r)| r.build())
+        .transpose()
+        .map_err(located)?;
         destinations.push(Destination {
             name,
             matches,
@@ -442,7 +449,10 @@ mod tests {
         let t: Vec<_> = p.destinations.iter().map(|d| d.connect_timeout).collect();
         assert_eq!(
             t,
-            [Some(Duration::from_millis(300)), Some(Duration::from_secs(1))]
+            [
+                Some(Duration::from_millis(300)),
+                Some(Duration::from_secs(1))
+            ]
         );
     }
 

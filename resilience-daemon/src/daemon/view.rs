@@ -161,7 +161,9 @@ pub fn destination(
         transitions: d.transitions,
         window,
         policy: whole.then(|| d.policy_json.clone()),
-        retry_budget: def.retry_budget.map(|_| arrays.retry_window(d.slot, now_ns)),
+        retry_budget: def
+            .retry_budget
+            .map(|_| arrays.retry_window(d.slot, now_ns)),
         counts: snapshot::Counts::new(
             c,
             Some(&d.samples),

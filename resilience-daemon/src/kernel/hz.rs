@@ -54,13 +54,10 @@ pub fn nearest(rate: f64) -> Option<u32> {
     if !(rate.is_finite() && rate > 0.0) {
         return None;
     }
-    KNOWN
-        .iter()
-        .copied()
-        .min_by(|a, b| {
-            let (da, db) = ((f64::from(*a) - rate).abs(), (f64::from(*b) - rate).abs());
-            da.total_cmp(&db)
-        })
+    KNOWN.iter().copied().min_by(|a, b| {
+        let (da, db) = ((f64::from(*a) - rate).abs(), (f64::from(*b) - rate).abs());
+        da.total_cmp(&db)
+    })
 }
 
 #[cfg(test)]
@@ -69,7 +66,10 @@ mod tests {
 
     #[test]
     fn reads_the_build_config() {
-        assert_eq!(from_config("# x\nCONFIG_HZ_250=y\nCONFIG_HZ=250\n"), Some(250));
+        assert_eq!(
+            from_config("# x\nCONFIG_HZ_250=y\nCONFIG_HZ=250\n"),
+            Some(250)
+        );
         assert_eq!(from_config("CONFIG_HZ=123\n"), None);
         assert_eq!(from_config(""), None);
     }

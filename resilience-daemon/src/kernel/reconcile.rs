@@ -51,7 +51,10 @@ pub fn reconcile(pin_dir: &Path, arrays: &Arrays, before_ns: u64) -> Result<Reco
             }
             r.removed += 1;
             if named && c.state == CONN_CONNECTING && c.flags & TRACK_PENDING != 0 {
-                arrays.unpend(c.slot, ((c.flags >> PENDING_SHIFT) & PENDING_BUCKET_MASK) as usize);
+                arrays.unpend(
+                    c.slot,
+                    ((c.flags >> PENDING_SHIFT) & PENDING_BUCKET_MASK) as usize,
+                );
             }
             if named && settle(arrays, &c) {
                 r.places += 1;

@@ -18,8 +18,9 @@ use anyhow::{Context, Result};
 use aya::maps::{HashMap, Map, MapData, PerCpuArray};
 use resilience_common::{
     maps::{self, MAX_SLOTS, POLICY_ENTRIES},
-    Bucket, Control, DestCounters, DestPolicy, Endpoint, PendingAges, RetryBudget,
-    SavedBreaker, Stats, WindowCounts, retry::RETRY_BUCKETS,
+    retry::RETRY_BUCKETS,
+    Bucket, Control, DestCounters, DestPolicy, Endpoint, PendingAges, RetryBudget, SavedBreaker,
+    Stats, WindowCounts,
 };
 
 use super::{keys::KeySets, mmap, mmap::MmapArray};
