@@ -38,5 +38,25 @@ pub fn cas(p: *mut u64, old: u64, new: u64) -> (u64, bool) {
     }
 }
 
+/// Replace `*p` with `next(current)` by compare-and-swap, retrying with the value found at most
+/// `tries` times. False when `next` says no (None) or every try lost a race: a caller that
+/// takes something on true then only ever takes less under contention, never more.
+#[inline(always)]
+pub fn cas_update(p: *mut u64, tries: u32, next: impl Fn(u64) -> Option<u64>) -> bool {
+    // SAFETY: as above.
+    let mut cur = unsafe { core::ptr::read_volatile(p) };
+    for _ in 0..tries {
+        let Some(new) = next(cur) else {
+            return false;
+        };
+        let (found, swapped) = cas(p, cur, new);
+        if swapped {
+            return true;
+        }
+        cur = found;
+    }
+    false
+}
+
 /// Two's complement of 1, for atomic decrements.
 pub const MINUS_ONE: u64 = u64::MAX;

@@ -26,7 +26,7 @@ use resilience_common::{
 };
 
 use crate::{
-    atomic::{add, add32, cas, fetch_add, MINUS_ONE},
+    atomic::{add, add32, cas_update, fetch_add, MINUS_ONE},
     deadline::{set_user_timeout, user_timeout},
     maps::{
         have_retval, policy, stats, ACTIVE, BUCKETS, CIDR, CONNS, CONTROL, COUNTERS, EXACT,
@@ -229,33 +229,13 @@ fn take_retry(rb: *mut RetryBudget, now: u64, flags: &mut u32) -> bool {
 /// One more in an epoch-tagged bucket word (starting it over in a new epoch).
 #[inline(always)]
 fn bump(p: *mut u64, tag: u64) -> bool {
-    // SAFETY: pointer into an array map value.
-    let mut w = unsafe { core::ptr::read_volatile(p) };
-    for _ in 0..4 {
-        let (found, swapped) = cas(p, w, RetryBudget::bumped(w, tag));
-        if swapped {
-            return true;
-        }
-        w = found;
-    }
-    false
+    cas_update(p, 4, |w| Some(RetryBudget::bumped(w, tag)))
 }
 
 /// Take back what `bump` counted, unless the bucket has moved on to another epoch.
 #[inline(always)]
 fn unbump(p: *mut u64, tag: u64) {
-    // SAFETY: pointer into an array map value.
-    let mut w = unsafe { core::ptr::read_volatile(p) };
-    for _ in 0..4 {
-        let Some(new) = RetryBudget::dropped(w, tag) else {
-            return;
-        };
-        let (found, swapped) = cas(p, w, new);
-        if swapped {
-            return;
-        }
-        w = found;
-    }
+    cas_update(p, 4, |w| RetryBudget::dropped(w, tag));
 }
 
 /// Take one half-open probe ticket if any is left. A compare-and-swap, never an add that may
@@ -264,19 +244,7 @@ fn unbump(p: *mut u64, tag: u64) {
 /// refused, which only ever admits fewer.
 #[inline(always)]
 fn take_probe(p: *mut u64) -> bool {
-    // SAFETY: pointer into an array map value.
-    let mut left = unsafe { core::ptr::read_volatile(p) };
-    for _ in 0..8 {
-        if left as i64 <= 0 {
-            return false;
-        }
-        let (found, swapped) = cas(p, left, left - 1);
-        if swapped {
-            return true;
-        }
-        left = found;
-    }
-    false
+    cas_update(p, 8, |left| (left as i64 > 0).then(|| left - 1))
 }
 
 /// GCRA (the token bucket as one timestamp): see `resilience_common::Bucket` for why this is
@@ -293,21 +261,12 @@ fn take_token(b: *mut Bucket, p: &DestPolicy, now: u64) -> bool {
     let tolerance = p.tolerance_ns;
     // SAFETY: pointer into an array map value.
     let tat_p = unsafe { &raw mut (*b).tat_ns };
-    let mut tat = unsafe { core::ptr::read_volatile(tat_p) };
     // Bounded retries: under a storm of CPUs racing for the same bucket, the loser of the
     // fourth race is refused, which only ever admits less.
-    for _ in 0..4 {
+    cas_update(tat_p, 4, |tat| {
         let start = if tat > now { tat } else { now };
-        if start - now > tolerance {
-            return false;
-        }
-        let (found, swapped) = cas(tat_p, tat, start.saturating_add(t));
-        if swapped {
-            return true;
-        }
-        tat = found;
-    }
-    false
+        (start - now <= tolerance).then(|| start.saturating_add(t))
+    })
 }
 
 /// Undo what a rejected connect took.
@@ -393,7 +352,7 @@ fn track(
     ep: &Endpoint,
     slot: u32,
     p: Option<&DestPolicy>,
-    mut flags: u32,
+    flags: u32,
     now: u64,
     set: u32,
 ) {
@@ -436,13 +395,12 @@ fn track(
             }
         }
     }
-    flags = conn.flags;
     let (tracked, restore) = if slot == SLOT_OBSERVED {
         track_in(&OBS_CONNS, &CONNS, cookie, &mut conn, now, set)
     } else {
         track_in(&CONNS, &OBS_CONNS, cookie, &mut conn, now, set)
     };
-    if tracked && flags & TRACK_DEADLINE != 0 {
+    if tracked && conn.flags & TRACK_DEADLINE != 0 {
         set_user_timeout(ctx.as_ptr(), u32::from(conn.deadline_ms));
     } else if let Some(app) = restore {
         // An earlier attempt on this socket set a deadline this one does not have.
@@ -453,7 +411,7 @@ fn track(
     }
     // Untracked: nobody would see its outcome, give its place back or end its pending count.
     unpend(&conn);
-    give_back(slot, flags, now);
+    give_back(slot, conn.flags, now);
     if let Some(c) = COUNTERS.get_ptr_mut(slot) {
         unsafe { add(&raw mut (*c).untracked, 1) };
     }

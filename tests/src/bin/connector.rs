@@ -196,7 +196,8 @@ fn main() {
                     ns: start.elapsed().as_nanos() as u64,
                     uto: -1,
                 }
-            } else if args.retries > 0 {
+            } else {
+                // With --retries, a failure is connected again at once; each try is a record.
                 let mut r = plain_connect(addr, timeout, &args, &mut held, t, start);
                 for _ in 0..args.retries {
                     if r.ok {
@@ -210,24 +211,6 @@ fn main() {
                     r = plain_connect(addr, timeout, &args, &mut held, t, start);
                 }
                 r
-            } else {
-                let result = TcpStream::connect_timeout(addr, timeout);
-                let ns = start.elapsed().as_nanos() as u64;
-                let (ok, errno) = match &result {
-                    Ok(_) => (true, 0),
-                    Err(e) if e.kind() == std::io::ErrorKind::TimedOut => (false, libc::ETIMEDOUT),
-                    Err(e) => (false, e.raw_os_error().unwrap_or(-1)),
-                };
-                if let (Ok(stream), true) = (result, args.hold_ms > 0) {
-                    held.push(stream);
-                }
-                Record {
-                    ok,
-                    errno,
-                    t,
-                    ns,
-                    uto: -1,
-                }
             };
             total += 1;
             ok_total += u64::from(record.ok);
