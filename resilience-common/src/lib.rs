@@ -12,6 +12,7 @@ pub mod endpoint;
 pub mod maps;
 pub mod retry;
 pub mod saved;
+pub mod service;
 
 pub use conn::{ConnTrack, OutcomeEvent};
 pub use control::{Control, Stats};
@@ -19,6 +20,7 @@ pub use dest::{Bucket, DestCounters, DestPolicy, PendingAges, WindowCounts};
 pub use endpoint::{CidrData, Endpoint};
 pub use retry::RetryBudget;
 pub use saved::SavedBreaker;
+pub use service::ServiceRoute;
 
 #[cfg(feature = "user")]
 mod pod {
@@ -36,4 +38,5 @@ mod pod {
     unsafe impl aya::Pod for super::WindowCounts {}
     unsafe impl aya::Pod for super::PendingAges {}
     unsafe impl aya::Pod for super::RetryBudget {}
+    unsafe impl aya::Pod for super::ServiceRoute {}
 }

@@ -4,7 +4,7 @@ use core::mem::size_of;
 
 use crate::{
     Bucket, CidrData, ConnTrack, Control, DestCounters, DestPolicy, Endpoint, PendingAges,
-    RetryBudget, SavedBreaker, Stats, WindowCounts,
+    RetryBudget, SavedBreaker, ServiceRoute, Stats, WindowCounts,
 };
 
 /// (set, ip:port) or (set, ip with port 0) -> destination slot.
@@ -31,6 +31,8 @@ pub const PENDING: &str = "PENDING";
 pub const RETRY: &str = "RETRY";
 /// slot -> the daemon's saved breaker (never read by the programs).
 pub const SAVED: &str = "SAVED";
+/// (set, scoped destination, a service's cgroup id) -> slot (see `service`).
+pub const ROUTES: &str = "ROUTES";
 /// Endpoint no policy names -> counters (LRU).
 pub const OBSERVED: &str = "OBSERVED";
 /// Socket cookie -> connection to a named destination in flight or established. A plain hash:
@@ -61,6 +63,10 @@ pub const MAX_CIDR: u32 = 65536;
 pub const MAX_EXACT_PER_SET: u32 = MAX_EXACT / 2;
 pub const MAX_CIDR_PER_SET: u32 = MAX_CIDR / 2;
 pub const MAX_OBSERVED: u32 = 16384;
+/// (destination, service) routes of both sets: a service's cgroup is counted once per
+/// destination that lists it.
+pub const MAX_ROUTES: u32 = 65536;
+pub const MAX_ROUTES_PER_SET: u32 = MAX_ROUTES / 2;
 /// Connections to named destinations tracked at once (the daemon may set another size at
 /// load: `[daemon] max_connections`).
 pub const MAX_CONNS: u32 = 65536;
@@ -100,6 +106,7 @@ pub const LAYOUT: &[(&str, usize, usize)] = &[
     (SAVED, size_of::<u32>(), size_of::<SavedBreaker>()),
     (PENDING, size_of::<u32>(), size_of::<PendingAges>()),
     (RETRY, size_of::<u32>(), size_of::<RetryBudget>()),
+    (ROUTES, size_of::<ServiceRoute>(), size_of::<u32>()),
     (OBSERVED, size_of::<Endpoint>(), size_of::<DestCounters>()),
     (CONNS, size_of::<u64>(), size_of::<ConnTrack>()),
     (OBS_CONNS, size_of::<u64>(), size_of::<ConnTrack>()),

@@ -60,7 +60,7 @@ pub fn kernel_policy(dest: &Destination, kv: KernelVerdict, generation: u32) -> 
         errno: dest.reject_errno.0 as u32,
         flags,
         max_concurrent,
-        name_id: slots::name_id(&dest.name),
+        name_id: slots::name_id(&dest.slot_key()),
         ns_per_token,
         tolerance_ns,
         slow_ns,

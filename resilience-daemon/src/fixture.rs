@@ -82,6 +82,7 @@ fn dest(
 ) -> DestinationStatus {
     DestinationStatus {
         name: name.into(),
+        service: None,
         matches: matches.iter().map(|m| m.to_string()).collect(),
         mode: Mode::from_name(mode).unwrap_or(Mode::Enforce),
         state: State::from_name(state).unwrap_or(State::Closed),

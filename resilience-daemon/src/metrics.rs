@@ -10,6 +10,7 @@ use tokio::{
 };
 
 use crate::{
+    snapshot::DestinationStatus,
     control::{self, Command},
     protocol::{Reply, Request},
     snapshot::Snapshot,
@@ -174,6 +175,20 @@ fn esc(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// A destination's labels: `destination`, and `service` for a destination's per-service copy
+/// (left out otherwise, so that series of destinations without services keep their identity).
+fn dest_labels<'a>(
+    d: &'a DestinationStatus,
+    rest: &[(&'a str, &'a str)],
+) -> Vec<(&'a str, &'a str)> {
+    let mut v = vec![("destination", d.name.as_str())];
+    if let Some(s) = &d.service {
+        v.push(("service", s.as_str()));
+    }
+    v.extend_from_slice(rest);
+    v
+}
+
 /// One metric family: HELP and TYPE, then its samples.
 struct Family<'a> {
     out: &'a mut String,
@@ -212,7 +227,7 @@ pub fn render(s: &Snapshot) -> String {
             let mut f = Family::head(out, name, kind, help);
             for d in dests {
                 if let Some(v) = value(d) {
-                    f.sample(name, &[("destination", d.name.as_str())], v);
+                    f.sample(name, &dest_labels(d, &[]), v);
                 }
             }
         };
@@ -228,7 +243,7 @@ pub fn render(s: &Snapshot) -> String {
             let v = u8::from(d.state.as_str() == state);
             f.sample(
                 "resilience_breaker_state",
-                &[("destination", d.name.as_str()), ("state", state)],
+                &dest_labels(d, &[("state", state)]),
                 v,
             );
         }
@@ -242,7 +257,7 @@ pub fn render(s: &Snapshot) -> String {
     for d in dests {
         f.sample(
             "resilience_destination_mode",
-            &[("destination", d.name.as_str()), ("mode", d.mode.as_str())],
+            &dest_labels(d, &[("mode", d.mode.as_str())]),
             1,
         );
     }
@@ -277,7 +292,7 @@ pub fn render(s: &Snapshot) -> String {
         ] {
             f.sample(
                 "resilience_connect_failures_total",
-                &[("destination", d.name.as_str()), ("reason", reason)],
+                &dest_labels(d, &[("reason", reason)]),
                 v,
             );
         }
@@ -316,7 +331,7 @@ pub fn render(s: &Snapshot) -> String {
             ] {
                 f.sample(
                     name,
-                    &[("destination", d.name.as_str()), ("reason", reason)],
+                    &dest_labels(d, &[("reason", reason)]),
                     v,
                 );
             }
@@ -366,7 +381,7 @@ pub fn render(s: &Snapshot) -> String {
         ] {
             f.sample(
                 "resilience_breaker_transitions_total",
-                &[("destination", d.name.as_str()), ("to", to)],
+                &dest_labels(d, &[("to", to)]),
                 v,
             );
         }
@@ -454,23 +469,23 @@ fn histogram(out: &mut String, dests: &[crate::snapshot::DestinationStatus]) {
             let le = format!("{}", (1u64 << i) as f64 / 1e6);
             f.sample(
                 &format!("{name}_bucket"),
-                &[("destination", d.name.as_str()), ("le", &le)],
+                &dest_labels(d, &[("le", &le)]),
                 cumulative,
             );
         }
         f.sample(
             &format!("{name}_bucket"),
-            &[("destination", d.name.as_str()), ("le", "+Inf")],
+            &dest_labels(d, &[("le", "+Inf")]),
             cumulative,
         );
         f.sample(
             &format!("{name}_sum"),
-            &[("destination", d.name.as_str())],
+            &dest_labels(d, &[]),
             d.counts.latency_sum_ns as f64 / 1e9,
         );
         f.sample(
             &format!("{name}_count"),
-            &[("destination", d.name.as_str())],
+            &dest_labels(d, &[]),
             cumulative,
         );
     }

@@ -29,11 +29,17 @@ pub enum Request {
         #[serde(skip_serializing_if = "std::ops::Not::not")]
         follow: bool,
     },
+    /// Without `service`, every breaker of the destination (one per service where it lists
+    /// services); with it, that service's only.
     Trip {
         name: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        service: Option<String>,
     },
     Reset {
         name: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        service: Option<String>,
     },
     Disable {
         name: String,
@@ -105,6 +111,14 @@ pub fn parse(line: &[u8]) -> Result<Request, String> {
         )),
         None => Err(format!("{word} needs a string field \"name\"")),
     };
+    let service = |word: &str| match get("service") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(other) => Err(format!(
+            "{word}: \"service\" must be a string, not {}",
+            kind(other)
+        )),
+    };
     match cmd {
         "version" => Ok(Request::Version),
         "snapshot" => {
@@ -130,8 +144,14 @@ pub fn parse(line: &[u8]) -> Result<Request, String> {
                 kind(other)
             )),
         },
-        "trip" => Ok(Request::Trip { name: name(cmd)? }),
-        "reset" => Ok(Request::Reset { name: name(cmd)? }),
+        "trip" => Ok(Request::Trip {
+            name: name(cmd)?,
+            service: service(cmd)?,
+        }),
+        "reset" => Ok(Request::Reset {
+            name: name(cmd)?,
+            service: service(cmd)?,
+        }),
         "disable" => Ok(Request::Disable { name: name(cmd)? }),
         "enable" => Ok(Request::Enable { name: name(cmd)? }),
         "reload" => Ok(Request::Reload),
@@ -293,8 +313,14 @@ mod tests {
             Request::Status,
             Request::Events { follow: true },
             Request::Events { follow: false },
-            Request::Trip { name: "a".into() },
-            Request::Reset { name: "a".into() },
+            Request::Trip {
+                name: "a".into(),
+                service: None,
+            },
+            Request::Reset {
+                name: "a".into(),
+                service: Some("s".into()),
+            },
             Request::Disable { name: "a".into() },
             Request::Enable { name: "a".into() },
             Request::Reload,

@@ -67,10 +67,10 @@ impl Snapshot {
             .destinations
             .iter()
             .enumerate()
-            .map(|(i, x)| (x.name.clone(), i))
+            .map(|(i, x)| (x.label(), i))
             .collect();
         for mut nd in d.destinations {
-            match index.get(&nd.name) {
+            match index.get(&nd.label()) {
                 Some(&i) => {
                     let old = &mut self.destinations[i];
                     if nd.matches.is_empty() {
@@ -84,7 +84,7 @@ impl Snapshot {
                 None => self.destinations.push(nd),
             }
         }
-        self.destinations.retain(|x| !d.removed.contains(&x.name));
+        self.destinations.retain(|x| !d.removed.contains(&x.label()));
         let index: std::collections::HashMap<String, usize> = self
             .observed
             .iter()
@@ -202,6 +202,10 @@ impl EventRecord {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct DestinationStatus {
     pub name: String,
+    /// The service this entry guards the destination for (a destination with `services` has
+    /// one entry per service); null for a destination that guards every process.
+    #[serde(default)]
+    pub service: Option<String>,
     /// Left out of a delta's entries (only a policy change changes it, and that brings a
     /// whole snapshot).
     #[serde(rename = "match", default, skip_serializing_if = "Vec::is_empty")]
@@ -242,6 +246,16 @@ pub struct DestinationStatus {
     pub policy: Option<std::sync::Arc<serde_json::Value>>,
     #[serde(flatten)]
     pub counts: Counts,
+}
+
+impl DestinationStatus {
+    /// What tells entries apart: the name, or "name@service".
+    pub fn label(&self) -> String {
+        match &self.service {
+            None => self.name.clone(),
+            Some(s) => format!("{}@{s}", self.name),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]

@@ -22,7 +22,9 @@ use resilience_common::{
     },
     endpoint::CIDR_HEAD_BITS,
     retry::RETRY_BUCKETS,
+    service::{LEVEL_SHIFT, SERVICE_LEVELS, SLOT_SERVICES},
     Bucket, CidrData, ConnTrack, DestCounters, DestPolicy, Endpoint, PendingAges, RetryBudget,
+    ServiceRoute,
 };
 
 use crate::{
@@ -30,7 +32,7 @@ use crate::{
     deadline::{set_user_timeout, user_timeout},
     maps::{
         have_retval, policy, stats, ACTIVE, BUCKETS, CIDR, CONNS, CONTROL, COUNTERS, EXACT,
-        OBSERVED, OBS_CONNS, PENDING, PROBES, RETRY, STREAKS,
+        OBSERVED, OBS_CONNS, PENDING, PROBES, RETRY, ROUTES, STREAKS,
     },
     outcome::{settle, unpend},
     ALLOW,
@@ -63,10 +65,18 @@ pub fn on_connect(ctx: &SockAddrContext, ep: Endpoint) -> i32 {
     let lookup = control.lookup_flags[(set & 1) as usize];
     let lease_valid = now.wrapping_sub(control.heartbeat_ns) <= control.lease_ns;
 
-    let Some(slot) = find_slot(&ep, lookup, set) else {
+    let Some(mut slot) = find_slot(&ep, lookup, set) else {
         observe(ctx, &ep, now);
         return ALLOW;
     };
+    if slot & SLOT_SERVICES != 0 {
+        // Scoped to services: this process's service has its own slot, or none (observed).
+        let Some(s) = service_slot(slot & !SLOT_SERVICES, lookup >> LEVEL_SHIFT, set) else {
+            observe(ctx, &ep, now);
+            return ALLOW;
+        };
+        slot = s;
+    }
     let (Some(counters), Some(p)) = (COUNTERS.get_ptr_mut(slot), policy(set, slot)) else {
         count_hook_error();
         return ALLOW;
@@ -314,6 +324,36 @@ fn find_slot(ep: &Endpoint, lookup: u32, set: u32) -> Option<u32> {
     if lookup & LOOKUP_CIDR_ANY != 0 {
         let key = Key::new(FULL_PREFIX, CidrData::new(set as u8, ep.addr, 0));
         if let Some(slot) = CIDR.get(&key) {
+            return Some(*slot);
+        }
+    }
+    None
+}
+
+/// The slot of the innermost of the connecting process's services that the scoped destination
+/// `dispatch` lists, reading the process's ancestor cgroups only at the levels in `levels`.
+#[inline(always)]
+fn service_slot(dispatch: u32, levels: u32, set: u32) -> Option<u32> {
+    let mut level = SERVICE_LEVELS;
+    while level > 0 {
+        level -= 1;
+        if levels & (1 << level) == 0 {
+            continue;
+        }
+        // SAFETY: the helper has no preconditions; it returns 0 above the process's depth.
+        let id = unsafe {
+            aya_ebpf::helpers::generated::bpf_get_current_ancestor_cgroup_id(level as i32)
+        };
+        if id == 0 {
+            continue;
+        }
+        let key = ServiceRoute {
+            cgroup_id: id,
+            dispatch,
+            set,
+        };
+        // SAFETY: a read of a hash map value, copied at once.
+        if let Some(slot) = unsafe { ROUTES.get(&key) } {
             return Some(*slot);
         }
     }

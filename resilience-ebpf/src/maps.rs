@@ -8,10 +8,10 @@ use aya_ebpf::{
 use resilience_common::{
     maps::{
         BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, EVENTS_BYTES, MAX_CIDR, MAX_CONNS, MAX_EXACT,
-        MAX_OBSERVED, MAX_OBS_CONNS, MAX_SLOTS, POLICY_ENTRIES,
+        MAX_OBSERVED, MAX_OBS_CONNS, MAX_ROUTES, MAX_SLOTS, POLICY_ENTRIES,
     },
     Bucket, CidrData, ConnTrack, Control, DestCounters, DestPolicy, Endpoint, PendingAges,
-    RetryBudget, SavedBreaker, Stats, WindowCounts,
+    RetryBudget, SavedBreaker, ServiceRoute, Stats, WindowCounts,
 };
 
 // Pinned (by name, under the daemon's pin directory): a restarted daemon finds the same
@@ -45,6 +45,8 @@ pub static PENDING: Array<PendingAges> = Array::pinned(MAX_SLOTS, BPF_F_MMAPABLE
 // the rest and checked by the same layout test.
 #[map]
 pub static SAVED: Array<SavedBreaker> = Array::pinned(MAX_SLOTS, BPF_F_MMAPABLE);
+#[map]
+pub static ROUTES: HashMap<ServiceRoute, u32> = HashMap::pinned(MAX_ROUTES, BPF_F_NO_PREALLOC);
 // LRU, one list for all CPUs: a destination seen once ages out instead of filling the map.
 #[map]
 pub static OBSERVED: LruHashMap<Endpoint, DestCounters> = LruHashMap::pinned(MAX_OBSERVED, 0);

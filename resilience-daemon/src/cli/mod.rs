@@ -95,12 +95,19 @@ enum Cmd {
     /// Open a destination's breaker now (until its open time passes, then half-open).
     Trip {
         name: String,
+        /// Only this service's breaker (a destination with `services` has one per service;
+        /// without this flag, all of them).
+        #[arg(long)]
+        service: Option<String>,
         #[command(flatten)]
         client: ClientArgs,
     },
     /// Close a destination's breaker now, with an empty window.
     Reset {
         name: String,
+        /// Only this service's breaker (without this flag, all of the destination's).
+        #[arg(long)]
+        service: Option<String>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -212,8 +219,16 @@ fn client(command: Cmd) -> Result<ExitCode> {
             tui::run_top(client.socket, refresh)?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Trip { name, client } => act(&client.socket, Request::Trip { name }),
-        Cmd::Reset { name, client } => act(&client.socket, Request::Reset { name }),
+        Cmd::Trip {
+            name,
+            service,
+            client,
+        } => act(&client.socket, Request::Trip { name, service }),
+        Cmd::Reset {
+            name,
+            service,
+            client,
+        } => act(&client.socket, Request::Reset { name, service }),
         Cmd::Disable { name, client } => act(&client.socket, Request::Disable { name }),
         Cmd::Enable { name, client } => act(&client.socket, Request::Enable { name }),
         Cmd::Reload { client } => act(&client.socket, Request::Reload),

@@ -26,7 +26,39 @@ use std::{path::PathBuf, time::Duration};
 #[derive(Debug, Clone, PartialEq)]
 pub struct Policy {
     pub daemon: DaemonSettings,
+    /// `[[service]]`: groups of processes by cgroup, in the file's order.
+    pub services: Vec<Service>,
     pub destinations: Vec<Destination>,
+}
+
+impl Policy {
+    pub fn service(&self, name: &str) -> Option<&Service> {
+        self.services.iter().find(|s| s.name == name)
+    }
+}
+
+/// A group of processes: everything in a cgroup and below it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Service {
+    pub name: String,
+    pub cgroup: ServiceCgroup,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ServiceCgroup {
+    /// Relative to the cgroup2 mount, or absolute.
+    Path(PathBuf),
+    /// A systemd unit: the cgroup directory systemd names after it, wherever its slice is.
+    Unit(String),
+}
+
+impl std::fmt::Display for ServiceCgroup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ServiceCgroup::Path(p) => write!(f, "cgroup {}", p.display()),
+            ServiceCgroup::Unit(u) => write!(f, "unit {u}"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -90,6 +122,44 @@ pub enum Mode {
     ForcedOpen,
 }
 
+impl Destination {
+    /// What the daemon guards for this destination: itself, or one copy per service.
+    pub fn units(&self) -> Vec<Destination> {
+        if self.services.is_empty() {
+            return vec![self.clone()];
+        }
+        self.services
+            .iter()
+            .map(|s| Destination {
+                service: Some(s.clone()),
+                ..self.clone()
+            })
+            .collect()
+    }
+
+    /// The identity of a guarded unit: its slot's owner, across reloads and restarts. The
+    /// name alone for a destination without services, so that its slot is the one it had
+    /// before services existed. (A name cannot hold a newline.)
+    pub fn slot_key(&self) -> String {
+        Self::key_of(&self.name, self.service.as_deref())
+    }
+
+    pub fn key_of(name: &str, service: Option<&str>) -> String {
+        match service {
+            None => name.to_string(),
+            Some(s) => format!("{name}\n{s}"),
+        }
+    }
+
+    /// "payments" or "payments@checkout", for messages and logs.
+    pub fn label(&self) -> String {
+        match &self.service {
+            None => self.name.clone(),
+            Some(s) => format!("{}@{s}", self.name),
+        }
+    }
+}
+
 impl std::fmt::Display for Mode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
@@ -121,6 +191,11 @@ impl Mode {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Destination {
     pub name: String,
+    /// `services`: only these services' processes are guarded, each with its own breaker,
+    /// bucket, bulkhead and retry budget; empty: every process, with one of each.
+    pub services: Vec<String>,
+    /// Set on the per-service copies the daemon guards (one per name in `services`).
+    pub service: Option<String>,
     pub matches: Vec<Match>,
     pub mode: Mode,
     pub reject_errno: Errno,

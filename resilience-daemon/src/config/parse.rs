@@ -4,7 +4,7 @@ use std::{
     collections::HashMap,
     fmt,
     ops::Range,
-    path::{Path, PathBuf},
+    path::{Component, Path, PathBuf},
     time::Duration,
 };
 
@@ -18,7 +18,7 @@ use super::{
     errno::Errno,
     guards::{RawBreaker, RawBulkhead, RawRateLimit, RawRetryBudget},
     matcher::Match,
-    DaemonSettings, Destination, MatchKind, Mode, Policy,
+    DaemonSettings, Destination, MatchKind, Mode, Policy, Service, ServiceCgroup,
 };
 
 /// A policy file that cannot be used, with the place that makes it so.
@@ -46,7 +46,17 @@ struct RawFile {
     daemon: Option<RawDaemon>,
     defaults: Option<RawDefaults>,
     #[serde(default)]
+    service: Vec<Spanned<RawService>>,
+    #[serde(default)]
     destination: Vec<Spanned<RawDestination>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    name: Spanned<String>,
+    cgroup: Option<Spanned<String>>,
+    unit: Option<Spanned<String>>,
 }
 
 /// Applies to every destination; each key can be overridden per destination.
@@ -83,11 +93,95 @@ struct RawDestination {
     mode: Option<Spanned<String>>,
     reject_errno: Option<Spanned<String>>,
     connect_timeout: Option<Spanned<String>>,
+    services: Option<Spanned<Vec<Spanned<String>>>>,
     #[serde(default)]
     breaker: RawBreaker,
     rate_limit: Option<Spanned<RawRateLimit>>,
     bulkhead: Option<Spanned<RawBulkhead>>,
     retry_budget: Option<Spanned<RawRetryBudget>>,
+}
+
+/// A `[[service]]` table: a name and exactly one of `cgroup` and `unit`.
+fn service(raw: RawService) -> Result<Service, (Range<usize>, String)> {
+    let name = raw.name.get_ref().trim().to_string();
+    check_name(&name).map_err(|m| (raw.name.span(), m))?;
+    let cgroup = match (raw.cgroup, raw.unit) {
+        (Some(c), None) => {
+            let path = PathBuf::from(c.get_ref().trim());
+            let bad = path.as_os_str().is_empty()
+                || path
+                    .components()
+                    .any(|p| matches!(p, Component::ParentDir | Component::CurDir));
+            if bad {
+                return Err((
+                    c.span(),
+                    format!(
+                        "cgroup must be a path relative to the cgroup2 mount (or absolute) \
+                         without \".\" or \"..\", not {:?}",
+                        c.get_ref()
+                    ),
+                ));
+            }
+            ServiceCgroup::Path(path)
+        }
+        (None, Some(u)) => {
+            let unit = u.get_ref().trim();
+            if unit.is_empty() || unit.contains('/') || check_name(unit).is_err() {
+                return Err((
+                    u.span(),
+                    format!(
+                        "unit must be a systemd unit name such as \"checkout.service\", not {:?}",
+                        u.get_ref()
+                    ),
+                ));
+            }
+            ServiceCgroup::Unit(unit.to_string())
+        }
+        (Some(_), Some(u)) => {
+            return Err((u.span(), "a service has a cgroup or a unit, not both".into()));
+        }
+        (None, None) => {
+            return Err((
+                raw.name.span(),
+                format!("service {name:?} needs a cgroup or a unit"),
+            ));
+        }
+    };
+    Ok(Service { name, cgroup })
+}
+
+/// A destination's `services`: each one defined, none twice.
+fn scoped_to(
+    list: Option<Spanned<Vec<Spanned<String>>>>,
+    services: &[Service],
+) -> Result<Vec<String>, (Range<usize>, String)> {
+    let Some(list) = list else {
+        return Ok(Vec::new());
+    };
+    if list.get_ref().is_empty() {
+        return Err((
+            list.span(),
+            "services needs at least one service (leave it out to guard every process)".into(),
+        ));
+    }
+    let mut names: Vec<String> = Vec::new();
+    for s in list.into_inner() {
+        let name = s.get_ref().trim().to_string();
+        if !services.iter().any(|x| x.name == name) {
+            let known: Vec<String> = services.iter().map(|x| format!("{:?}", x.name)).collect();
+            let hint = if known.is_empty() {
+                "no [[service]] is defined".to_string()
+            } else {
+                format!("defined: {}", known.join(", "))
+            };
+            return Err((s.span(), format!("unknown service {name:?} ({hint})")));
+        }
+        if names.contains(&name) {
+            return Err((s.span(), format!("service {name:?} is listed twice")));
+        }
+        names.push(name);
+    }
+    Ok(names)
 }
 
 /// Longest connect deadline: the kernel keeps it in 16 bits of milliseconds per connection,
@@ -227,6 +321,20 @@ pub fn parse_str(text: &str, path: &Path) -> Result<Policy, ConfigError> {
 
     let defaults = raw.defaults.unwrap_or_default();
     let located = |(span, m): (Range<usize>, String)| at(span, m);
+    let mut services: Vec<Service> = Vec::new();
+    for raw in raw.service {
+        let name_span = raw.get_ref().name.span();
+        let s = service(raw.into_inner()).map_err(located)?;
+        if services.iter().any(|x| x.name == s.name) {
+            return Err(at(
+                name_span,
+                format!("service {:?} is defined twice", s.name),
+            ));
+        }
+        services.push(s);
+    }
+    // Every (destination, service) pair takes a slot.
+    let mut units = 0u32;
     let mut destinations = Vec::new();
     let mut names: HashMap<String, usize> = HashMap::new();
     let mut owners: HashMap<MatchKind, String> = HashMap::new();
@@ -240,10 +348,15 @@ pub fn parse_str(text: &str, path: &Path) -> Result<Policy, ConfigError> {
         if let Err(m) = check_name(&name) {
             return Err(at(d.name.span(), m));
         }
-        if destinations.len() as u32 >= MAX_DESTINATIONS {
+        let scoped = scoped_to(d.services, &services).map_err(located)?;
+        units += (scoped.len() as u32).max(1);
+        if units > MAX_DESTINATIONS {
             return Err(at(
                 d.name.span(),
-                format!("more than {MAX_DESTINATIONS} destinations"),
+                format!(
+                    "more than {MAX_DESTINATIONS} destinations (each service a destination \
+                     lists counts as one)"
+                ),
             ));
         }
         if names.insert(name.clone(), span.start).is_some() {
@@ -331,6 +444,8 @@ pub fn parse_str(text: &str, path: &Path) -> Result<Policy, ConfigError> {
         .map_err(located)?;
         destinations.push(Destination {
             name,
+            services: scoped,
+            service: None,
             matches,
             mode,
             reject_errno,
@@ -343,6 +458,7 @@ pub fn parse_str(text: &str, path: &Path) -> Result<Policy, ConfigError> {
     }
     Ok(Policy {
         daemon,
+        services,
         destinations,
     })
 }
@@ -457,6 +573,32 @@ mod tests {
     }
 
     #[test]
+    fn services_scope_a_destination_one_copy_each() {
+        let p = parse(
+            "[[service]]\nname = \"checkout\"\ncgroup = \"system.slice/checkout.service\"\n\
+             [[service]]\nname = \"batch\"\nunit = \"batch.service\"\n\
+             [[destination]]\nname = \"payments\"\nmatch = [\"10.20.0.0/16:443\"]\n\
+             services = [\"checkout\", \"batch\"]\n\
+             [[destination]]\nname = \"all\"\nmatch = [\"10.0.0.1:80\"]\n",
+        )
+        .expect("policy");
+        assert_eq!(p.services.len(), 2);
+        assert_eq!(
+            p.service("batch").map(|s| &s.cgroup),
+            Some(&super::ServiceCgroup::Unit("batch.service".into()))
+        );
+        let units = p.destinations[0].units();
+        assert_eq!(units.len(), 2);
+        assert_eq!(units[1].service.as_deref(), Some("batch"));
+        assert_eq!(units[1].label(), "payments@batch");
+        assert_ne!(units[0].slot_key(), units[1].slot_key());
+        // Without services: one unit, keyed by its name alone (its slot from before).
+        let all = p.destinations[1].units();
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].slot_key(), "all");
+    }
+
+    #[test]
     fn default_mode_and_errno() {
         let p = parse("[[destination]]\nname = \"a\"\nmatch = [\"127.0.0.2:80\"]\n").unwrap();
         assert_eq!(p.destinations[0].mode, Mode::Enforce);
@@ -553,7 +695,7 @@ mod tests {
             ("[daemon]\nlease = \"5\"\n", "p.toml:2:9: duration \"5\" needs a unit: ms, s, m or h"),
             ("[daemon]\nlease = \"0s\"\n", "p.toml:2:9: lease must be longer than 0"),
             ("[daemon]\nmetrics = \"localhost:9464\"\n", "p.toml:2:11: metrics address \"localhost:9464\" is not IP:PORT or PORT"),
-            ("[deamon]\n", "p.toml:1:2: unknown field `deamon`, expected one of `daemon`, `defaults`, `destination`"),
+            ("[deamon]\n", "p.toml:1:2: unknown field `deamon`, expected one of `daemon`, `defaults`, `service`, `destination`"),
             (
                 "[[destination]]\nname = \"a\"\nmatch = [\"10.1.0.0/8\"]\n",
                 "p.toml:3:10: \"10.1.0.0/8\": host bits are set; did you mean 10.0.0.0/8?",
@@ -591,6 +733,43 @@ mod tests {
                 "p.toml:2:19: connect_timeout must be between 1ms and 60s",
             ),
             ("[[destination]]\nmatch = [\"127.0.0.1:80\"]\n", "p.toml:1:1: missing field `name`"),
+            (
+                "[[service]]\nname = \"web\"\ncgroup = \"a\"\n[[destination]]\nname = \"a\"\nmatch = [\"127.0.0.1:80\"]\nservices = [\"web\", \"bacth\"]\n",
+                "p.toml:7:20: unknown service \"bacth\" (defined: \"web\")",
+            ),
+            (
+                "[[destination]]\nname = \"a\"\nmatch = [\"127.0.0.1:80\"]\nservices = [\"web\"]\n",
+                "p.toml:4:13: unknown service \"web\" (no [[service]] is defined)",
+            ),
+            (
+                "[[service]]\nname = \"web\"\ncgroup = \"a\"\n[[destination]]\nname = \"a\"\nmatch = [\"127.0.0.1:80\"]\nservices = [\"web\", \"web\"]\n",
+                "p.toml:7:20: service \"web\" is listed twice",
+            ),
+            (
+                "[[service]]\nname = \"web\"\ncgroup = \"a\"\n[[destination]]\nname = \"a\"\nmatch = [\"127.0.0.1:80\"]\nservices = []\n",
+                "p.toml:7:12: services needs at least one service",
+            ),
+            ("[[service]]\nname = \"web\"\n", "p.toml:2:8: service \"web\" needs a cgroup or a unit"),
+            (
+                "[[service]]\nname = \"web\"\ncgroup = \"a\"\nunit = \"web.service\"\n",
+                "p.toml:4:8: a service has a cgroup or a unit, not both",
+            ),
+            (
+                "[[service]]\nname = \"web\"\ncgroup = \"a/../b\"\n",
+                "p.toml:3:10: cgroup must be a path relative to the cgroup2 mount",
+            ),
+            (
+                "[[service]]\nname = \"web\"\nunit = \"a/b.service\"\n",
+                "p.toml:3:8: unit must be a systemd unit name",
+            ),
+            (
+                "[[service]]\nname = \"web\"\ncgroup = \"a\"\n[[service]]\nname = \"web\"\ncgroup = \"b\"\n",
+                "p.toml:5:8: service \"web\" is defined twice",
+            ),
+            (
+                "[[service]]\nname = \"web\"\ncgroup = \"a\"\ncolour = 1\n",
+                "p.toml:4:1: unknown field `colour`",
+            ),
             ("[daemon\n", "p.toml:1:8: "),
         ];
         for (text, want) in cases {

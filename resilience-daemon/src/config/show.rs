@@ -2,7 +2,7 @@
 
 use serde_json::{json, Value};
 
-use super::{BreakerConfig, Destination, Policy, Window};
+use super::{BreakerConfig, Destination, Policy, ServiceCgroup, Window};
 
 fn window(w: Window) -> String {
     match w {
@@ -41,6 +41,7 @@ fn breaker_json(b: &BreakerConfig) -> Value {
 pub fn destination_json(d: &Destination) -> Value {
     json!({
         "name": d.name,
+        "services": d.services,
         "match": d.matches.iter().map(|m| &m.text).collect::<Vec<_>>(),
         "mode": d.mode.as_str(),
         "reject_errno": d.reject_errno.name(),
@@ -67,6 +68,10 @@ pub fn to_json(policy: &Policy) -> Value {
             "lease_ms": d.lease.as_millis() as u64,
             "metrics": d.metrics.map(|m| m.to_string()),
         },
+        "services": policy.services.iter().map(|s| match &s.cgroup {
+            ServiceCgroup::Path(p) => json!({"name": s.name, "cgroup": p.display().to_string()}),
+            ServiceCgroup::Unit(u) => json!({"name": s.name, "unit": u}),
+        }).collect::<Vec<_>>(),
         "destinations": policy.destinations.iter().map(destination_json).collect::<Vec<_>>(),
         "overlaps": super::overlaps(policy),
     })
@@ -88,17 +93,25 @@ pub fn to_text(policy: &Policy) -> String {
         d.lease,
         d.metrics.map_or("off".to_string(), |m| m.to_string())
     );
+    for s in &policy.services {
+        let _ = writeln!(out, "service {}: {}", s.name, s.cgroup);
+    }
     for dest in &policy.destinations {
         let m: Vec<&str> = dest.matches.iter().map(|m| m.text.as_str()).collect();
         let _ = writeln!(
             out,
-            "{}: mode={} reject_errno={} match=[{}]{}",
+            "{}: mode={} reject_errno={} match=[{}]{}{}",
             dest.name,
             dest.mode.as_str(),
             dest.reject_errno.name(),
             m.join(", "),
             dest.connect_timeout
                 .map_or(String::new(), |t| format!(" connect_timeout={t:?}")),
+            if dest.services.is_empty() {
+                String::new()
+            } else {
+                format!(" services=[{}] (each its own breaker)", dest.services.join(", "))
+            },
         );
         let b = &dest.breaker;
         let streak = match b.consecutive_failures {

@@ -18,6 +18,8 @@ pub struct Dest {
     /// `resilience disable`: the mode the operator put in force over the file's.
     pub override_mode: Option<Mode>,
     pub slot: u32,
+    /// A scoped destination's dispatch number (see `plan::Planned`).
+    pub dispatch: Option<u32>,
     /// The slot's generation for this owner: kernel records of other generations are dropped.
     pub generation: u32,
     pub breaker: Breaker,
@@ -49,7 +51,7 @@ impl Guarded {
         let by_name = dests
             .iter()
             .enumerate()
-            .map(|(i, d)| (d.def.name.clone(), i))
+            .map(|(i, d)| (d.def.slot_key(), i))
             .collect();
         Guarded {
             dests,
@@ -62,15 +64,24 @@ impl Guarded {
         self.by_slot.get(&slot).copied()
     }
 
-    pub fn by_name(&self, name: &str) -> Option<usize> {
-        self.by_name.get(name).copied()
+    /// The destination `name` (without services), or its copy for `service`.
+    pub fn by_name(&self, name: &str, service: Option<&str>) -> Option<usize> {
+        let key = crate::config::Destination::key_of(name, service);
+        self.by_name.get(&key).copied()
     }
 
-    /// Every destination, by name, for the next state to take them from.
+    /// Every guarded copy of the destination `name`: itself, or one per service.
+    pub fn named(&self, name: &str) -> Vec<usize> {
+        (0..self.dests.len())
+            .filter(|&i| self.dests[i].def.name == name)
+            .collect()
+    }
+
+    /// Every destination, by slot key, for the next state to take them from.
     pub fn into_map(self) -> HashMap<String, Dest> {
         self.dests
             .into_iter()
-            .map(|d| (d.def.name.clone(), d))
+            .map(|d| (d.def.slot_key(), d))
             .collect()
     }
 

@@ -14,6 +14,7 @@ use resilience_common::{dest::ACTION_PROBE, maps::MAX_SLOTS, saved, Bucket};
 use tokio::{sync::oneshot, task::JoinHandle};
 
 use super::{
+    cgroups::Cgroups,
     guarded::{Dest, Guarded},
     journal::Journal,
     plan::{prepare, Inputs, Plan, Refusal, GRACE},
@@ -103,8 +104,8 @@ impl Lifecycle {
                 (p.name_id != 0).then_some((p.name_id, s))
             })
             .collect();
-        for d in &self.wanted.file.destinations {
-            let id = slots::name_id(&d.name);
+        for d in self.wanted.file.destinations.iter().flat_map(|d| d.units()) {
+            let id = slots::name_id(&d.slot_key());
             let Some(&slot) = by_id.get(&id) else {
                 continue;
             };
@@ -147,13 +148,31 @@ impl Lifecycle {
     }
 
     /// Start a build if one is wanted and none runs.
-    pub fn poll(&mut self, tables: &mut Tables, resolver: &Resolver, journal: &mut Journal) {
+    /// A change waits for a build and none is in flight.
+    pub fn due(&self) -> bool {
+        self.dirty && self.building.is_none()
+    }
+
+    pub fn poll(
+        &mut self,
+        tables: &mut Tables,
+        resolver: &Resolver,
+        cgroups: &Cgroups,
+        journal: &mut Journal,
+    ) {
         let now = Instant::now();
         if !self.dirty || self.building.is_some() || self.retry_at.is_some_and(|t| now < t) {
             return;
         }
         self.retry_at = None;
-        let plan = match prepare(&self.wanted, resolver, &tables.arrays, &self.retired, now) {
+        let plan = match prepare(
+            &self.wanted,
+            resolver,
+            cgroups,
+            &tables.arrays,
+            &self.retired,
+            now,
+        ) {
             Ok(p) => p,
             Err(Refusal::Wait(why)) => {
                 tracing::debug!("state change waits: {why}");
@@ -345,7 +364,7 @@ fn commit(
             retired.remove(&p.slot);
         }
         let before = arrays.policy(active, p.slot).unwrap_or_default();
-        let prev = old.remove(&p.def.name).filter(|o| o.slot == p.slot);
+        let prev = old.remove(&p.def.slot_key()).filter(|o| o.slot == p.slot);
         let (breaker, transitions, samples, kept) = carry(&p, prev, arrays, journal, first, now_ns);
         let mut d = Dest {
             policy_json: std::sync::Arc::new(crate::config::destination_json(&p.def)),
@@ -354,6 +373,7 @@ fn commit(
             def: p.def,
             override_mode: p.override_mode,
             slot: p.slot,
+            dispatch: p.dispatch,
             generation: p.generation,
             breaker,
             samples,
@@ -416,7 +436,8 @@ fn commit(
     }
     let _ = arrays.set_lookup_flags(set, plan.keys.lookup_flags());
     let _ = arrays.flip(set);
-    for (name, _) in old {
+    for (_, d) in old {
+        let name = d.def.label();
         journal.note(&name, format!("{name}: removed from the policy"));
     }
     retired.retain(|_, at| now.saturating_duration_since(*at) < GRACE * 10);
@@ -437,7 +458,7 @@ fn carry(
     first: bool,
     now_ns: u64,
 ) -> (Breaker, TransitionCounts, Samples, bool) {
-    let name = &p.def.name;
+    let name = &p.def.label();
     let cfg = p.def.breaker.clone();
     if let Some(o) = prev {
         if o.def.breaker == cfg {
@@ -477,7 +498,7 @@ fn carry(
     }
     // A restarted daemon: what the previous one saved for this slot.
     let s = arrays.saved(p.slot);
-    if s.name_id != slots::name_id(name) || s.generation != p.generation {
+    if s.name_id != slots::name_id(&p.def.slot_key()) || s.generation != p.generation {
         return (
             Breaker::new(cfg, p.def.mode, now_ns),
             TransitionCounts::default(),

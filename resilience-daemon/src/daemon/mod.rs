@@ -11,6 +11,7 @@
 //! This file wires them to one loop: every slow thing (a key write, a file read, a lookup)
 //! runs elsewhere and comes back as a message.
 
+pub mod cgroups;
 pub mod guarded;
 pub mod intake;
 pub mod journal;
@@ -36,6 +37,7 @@ use tokio::{
 };
 
 use self::{
+    cgroups::Cgroups,
     guarded::Guarded,
     intake::Intake,
     journal::Journal,
@@ -79,6 +81,8 @@ pub struct Daemon {
     pub intake: Intake,
     /// Tracked connections found closed at start.
     pub reconciled: u64,
+    /// Where the services' processes are.
+    pub cgroups: Cgroups,
 }
 
 /// A policy file read off the loop.
@@ -161,15 +165,28 @@ pub async fn run(mut opts: RunOptions) -> Result<()> {
         life,
         intake: Intake::default(),
         reconciled: reconciled.removed,
+        cgroups: Cgroups::new(
+            crate::kernel::fs::cgroup2_root().unwrap_or_else(|_| cgroup.clone()),
+            cgroup.clone(),
+        ),
     };
     resolve_all(&d.life.wanted.file, &mut resolver);
 
     // The first state, before anyone is served.
-    d.life.poll(&mut d.tables, &resolver, &mut journal);
+    refresh_services(&mut d, &mut journal);
+    d.life.poll(&mut d.tables, &resolver, &d.cgroups, &mut journal);
     let built = d.life.built().await;
     d.life
         .finish(built, &mut d.tables, &mut d.guarded, &mut journal);
-    if d.guarded.len() != d.life.wanted.file.destinations.len() {
+    let units: usize = d
+        .life
+        .wanted
+        .file
+        .destinations
+        .iter()
+        .map(|x| x.services.len().max(1))
+        .sum();
+    if d.guarded.len() != units {
         anyhow::bail!("applying the policy failed (see the log above)");
     }
     tracing::info!(
@@ -215,7 +232,11 @@ pub async fn run(mut opts: RunOptions) -> Result<()> {
     tokio::pin!(stop);
     loop {
         lease.alive();
-        d.life.poll(&mut d.tables, &resolver, &mut journal);
+        if d.life.due() {
+            // A build reads the services' cgroups as they are now.
+            refresh_services(&mut d, &mut journal);
+        }
+        d.life.poll(&mut d.tables, &resolver, &d.cgroups, &mut journal);
         tokio::select! {
             _ = &mut stop => break,
             _ = term.recv() => break,
@@ -312,11 +333,13 @@ pub async fn run(mut opts: RunOptions) -> Result<()> {
                     Request::Version => {
                         let _ = reply.send(Reply::Version(env!("CARGO_PKG_VERSION").into()));
                     }
-                    Request::Trip { name } => {
-                        let _ = reply.send(operate(&mut d, &mut journal, &mut jitter, &name, true));
+                    Request::Trip { name, service } => {
+                        let r = operate(&mut d, &mut journal, &mut jitter, &name, service.as_deref(), true);
+                        let _ = reply.send(r);
                     }
-                    Request::Reset { name } => {
-                        let _ = reply.send(operate(&mut d, &mut journal, &mut jitter, &name, false));
+                    Request::Reset { name, service } => {
+                        let r = operate(&mut d, &mut journal, &mut jitter, &name, service.as_deref(), false);
+                        let _ = reply.send(r);
                     }
                     Request::Disable { name } => set_override(&mut d, &name, Some(Mode::Disabled), reply),
                     Request::Enable { name } => set_override(&mut d, &name, None, reply),
@@ -424,26 +447,39 @@ fn operate(
     journal: &mut Journal,
     jitter: &mut XorShift,
     name: &str,
+    service: Option<&str>,
     trip: bool,
 ) -> Reply {
-    let Some(i) = d.guarded.by_name(name) else {
-        return Reply::Error(format!("no destination named {name:?}"));
+    let which = match service {
+        Some(s) => d.guarded.by_name(name, Some(s)).into_iter().collect(),
+        None => d.guarded.named(name),
     };
-    let now = monotonic_ns();
-    let dest = &mut d.guarded.dests[i];
-    let t = if trip {
-        dest.breaker.trip(now, jitter)
-    } else {
-        dest.breaker.reset(now)
-    };
-    match t {
-        Some(t) => {
-            let message = format!("{name}: {} -> {}", t.from.as_str(), t.to.as_str());
-            publish::transition(&d.tables.arrays, journal, dest, &t);
-            Reply::Message(message)
-        }
-        None => Reply::Message(format!("{name}: already {}", dest.breaker.state().as_str())),
+    if which.is_empty() {
+        return Reply::Error(match service {
+            Some(s) => format!("no destination named {name:?} for service {s:?}"),
+            None => format!("no destination named {name:?}"),
+        });
     }
+    let now = monotonic_ns();
+    let mut lines = Vec::new();
+    for i in which {
+        let dest = &mut d.guarded.dests[i];
+        let label = dest.def.label();
+        let t = if trip {
+            dest.breaker.trip(now, jitter)
+        } else {
+            dest.breaker.reset(now)
+        };
+        lines.push(match t {
+            Some(t) => {
+                let message = format!("{label}: {} -> {}", t.from.as_str(), t.to.as_str());
+                publish::transition(&d.tables.arrays, journal, dest, &t);
+                message
+            }
+            None => format!("{label}: already {}", dest.breaker.state().as_str()),
+        });
+    }
+    Reply::Message(lines.join("\n"))
 }
 
 /// Every pending outcome record.
@@ -497,7 +533,62 @@ fn watch_cgroup(attachment: &mut Attachment, journal: &mut Journal) {
     }
 }
 
+/// Look at the services' cgroups again and say what changed.
+fn refresh_services(d: &mut Daemon, journal: &mut Journal) {
+    for c in d
+        .cgroups
+        .refresh(&d.life.wanted.file.services, Instant::now())
+    {
+        let who = format!("service {}", c.service());
+        if c.is_warning() {
+            journal.warn(&who, c.message());
+        } else {
+            journal.note(&who, c.message());
+        }
+    }
+}
+
+/// Keep the active set's per-service routes where the services' cgroups are now: a unit
+/// restarted since the last tick has a new cgroup id. Its slots, and breakers, stay.
+fn watch_services(d: &mut Daemon, journal: &mut Journal) {
+    refresh_services(d, journal);
+    // While a build holds the keys, the next tick does it (and the build read them itself).
+    let Some(keys) = d.tables.keys.as_mut() else {
+        return;
+    };
+    let active = d.tables.arrays.active_set();
+    let (routes, levels) = plan::service_routes(
+        d.guarded
+            .dests
+            .iter()
+            .map(|x| (x.dispatch, x.def.service.as_deref(), x.slot)),
+        &d.life.wanted.file.services,
+        &d.cgroups,
+    );
+    let have = keys.keys(active);
+    if have.routes == routes && have.levels == levels {
+        return;
+    }
+    // Levels first, so that a new route is looked at as soon as it exists.
+    let widened = have.levels | levels;
+    keys.set_levels(active, widened);
+    let _ = d
+        .tables
+        .arrays
+        .set_lookup_flags(active, keys.keys(active).lookup_flags());
+    if let Err(e) = keys.update_routes(active, &routes) {
+        tracing::warn!(error = %format!("{e:#}"), "cannot update the services' routes (retrying)");
+        return;
+    }
+    keys.set_levels(active, levels);
+    let _ = d
+        .tables
+        .arrays
+        .set_lookup_flags(active, keys.keys(active).lookup_flags());
+}
+
 fn on_tick(d: &mut Daemon, journal: &mut Journal, jitter: &mut impl Jitter) {
+    watch_services(d, journal);
     let now = monotonic_ns();
     let arrays = d.tables.arrays.clone();
     for dest in &mut d.guarded.dests {

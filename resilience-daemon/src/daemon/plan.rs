@@ -9,13 +9,17 @@ use std::{
 
 use resilience_common::{
     maps::{MAX_EXACT_PER_SET, MAX_SLOTS},
+    service::SLOT_SERVICES,
     Endpoint,
 };
 
-use super::resolver::Resolver;
+use super::{cgroups::Cgroups, resolver::Resolver};
 use crate::{
-    config::{Destination, MatchKind, Mode, Policy},
-    kernel::{keys::SetKeys, Arrays},
+    config::{Destination, MatchKind, Mode, Policy, Service},
+    kernel::{
+        keys::{Route, SetKeys},
+        Arrays,
+    },
     slots,
 };
 
@@ -34,25 +38,56 @@ pub struct Inputs {
 }
 
 impl Inputs {
-    /// Each destination with the operator's mode over the file's.
-    pub fn effective(&self) -> Vec<(Destination, Option<Mode>)> {
-        self.file
-            .destinations
-            .iter()
-            .map(|d| {
-                let over = self.overrides.get(&d.name).copied();
-                let mut d = d.clone();
+    /// Each destination (one per service where it lists services) with the operator's mode
+    /// over the file's, and the dispatch number of a scoped one (its place in the file).
+    pub fn effective(&self) -> Vec<(Destination, Option<Mode>, Option<u32>)> {
+        let mut out = Vec::new();
+        for (i, d) in self.file.destinations.iter().enumerate() {
+            let over = self.overrides.get(&d.name).copied();
+            let dispatch = (!d.services.is_empty()).then_some(i as u32);
+            for mut u in d.units() {
                 if let Some(m) = over {
-                    d.mode = m;
+                    u.mode = m;
                 }
-                (d, over)
-            })
-            .collect()
+                out.push((u, over, dispatch));
+            }
+        }
+        out
     }
+}
+
+/// The per-service routes of guarded units (dispatch, service, slot) where each service's
+/// cgroup is now, and the levels the hook must read for them.
+pub fn service_routes<'a>(
+    units: impl Iterator<Item = (Option<u32>, Option<&'a str>, u32)>,
+    services: &[Service],
+    cgroups: &Cgroups,
+) -> (HashMap<Route, u32>, u32) {
+    let mut routes = HashMap::new();
+    let mut used: Vec<&str> = Vec::new();
+    for (dispatch, service, slot) in units {
+        let (Some(dispatch), Some(service)) = (dispatch, service) else {
+            continue;
+        };
+        if !used.contains(&service) {
+            used.push(service);
+        }
+        if let Some(id) = cgroups.id(service) {
+            routes.insert((dispatch, id), slot);
+        }
+    }
+    let used: Vec<Service> = services
+        .iter()
+        .filter(|s| used.contains(&s.name.as_str()))
+        .cloned()
+        .collect();
+    (routes, cgroups.levels(&used))
 }
 
 pub struct Planned {
     pub def: Destination,
+    /// A scoped destination's dispatch number (its EXACT and CIDR keys hold it).
+    pub dispatch: Option<u32>,
     pub override_mode: Option<Mode>,
     pub slot: u32,
     pub generation: u32,
@@ -82,6 +117,7 @@ pub enum Refusal {
 pub fn prepare(
     inputs: &Inputs,
     resolver: &Resolver,
+    cgroups: &Cgroups,
     arrays: &Arrays,
     retired: &HashMap<u32, Instant>,
     now: Instant,
@@ -97,7 +133,8 @@ pub fn prepare(
         .map(|(s, p)| (s as u32, p.name_id))
         .collect();
     let wanted = inputs.effective();
-    let names: Vec<&str> = wanted.iter().map(|(d, _)| d.name.as_str()).collect();
+    let keys_of: Vec<String> = wanted.iter().map(|(d, _, _)| d.slot_key()).collect();
+    let names: Vec<&str> = keys_of.iter().map(String::as_str).collect();
     let available = |s: u32| {
         retired
             .get(&s)
@@ -108,7 +145,9 @@ pub fn prepare(
     let mut keys = SetKeys::default();
     let mut dests = Vec::with_capacity(wanted.len());
     // Addresses written in the policy first: a DNS name's answer never takes one of them.
-    for ((def, _), &slot) in wanted.iter().zip(&plan.slots) {
+    let value = |slot: u32, dispatch: Option<u32>| dispatch.map_or(slot, |d| SLOT_SERVICES | d);
+    for ((def, _, dispatch), &slot) in wanted.iter().zip(&plan.slots) {
+        let slot = value(slot, *dispatch);
         for m in &def.matches {
             match &m.kind {
                 MatchKind::Exact(ep) => {
@@ -121,12 +160,20 @@ pub fn prepare(
             }
         }
     }
-    for ((def, over), &slot) in wanted.into_iter().zip(&plan.slots) {
+    (keys.routes, keys.levels) = service_routes(
+        wanted
+            .iter()
+            .zip(&plan.slots)
+            .map(|((d, _, dispatch), &slot)| (*dispatch, d.service.as_deref(), slot)),
+        &inputs.file.services,
+        cgroups,
+    );
+    for ((def, over, dispatch), &slot) in wanted.into_iter().zip(&plan.slots) {
         let mut resolved = Vec::new();
         for m in &def.matches {
             if let MatchKind::Host { host, port } = &m.kind {
                 for ep in resolver.addresses(&(host.clone(), *port)) {
-                    keys.exact.entry(*ep).or_insert(slot);
+                    keys.exact.entry(*ep).or_insert(value(slot, dispatch));
                     resolved.push(*ep);
                 }
             }
@@ -135,6 +182,7 @@ pub fn prepare(
         let generation = current[slot as usize].generation;
         dests.push(Planned {
             def,
+            dispatch,
             override_mode: over,
             slot,
             generation: if fresh {

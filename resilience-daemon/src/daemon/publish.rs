@@ -87,7 +87,7 @@ fn publish_window(arrays: &Arrays, slot: u32, p: *mut DestPolicy, kv: &KernelVer
 /// cleared (else one connect slips through); one that closes must have its streak cleared
 /// before the fuse is armed (else an old streak trips it).
 pub fn transition(arrays: &Arrays, journal: &mut Journal, d: &mut Dest, t: &Transition) {
-    let name = d.def.name.clone();
+    let name = d.def.label();
     let result = if t.to == State::Closed {
         arrays.reset_streak(d.slot);
         verdict(arrays, d)
@@ -123,7 +123,7 @@ pub fn refresh_fuse(arrays: &Arrays, d: &mut Dest) -> Result<()> {
         && arrays.streak(d.slot) >= u64::from(d.trip_after)
         && arrays.streak(d.slot) < TRIPPED
     {
-        tracing::debug!(destination = %d.def.name, "stale trip fuse undone");
+        tracing::debug!(destination = %d.def.label(), "stale trip fuse undone");
         arrays.reset_streak(d.slot);
     }
     // The kernel judged the window tripped, the breaker has seen every call it counted and
@@ -134,7 +134,7 @@ pub fn refresh_fuse(arrays: &Arrays, d: &mut Dest) -> Result<()> {
         let counted = arrays.window_calls(d.slot);
         let size = kv.window.map_or(u64::MAX, |w| u64::from(w.max_calls));
         if seen >= counted.min(size) {
-            tracing::debug!(destination = %d.def.name, "kernel window trip undone");
+            tracing::debug!(destination = %d.def.label(), "kernel window trip undone");
             arrays.reset_streak(d.slot);
         }
     }
@@ -150,7 +150,7 @@ pub fn save(arrays: &Arrays, d: &Dest) {
     arrays.save(
         d.slot,
         SavedBreaker {
-            name_id: slots::name_id(&d.def.name),
+            name_id: slots::name_id(&d.def.slot_key()),
             config_id: d.def.breaker.id(),
             since_ns: r.since_ns,
             open_until_ns: r.open_until_ns,

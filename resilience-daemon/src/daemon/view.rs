@@ -137,6 +137,7 @@ pub fn destination(
     };
     DestinationStatus {
         name: def.name.clone(),
+        service: def.service.clone(),
         matches: if whole {
             def.matches.iter().map(|m| m.text.clone()).collect()
         } else {

@@ -13,17 +13,25 @@ use aya::maps::{
 use resilience_common::{
     control::{LOOKUP_CIDR_ANY, LOOKUP_CIDR_PORT, LOOKUP_EXACT},
     endpoint::CIDR_HEAD_BITS,
-    CidrData, Endpoint,
+    service::level_flags,
+    CidrData, Endpoint, ServiceRoute,
 };
 
 /// A CIDR key without its set: (bits of the IPv6 or IPv4-mapped address, address, port or 0).
 pub type Cidr = (u32, [u8; 16], u16);
+
+/// A ROUTES key without its set: (scoped destination's dispatch number, cgroup id).
+pub type Route = (u32, u64);
 
 /// The keys one policy set holds (endpoints without their set).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SetKeys {
     pub exact: HashMap<Endpoint, u32>,
     pub cidr: HashMap<Cidr, u32>,
+    /// Per-service slots of scoped destinations.
+    pub routes: HashMap<Route, u32>,
+    /// Levels (bit l = level l) where this set's services live: the hook reads only those.
+    pub levels: u32,
 }
 
 impl SetKeys {
@@ -39,13 +47,14 @@ impl SetKeys {
         if self.cidr.keys().any(|&(_, _, port)| port == 0) {
             flags |= LOOKUP_CIDR_ANY;
         }
-        flags
+        flags | level_flags(self.levels)
     }
 }
 
 pub struct KeySets {
     exact: BpfHashMap<MapData, Endpoint, u32>,
     cidr: LpmTrie<MapData, CidrData, u32>,
+    routes: BpfHashMap<MapData, ServiceRoute, u32>,
     /// What each set holds in the kernel.
     sets: [SetKeys; 2],
 }
@@ -54,6 +63,15 @@ pub struct KeySets {
 enum Undo {
     Exact(Endpoint, Option<u32>),
     Cidr(Cidr, Option<u32>),
+    Route(Route, Option<u32>),
+}
+
+fn route_key(set: u32, &(dispatch, cgroup_id): &Route) -> ServiceRoute {
+    ServiceRoute {
+        cgroup_id,
+        dispatch,
+        set: set & 1,
+    }
 }
 
 /// A testing seam: with `RESILIENCE_FAULT_KEY_WRITE=N` in the environment, the N-th key write
@@ -91,6 +109,7 @@ impl KeySets {
     pub fn load(
         exact: BpfHashMap<MapData, Endpoint, u32>,
         cidr: LpmTrie<MapData, CidrData, u32>,
+        routes: BpfHashMap<MapData, ServiceRoute, u32>,
     ) -> Result<KeySets> {
         let mut sets = [SetKeys::default(), SetKeys::default()];
         for item in exact.iter() {
@@ -106,7 +125,18 @@ impl KeySets {
                 .cidr
                 .insert((bits, data.addr, port), slot);
         }
-        Ok(KeySets { exact, cidr, sets })
+        for item in routes.iter() {
+            let (key, slot) = item.context("reading map ROUTES")?;
+            sets[(key.set & 1) as usize]
+                .routes
+                .insert((key.dispatch, key.cgroup_id), slot);
+        }
+        Ok(KeySets {
+            exact,
+            cidr,
+            routes,
+            sets,
+        })
     }
 
     pub fn keys(&self, set: u32) -> &SetKeys {
@@ -153,6 +183,25 @@ impl KeySets {
                 undo.push(Undo::Cidr(*c, before));
             }
         }
+        for (r, &slot) in &want.routes {
+            let before = have.routes.get(r).copied();
+            if before != Some(slot) {
+                injected_fault()?;
+                self.routes
+                    .insert(route_key(set, r), slot, 0)
+                    .with_context(|| format!("writing map ROUTES ({} keys)", want.routes.len()))?;
+                undo.push(Undo::Route(*r, before));
+            }
+        }
+        for (r, &slot) in &have.routes {
+            if !want.routes.contains_key(r) {
+                injected_fault()?;
+                self.routes
+                    .remove(&route_key(set, r))
+                    .context("removing from map ROUTES")?;
+                undo.push(Undo::Route(*r, Some(slot)));
+            }
+        }
         for (ep, &slot) in &have.exact {
             if !want.exact.contains_key(ep) {
                 injected_fault()?;
@@ -181,7 +230,41 @@ impl KeySets {
             Undo::Exact(ep, None) => self.exact.remove(&ep.in_set(s))?,
             Undo::Cidr(c, Some(slot)) => self.cidr.insert(&cidr_key(set, &c), slot, 0)?,
             Undo::Cidr(c, None) => self.cidr.remove(&cidr_key(set, &c))?,
+            Undo::Route(r, Some(slot)) => self.routes.insert(route_key(set, &r), slot, 0)?,
+            Undo::Route(r, None) => self.routes.remove(&route_key(set, &r))?,
         }
         Ok(())
+    }
+
+    /// Make the routes of set `set` (the active one, typically) those of `want`, in place: a
+    /// service's cgroup was created or created again. New routes go in before old ones go
+    /// out; a route of a cgroup that no longer exists matches no process. The mirror follows
+    /// each write that succeeded, so what failed is tried again by the next call.
+    pub fn update_routes(&mut self, set: u32, want: &HashMap<Route, u32>) -> Result<()> {
+        let i = (set & 1) as usize;
+        let have = self.sets[i].routes.clone();
+        for (r, &slot) in want {
+            if have.get(r) != Some(&slot) {
+                self.routes
+                    .insert(route_key(set, r), slot, 0)
+                    .context("writing map ROUTES")?;
+                self.sets[i].routes.insert(*r, slot);
+            }
+        }
+        for r in have.keys() {
+            if !want.contains_key(r) {
+                self.routes
+                    .remove(&route_key(set, r))
+                    .context("removing from map ROUTES")?;
+                self.sets[i].routes.remove(r);
+            }
+        }
+        Ok(())
+    }
+
+    /// Record that set `set`'s services now live at `levels` (its lookup flags are the
+    /// caller's to write).
+    pub fn set_levels(&mut self, set: u32, levels: u32) {
+        self.sets[(set & 1) as usize].levels = levels;
     }
 }

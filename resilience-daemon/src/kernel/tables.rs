@@ -24,6 +24,7 @@ use resilience_common::{
 };
 
 use super::{keys::KeySets, mmap, mmap::MmapArray};
+use resilience_common::service::{LEVEL_SHIFT, SERVICE_LEVELS};
 
 /// The memory-mapped arrays, shared by the loop, the lease thread and the workers.
 pub struct Arrays {
@@ -97,7 +98,20 @@ impl Tables {
             retry: mapped(src, maps::RETRY, MAX_SLOTS)?,
             control: mapped(src, maps::CONTROL, 1)?,
         };
-        let keys = KeySets::load(typed(src, maps::EXACT)?, typed(src, maps::CIDR)?)?;
+        let mut keys = KeySets::load(
+            typed(src, maps::EXACT)?,
+            typed(src, maps::CIDR)?,
+            typed(src, maps::ROUTES)?,
+        )?;
+        // The levels each set's services live at, as a previous daemon left them.
+        let control = arrays.control();
+        for set in 0..2u32 {
+            let flags = control.lookup_flags[set as usize];
+            keys.set_levels(
+                set,
+                (flags >> LEVEL_SHIFT) & ((1 << SERVICE_LEVELS) - 1),
+            );
+        }
         Ok(Tables {
             arrays: Arc::new(arrays),
             keys: Some(keys),

@@ -14,12 +14,37 @@ pub const HISTORY: usize = 300;
 /// Events kept for the event pane and the detail view's transition history.
 const EVENTS: usize = 1000;
 
+/// A breaker to act on: a destination's, or its copy's for one service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub name: String,
+    pub service: Option<String>,
+}
+
+impl From<&str> for Target {
+    fn from(name: &str) -> Target {
+        Target {
+            name: name.into(),
+            service: None,
+        }
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.service {
+            None => f.write_str(&self.name),
+            Some(s) => write!(f, "{}@{s}", self.name),
+        }
+    }
+}
+
 /// What the operator asked the daemon to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     Quit,
-    Trip(String),
-    Reset(String),
+    Trip(Target),
+    Reset(Target),
     Disable(String),
     Enable(String),
     Reload,
@@ -136,13 +161,13 @@ impl App {
             }
             h.push_back(point);
         }
-        let names: std::collections::HashSet<&str> =
-            s.destinations.iter().map(|d| d.name.as_str()).collect();
-        self.history.retain(|name, _| names.contains(name.as_str()));
+        let names: std::collections::HashSet<String> =
+            s.destinations.iter().map(|d| d.label()).collect();
+        self.history.retain(|name, _| names.contains(name));
         self.prev = s
             .destinations
             .iter()
-            .map(|d| (d.name.clone(), rows::prev_of(&d.counts)))
+            .map(|d| (d.label(), rows::prev_of(&d.counts)))
             .chain(
                 s.observed
                     .iter()
@@ -198,8 +223,16 @@ impl App {
         self.selected = (self.selected as isize + delta).clamp(0, max.max(0)) as usize;
     }
 
-    fn needs_policy(&mut self) -> Option<String> {
-        let t = self.target();
+    fn needs_policy(&mut self) -> Option<Target> {
+        let label = self.target();
+        let t = label.and_then(|l| {
+            let s = self.snapshot.as_ref()?;
+            let d = s.destinations.iter().find(|d| d.label() == l)?;
+            Some(Target {
+                name: d.name.clone(),
+                service: d.service.clone(),
+            })
+        });
         if t.is_none() {
             self.message = Some(("select a destination with a policy first".into(), true));
         }
@@ -278,7 +311,8 @@ impl App {
                 }
             }
             KeyCode::Char('d') => {
-                let n = self.needs_policy()?;
+                // The override is the destination's, for all of its services.
+                let n = self.needs_policy()?.name;
                 let disabled = self.snapshot.as_ref().is_some_and(|s| {
                     s.destinations.iter().any(|d| {
                         d.name == n && d.override_mode == Some(crate::config::Mode::Disabled)
@@ -299,8 +333,8 @@ impl App {
             KeyCode::Home | KeyCode::Char('g') => self.selected = 0,
             KeyCode::End | KeyCode::Char('G') => self.move_by(isize::MAX / 2),
             KeyCode::Enter => {
-                if let Some(n) = self.needs_policy() {
-                    self.detail = Some(n);
+                if let Some(t) = self.needs_policy() {
+                    self.detail = Some(t.to_string());
                 }
             }
             KeyCode::Char('s') => {
@@ -341,11 +375,11 @@ mod tests {
         assert_eq!(a.on_key(key(KeyCode::Char('t'))), None);
         assert_eq!(
             a.overlay,
-            Overlay::Confirm(Action::Trip("payments-api".into()))
+            Overlay::Confirm(Action::Trip(Target::from("payments-api")))
         );
         assert_eq!(
             a.on_key(key(KeyCode::Char('y'))),
-            Some(Action::Trip("payments-api".into()))
+            Some(Action::Trip(Target::from("payments-api")))
         );
         a.on_key(key(KeyCode::Char('t')));
         assert_eq!(

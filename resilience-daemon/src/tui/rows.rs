@@ -22,7 +22,10 @@ pub enum Tag {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Row {
+    /// The destination's name ("name@service" for a per-service copy), or an observed address.
     pub name: String,
+    /// Rows are grouped by it.
+    pub service: Option<String>,
     pub tag: Tag,
     /// "CLOSED", "OPEN", "HALF-OPEN", "FORCED-OPEN", "DISABLED", "observed"; dry-run adds "~".
     pub state: String,
@@ -108,9 +111,11 @@ pub fn build(s: &Snapshot, prev: &HashMap<String, Prev>, dt: Option<f64>) -> Vec
     };
     for (i, d) in s.destinations.iter().enumerate() {
         let (tag, state) = state_of(d);
-        let r = rates(&d.name, &d.counts);
+        let label = d.label();
+        let r = rates(&label, &d.counts);
         rows.push(Row {
-            name: d.name.clone(),
+            name: label,
+            service: d.service.clone(),
             tag,
             state,
             attempts_per_s: r.map(|r| r.0),
@@ -139,6 +144,7 @@ fn observed(o: &ObservedStatus, attempts_per_s: Option<f64>, failures_per_s: Opt
     let ended = c.successes + failures(c);
     Row {
         name: o.address.clone(),
+        service: None,
         tag: Tag::Observed,
         state: "observed".into(),
         attempts_per_s,
@@ -220,6 +226,9 @@ pub fn view(rows: &[Row], sort: Sort, filter: &str) -> Vec<usize> {
         }
         Sort::Latency => idx.sort_by_key(|&i| desc(rows[i].p99_ms)),
     }
+    // Grouped by service (stable: each group keeps the order chosen): destinations that guard
+    // every process first, then each service's.
+    idx.sort_by(|&a, &b| rows[a].service.cmp(&rows[b].service));
     idx
 }
 

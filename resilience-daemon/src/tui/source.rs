@@ -60,8 +60,14 @@ impl Source for SocketSource {
     fn act(&mut self, action: &Action) -> Result<String> {
         let req = match action {
             Action::Quit => return Ok(String::new()),
-            Action::Trip(n) => Request::Trip { name: n.clone() },
-            Action::Reset(n) => Request::Reset { name: n.clone() },
+            Action::Trip(t) => Request::Trip {
+                name: t.name.clone(),
+                service: t.service.clone(),
+            },
+            Action::Reset(t) => Request::Reset {
+                name: t.name.clone(),
+                service: t.service.clone(),
+            },
             Action::Disable(n) => Request::Disable { name: n.clone() },
             Action::Enable(n) => Request::Enable { name: n.clone() },
             Action::Reload => Request::Reload,

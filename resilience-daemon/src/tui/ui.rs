@@ -53,7 +53,7 @@ fn draw_all(f: &mut Frame, app: &App) {
                 body,
             );
         }
-        (Some(s), Some(name)) => match s.destinations.iter().find(|d| &d.name == name) {
+        (Some(s), Some(name)) => match s.destinations.iter().find(|d| &d.label() == name) {
             Some(d) => detail(f, body, app, d),
             None => f.render_widget(
                 Paragraph::new(format!("{name} is no longer in the policy. Esc goes back."))
@@ -491,18 +491,19 @@ fn detail(f: &mut Frame, area: Rect, app: &App, d: &DestinationStatus) {
         Constraint::Length(6),
     ])
     .areas(area);
-    let row = app.rows.iter().find(|r| r.name == d.name);
+    let label = d.label();
+    let row = app.rows.iter().find(|r| r.name == label);
     f.render_widget(summary(d, row), top);
     let [charts_area, info] =
         Layout::horizontal([Constraint::Percentage(55), Constraint::Percentage(45)]).areas(middle);
-    charts(f, charts_area, app.history.get(&d.name));
+    charts(f, charts_area, app.history.get(&label));
     let [win, pol] = Layout::vertical([Constraint::Length(5), Constraint::Min(3)]).areas(info);
     f.render_widget(window(d), win);
     f.render_widget(policy(d), pol);
     events(
         f,
         bottom,
-        app.events.iter().filter(|e| e.name == d.name),
+        app.events.iter().filter(|e| e.name == label),
         " Transitions and operator actions ",
     );
 }
@@ -512,10 +513,7 @@ fn summary(d: &DestinationStatus, row: Option<&Row>) -> Paragraph<'static> {
         (r.tag, r.state.clone())
     });
     let mut first = vec![
-        Span::styled(
-            d.name.clone(),
-            Style::default().add_modifier(Modifier::BOLD),
-        ),
+        Span::styled(d.label(), Style::default().add_modifier(Modifier::BOLD)),
         Span::raw("  "),
         Span::styled(state, tag_style(tag)),
         Span::raw(format!("  mode {}", d.mode)),
