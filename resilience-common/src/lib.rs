@@ -20,7 +20,7 @@ pub use dest::{Bucket, DestCounters, DestPolicy, PendingAges, WindowCounts};
 pub use endpoint::{CidrData, Endpoint};
 pub use retry::RetryBudget;
 pub use saved::SavedBreaker;
-pub use service::ServiceRoute;
+pub use service::{CgroupPath, ServiceRoute};
 
 #[cfg(feature = "user")]
 mod pod {
@@ -39,4 +39,5 @@ mod pod {
     unsafe impl aya::Pod for super::PendingAges {}
     unsafe impl aya::Pod for super::RetryBudget {}
     unsafe impl aya::Pod for super::ServiceRoute {}
+    unsafe impl aya::Pod for super::CgroupPath {}
 }

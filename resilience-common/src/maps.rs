@@ -4,7 +4,7 @@ use core::mem::size_of;
 
 use crate::{
     Bucket, CidrData, ConnTrack, Control, DestCounters, DestPolicy, Endpoint, PendingAges,
-    RetryBudget, SavedBreaker, ServiceRoute, Stats, WindowCounts,
+    CgroupPath, RetryBudget, SavedBreaker, ServiceRoute, Stats, WindowCounts,
 };
 
 /// (set, ip:port) or (set, ip with port 0) -> destination slot.
@@ -31,8 +31,14 @@ pub const PENDING: &str = "PENDING";
 pub const RETRY: &str = "RETRY";
 /// slot -> the daemon's saved breaker (never read by the programs).
 pub const SAVED: &str = "SAVED";
-/// (set, scoped destination, a service's cgroup id) -> slot (see `service`).
+/// (set, scoped destination, service) -> slot (see `service`).
 pub const ROUTES: &str = "ROUTES";
+/// cgroup id -> service, for the cgroups of services that exist now.
+pub const SERVICES: &str = "SERVICES";
+/// cgroup path -> service: the paths where a service's cgroup is (or will be) created.
+pub const WATCH: &str = "WATCH";
+/// [0] -> per-CPU room for one cgroup path (too big for the BPF stack).
+pub const PATH_SCRATCH: &str = "PATH_SCRATCH";
 /// Endpoint no policy names -> counters (LRU).
 pub const OBSERVED: &str = "OBSERVED";
 /// Socket cookie -> connection to a named destination in flight or established. A plain hash:
@@ -66,7 +72,8 @@ pub const MAX_OBSERVED: u32 = 16384;
 /// (destination, service) routes of both sets: a service's cgroup is counted once per
 /// destination that lists it.
 pub const MAX_ROUTES: u32 = 65536;
-pub const MAX_ROUTES_PER_SET: u32 = MAX_ROUTES / 2;
+/// Service cgroups that exist at once, and paths watched.
+pub const MAX_SERVICE_CGROUPS: u32 = 4096;
 /// Connections to named destinations tracked at once (the daemon may set another size at
 /// load: `[daemon] max_connections`).
 pub const MAX_CONNS: u32 = 65536;
@@ -83,6 +90,11 @@ pub const GLOBAL_SK_ERR_OFFSET: &str = "SK_ERR_OFFSET";
 /// Read-only global in the object: 1 where cgroup programs have bpf_set_retval and
 /// bpf_get_retval (Linux 5.18+); with 0 a rejected connect gets EPERM.
 pub const GLOBAL_HAVE_RETVAL: &str = "HAVE_RETVAL";
+
+/// Read-only globals in the object: byte offsets of `kn` in `struct cgroup` and of `id` in
+/// `struct kernfs_node` (0: unknown, the `cgroup_mkdir` tracepoint does nothing).
+pub const GLOBAL_CGROUP_KN_OFFSET: &str = "CGROUP_KN_OFFSET";
+pub const GLOBAL_KERNFS_ID_OFFSET: &str = "KERNFS_ID_OFFSET";
 
 /// Read-only global in the object: the kernel's HZ (jiffies per second), for the initial SYN
 /// retransmission timeout of a connect with a deadline.
@@ -107,6 +119,9 @@ pub const LAYOUT: &[(&str, usize, usize)] = &[
     (PENDING, size_of::<u32>(), size_of::<PendingAges>()),
     (RETRY, size_of::<u32>(), size_of::<RetryBudget>()),
     (ROUTES, size_of::<ServiceRoute>(), size_of::<u32>()),
+    (SERVICES, size_of::<u64>(), size_of::<u64>()),
+    (WATCH, size_of::<CgroupPath>(), size_of::<u64>()),
+    (PATH_SCRATCH, size_of::<u32>(), size_of::<CgroupPath>()),
     (OBSERVED, size_of::<Endpoint>(), size_of::<DestCounters>()),
     (CONNS, size_of::<u64>(), size_of::<ConnTrack>()),
     (OBS_CONNS, size_of::<u64>(), size_of::<ConnTrack>()),

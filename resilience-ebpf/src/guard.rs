@@ -32,7 +32,7 @@ use crate::{
     deadline::{set_user_timeout, user_timeout},
     maps::{
         have_retval, policy, stats, ACTIVE, BUCKETS, CIDR, CONNS, CONTROL, COUNTERS, EXACT,
-        OBSERVED, OBS_CONNS, PENDING, PROBES, RETRY, ROUTES, STREAKS,
+        OBSERVED, OBS_CONNS, PENDING, PROBES, RETRY, ROUTES, SERVICES, STREAKS,
     },
     outcome::{settle, unpend},
     ALLOW,
@@ -347,8 +347,12 @@ fn service_slot(dispatch: u32, levels: u32, set: u32) -> Option<u32> {
         if id == 0 {
             continue;
         }
+        // SAFETY: a read of a hash map value, copied at once.
+        let Some(&service) = (unsafe { SERVICES.get(&id) }) else {
+            continue;
+        };
         let key = ServiceRoute {
-            cgroup_id: id,
+            service,
             dispatch,
             set,
         };

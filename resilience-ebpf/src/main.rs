@@ -14,11 +14,12 @@ mod deadline;
 mod guard;
 mod maps;
 mod outcome;
+mod services;
 mod track;
 
 use aya_ebpf::{
-    macros::{cgroup_sock, cgroup_sock_addr, sock_ops},
-    programs::{SockAddrContext, SockContext, SockOpsContext},
+    macros::{btf_tracepoint, cgroup_sock, cgroup_sock_addr, sock_ops},
+    programs::{BtfTracePointContext, SockAddrContext, SockContext, SockOpsContext},
 };
 use resilience_common::Endpoint;
 
@@ -29,6 +30,14 @@ const IPPROTO_TCP: u32 = 6;
 
 /// 127.0.0.1 as the hook sees `user_ip4`: network-order bytes in a host-order integer.
 const LOOPBACK4: [u8; 4] = [127, 0, 0, 1];
+
+/// A cgroup created anywhere on the host: if it is where a service lives, the service's
+/// processes in it are guarded from their first connect.
+#[btf_tracepoint(function = "cgroup_mkdir")]
+pub fn cgroup_mkdir(ctx: BtfTracePointContext) -> i32 {
+    services::on_mkdir(&ctx);
+    0
+}
 
 #[cgroup_sock_addr(connect4)]
 pub fn connect4(ctx: SockAddrContext) -> i32 {

@@ -8,9 +8,9 @@ use aya_ebpf::{
 use resilience_common::{
     maps::{
         BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, EVENTS_BYTES, MAX_CIDR, MAX_CONNS, MAX_EXACT,
-        MAX_OBSERVED, MAX_OBS_CONNS, MAX_ROUTES, MAX_SLOTS, POLICY_ENTRIES,
+        MAX_OBSERVED, MAX_OBS_CONNS, MAX_ROUTES, MAX_SERVICE_CGROUPS, MAX_SLOTS, POLICY_ENTRIES,
     },
-    Bucket, CidrData, ConnTrack, Control, DestCounters, DestPolicy, Endpoint, PendingAges,
+    Bucket, CgroupPath, CidrData, ConnTrack, Control, DestCounters, DestPolicy, Endpoint, PendingAges,
     RetryBudget, SavedBreaker, ServiceRoute, Stats, WindowCounts,
 };
 
@@ -47,6 +47,13 @@ pub static PENDING: Array<PendingAges> = Array::pinned(MAX_SLOTS, BPF_F_MMAPABLE
 pub static SAVED: Array<SavedBreaker> = Array::pinned(MAX_SLOTS, BPF_F_MMAPABLE);
 #[map]
 pub static ROUTES: HashMap<ServiceRoute, u32> = HashMap::pinned(MAX_ROUTES, BPF_F_NO_PREALLOC);
+#[map]
+pub static SERVICES: HashMap<u64, u64> = HashMap::pinned(MAX_SERVICE_CGROUPS, 0);
+#[map]
+pub static WATCH: HashMap<CgroupPath, u64> =
+    HashMap::pinned(MAX_SERVICE_CGROUPS, BPF_F_NO_PREALLOC);
+#[map]
+pub static PATH_SCRATCH: PerCpuArray<CgroupPath> = PerCpuArray::with_max_entries(1, 0);
 // LRU, one list for all CPUs: a destination seen once ages out instead of filling the map.
 #[map]
 pub static OBSERVED: LruHashMap<Endpoint, DestCounters> = LruHashMap::pinned(MAX_OBSERVED, 0);
@@ -76,6 +83,13 @@ pub static SK_ERR_OFFSET: u32 = 0;
 /// kernel without the helpers could not load.
 #[unsafe(no_mangle)]
 pub static HAVE_RETVAL: u32 = 1;
+
+/// Offsets of `cgroup.kn` and `kernfs_node.id`, set by the daemon from the kernel's BTF; 0:
+/// unknown (the `cgroup_mkdir` tracepoint then does nothing).
+#[unsafe(no_mangle)]
+pub static CGROUP_KN_OFFSET: u32 = 0;
+#[unsafe(no_mangle)]
+pub static KERNFS_ID_OFFSET: u32 = 0;
 
 /// The kernel's HZ, set by the daemon (the initial SYN timeout is given in jiffies).
 #[unsafe(no_mangle)]

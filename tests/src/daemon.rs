@@ -235,12 +235,12 @@ impl Daemon {
             .unwrap_or_else(|| panic!("status failed:\n{}", self.log_text()))
     }
 
-    /// One destination's entry in the snapshot.
+    /// One destination's entry in the snapshot; "name@service" for a per-service one.
     pub fn dest(&self, name: &str) -> Value {
         let s = self.status();
         s["destinations"]
             .as_array()
-            .and_then(|a| a.iter().find(|d| d["name"] == name))
+            .and_then(|a| a.iter().find(|d| label(d) == name))
             .cloned()
             .unwrap_or_else(|| panic!("no destination {name:?} in {s:#}"))
     }
@@ -258,7 +258,7 @@ impl Daemon {
             let s = self.status();
             if let Some(d) = s["destinations"]
                 .as_array()
-                .and_then(|a| a.iter().find(|d| d["name"] == name))
+                .and_then(|a| a.iter().find(|d| label(d) == name))
             {
                 return d.clone();
             }
@@ -284,6 +284,15 @@ impl Daemon {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+}
+
+/// A status entry's name, with "@service" for a per-service one.
+pub fn label(d: &Value) -> String {
+    let name = d["name"].as_str().unwrap_or_default();
+    match d["service"].as_str() {
+        Some(s) => format!("{name}@{s}"),
+        None => name.to_string(),
     }
 }
 

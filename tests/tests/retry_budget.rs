@@ -83,23 +83,9 @@ fn a_retry_storm_is_held_to_the_budget() {
         "{v:#}"
     );
     assert_eq!(v["retry_budget"]["originals"], originals as u64, "{v:#}");
-    let body = scrape(metrics);
+    let body = resilience_tests::scrape_metrics(metrics);
     let line = format!(
         "resilience_connect_rejected_total{{destination=\"api\",reason=\"retry_budget\"}} {rejected}"
     );
     assert!(body.lines().any(|l| l == line), "no {line:?} in\n{body}");
-}
-
-fn scrape(addr: std::net::SocketAddr) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).expect("connect metrics");
-    s.set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .expect("request");
-    let mut out = String::new();
-    s.read_to_string(&mut out).expect("response");
-    out.split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_string())
-        .unwrap_or_default()
 }

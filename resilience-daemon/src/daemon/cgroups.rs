@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use resilience_common::service::SERVICE_LEVELS;
+use resilience_common::{service::SERVICE_LEVELS, CgroupPath};
 
 use crate::config::{Service, ServiceCgroup};
 
@@ -142,6 +142,36 @@ impl Cgroups {
             .fold(0, |m, l| m | (1 << l))
     }
 
+    /// What the kernel's maps should hold for `services`: SERVICES (cgroup id -> service) for
+    /// the cgroups that exist, WATCH (path below the root -> service) for where each one is or
+    /// will be created. A unit never found is watched where systemd puts system units.
+    pub fn kernel_view(
+        &self,
+        services: &[Service],
+    ) -> (HashMap<u64, u64>, HashMap<CgroupPath, u64>) {
+        let mut ids = HashMap::new();
+        let mut paths = HashMap::new();
+        for s in services {
+            let key = service_key(&s.name);
+            if let Some(id) = self.id(&s.name) {
+                ids.insert(id, key);
+            }
+            let path = match (self.found.get(&s.name).and_then(|f| f.path.clone()), &s.cgroup) {
+                (Some(p), _) => p,
+                (None, ServiceCgroup::Unit(u)) => self.root.join("system.slice").join(u),
+                (None, ServiceCgroup::Path(p)) => self.resolve(p),
+            };
+            let Ok(rel) = path.strip_prefix(&self.root) else {
+                continue;
+            };
+            let text = format!("/{}", rel.display());
+            if let Some(p) = CgroupPath::new(text.as_bytes()) {
+                paths.insert(p, key);
+            }
+        }
+        (ids, paths)
+    }
+
     /// Look at every service's cgroup again; what changed since the last look.
     pub fn refresh(&mut self, services: &[Service], now: Instant) -> Vec<Change> {
         self.found
@@ -244,6 +274,12 @@ impl Cgroups {
         self.searched.insert(service.to_string(), now);
         find_dir(&self.root, unit).or(last)
     }
+}
+
+/// A service as the kernel knows it (SERVICES values, ROUTES keys): a hash of its name, so
+/// that it stays the same across reloads and restarts.
+pub fn service_key(name: &str) -> u64 {
+    crate::slots::name_id(name)
 }
 
 /// The cgroup id of a cgroup2 directory: its inode number.

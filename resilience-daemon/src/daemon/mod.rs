@@ -83,6 +83,8 @@ pub struct Daemon {
     pub reconciled: u64,
     /// Where the services' processes are.
     pub cgroups: Cgroups,
+    /// When the kernel's SERVICES and WATCH were last made to agree with `cgroups`.
+    pub services_synced: Option<Instant>,
 }
 
 /// A policy file read off the loop.
@@ -169,11 +171,14 @@ pub async fn run(mut opts: RunOptions) -> Result<()> {
             crate::kernel::fs::cgroup2_root().unwrap_or_else(|_| cgroup.clone()),
             cgroup.clone(),
         ),
+        services_synced: None,
     };
     resolve_all(&d.life.wanted.file, &mut resolver);
 
     // The first state, before anyone is served.
-    refresh_services(&mut d, &mut journal);
+    // Services' cgroups first: the first policy set is built with their levels and the
+    // kernel knows their cgroups before any connect is judged by it.
+    watch_services(&mut d, &mut journal);
     d.life.poll(&mut d.tables, &resolver, &d.cgroups, &mut journal);
     let built = d.life.built().await;
     d.life
@@ -234,7 +239,7 @@ pub async fn run(mut opts: RunOptions) -> Result<()> {
         lease.alive();
         if d.life.due() {
             // A build reads the services' cgroups as they are now.
-            refresh_services(&mut d, &mut journal);
+            watch_services(&mut d, &mut journal);
         }
         d.life.poll(&mut d.tables, &resolver, &d.cgroups, &mut journal);
         tokio::select! {
@@ -533,12 +538,12 @@ fn watch_cgroup(attachment: &mut Attachment, journal: &mut Journal) {
     }
 }
 
-/// Look at the services' cgroups again and say what changed.
-fn refresh_services(d: &mut Daemon, journal: &mut Journal) {
-    for c in d
+/// Look at the services' cgroups again and say what changed; whether anything did.
+fn refresh_services(d: &mut Daemon, journal: &mut Journal) -> bool {
+    let changes = d
         .cgroups
-        .refresh(&d.life.wanted.file.services, Instant::now())
-    {
+        .refresh(&d.life.wanted.file.services, Instant::now());
+    for c in &changes {
         let who = format!("service {}", c.service());
         if c.is_warning() {
             journal.warn(&who, c.message());
@@ -546,45 +551,48 @@ fn refresh_services(d: &mut Daemon, journal: &mut Journal) {
             journal.note(&who, c.message());
         }
     }
+    !changes.is_empty()
 }
 
-/// Keep the active set's per-service routes where the services' cgroups are now: a unit
-/// restarted since the last tick has a new cgroup id. Its slots, and breakers, stay.
+/// Keep the kernel's view of the services where their cgroups are now: a unit restarted
+/// since the last look has a new cgroup id (the mkdir tracepoint has usually added it
+/// already). Slots, and with them breakers, belong to the service's name and stay.
 fn watch_services(d: &mut Daemon, journal: &mut Journal) {
-    refresh_services(d, journal);
-    // While a build holds the keys, the next tick does it (and the build read them itself).
+    let changed = refresh_services(d, journal);
+    let now = Instant::now();
+    let services = &d.life.wanted.file.services;
+    // The maps are read back once a second anyway: the tracepoint writes them too.
+    let due = d
+        .services_synced
+        .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(1));
+    if changed || due {
+        d.services_synced = Some(now);
+        let (ids, paths) = d.cgroups.kernel_view(services);
+        if let Err(e) = d.tables.services.sync(&ids, &paths) {
+            tracing::warn!(error = %format!("{e:#}"), "cannot update the services' cgroups (retrying)");
+        }
+    }
+    // The levels the hook reads: a unit found later may live at a level not read yet. While a
+    // build holds the keys, the next tick does it (and the build reads the levels itself).
     let Some(keys) = d.tables.keys.as_mut() else {
         return;
     };
     let active = d.tables.arrays.active_set();
-    let (routes, levels) = plan::service_routes(
+    let (_, levels) = plan::service_routes(
         d.guarded
             .dests
             .iter()
             .map(|x| (x.dispatch, x.def.service.as_deref(), x.slot)),
-        &d.life.wanted.file.services,
+        services,
         &d.cgroups,
     );
-    let have = keys.keys(active);
-    if have.routes == routes && have.levels == levels {
-        return;
+    if keys.keys(active).levels != levels {
+        keys.set_levels(active, levels);
+        let _ = d
+            .tables
+            .arrays
+            .set_lookup_flags(active, keys.keys(active).lookup_flags());
     }
-    // Levels first, so that a new route is looked at as soon as it exists.
-    let widened = have.levels | levels;
-    keys.set_levels(active, widened);
-    let _ = d
-        .tables
-        .arrays
-        .set_lookup_flags(active, keys.keys(active).lookup_flags());
-    if let Err(e) = keys.update_routes(active, &routes) {
-        tracing::warn!(error = %format!("{e:#}"), "cannot update the services' routes (retrying)");
-        return;
-    }
-    keys.set_levels(active, levels);
-    let _ = d
-        .tables
-        .arrays
-        .set_lookup_flags(active, keys.keys(active).lookup_flags());
 }
 
 fn on_tick(d: &mut Daemon, journal: &mut Journal, jitter: &mut impl Jitter) {

@@ -13,7 +13,10 @@ use resilience_common::{
     Endpoint,
 };
 
-use super::{cgroups::Cgroups, resolver::Resolver};
+use super::{
+    cgroups::{service_key, Cgroups},
+    resolver::Resolver,
+};
 use crate::{
     config::{Destination, MatchKind, Mode, Policy, Service},
     kernel::{
@@ -56,8 +59,8 @@ impl Inputs {
     }
 }
 
-/// The per-service routes of guarded units (dispatch, service, slot) where each service's
-/// cgroup is now, and the levels the hook must read for them.
+/// The per-service routes of guarded units (dispatch, service, slot), and the cgroup levels
+/// the hook must read for their services.
 pub fn service_routes<'a>(
     units: impl Iterator<Item = (Option<u32>, Option<&'a str>, u32)>,
     services: &[Service],
@@ -72,9 +75,7 @@ pub fn service_routes<'a>(
         if !used.contains(&service) {
             used.push(service);
         }
-        if let Some(id) = cgroups.id(service) {
-            routes.insert((dispatch, id), slot);
-        }
+        routes.insert((dispatch, service_key(service)), slot);
     }
     let used: Vec<Service> = services
         .iter()

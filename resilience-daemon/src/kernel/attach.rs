@@ -13,10 +13,34 @@ use anyhow::{Context, Result};
 use aya::{
     programs::{
         cgroup_sock::CgroupSockLinkId, cgroup_sock_addr::CgroupSockAddrLinkId,
-        sock_ops::SockOpsLinkId, CgroupAttachMode, CgroupSock, CgroupSockAddr, SockOps,
+        sock_ops::SockOpsLinkId, BtfTracePoint, CgroupAttachMode, CgroupSock, CgroupSockAddr, SockOps,
     },
     Ebpf,
 };
+
+/// The `cgroup_mkdir` tracepoint, attached host-wide (it only ever adds a service's new cgroup
+/// to SERVICES). Optional: without it a recreated service cgroup is found by the daemon's
+/// look every tick, up to a tick late.
+fn watch_mkdir(ebpf: &mut Ebpf) {
+    let result = (|| -> Result<()> {
+        let btf = aya::Btf::from_sys_fs().context("reading the kernel's BTF")?;
+        let prog: &mut BtfTracePoint = ebpf
+            .program_mut("cgroup_mkdir")
+            .context("program cgroup_mkdir missing")?
+            .try_into()?;
+        prog.load("cgroup_mkdir", &btf)
+            .context("loading program cgroup_mkdir (tp_btf)")?;
+        prog.attach().context("attaching to tracepoint cgroup_mkdir")?;
+        Ok(())
+    })();
+    if let Err(e) = result {
+        tracing::warn!(
+            error = %format!("{e:#}"),
+            "no cgroup_mkdir tracepoint: a service's recreated cgroup is guarded from the \
+             daemon's next tick (50 ms) rather than from its creation"
+        );
+    }
+}
 
 /// Device and inode: a directory created again under the same path has a new inode.
 type DirId = (u64, u64);
@@ -78,6 +102,7 @@ impl Attachment {
                 .try_into()?;
             prog.load().with_context(|| loading(name))?;
         }
+        watch_mkdir(&mut ebpf);
         let mut a = Attachment {
             ebpf,
             cgroup: cgroup.to_path_buf(),

@@ -20,7 +20,7 @@ use resilience_common::{
 /// A CIDR key without its set: (bits of the IPv6 or IPv4-mapped address, address, port or 0).
 pub type Cidr = (u32, [u8; 16], u16);
 
-/// A ROUTES key without its set: (scoped destination's dispatch number, cgroup id).
+/// A ROUTES key without its set: (scoped destination's dispatch number, service key).
 pub type Route = (u32, u64);
 
 /// The keys one policy set holds (endpoints without their set).
@@ -66,9 +66,9 @@ enum Undo {
     Route(Route, Option<u32>),
 }
 
-fn route_key(set: u32, &(dispatch, cgroup_id): &Route) -> ServiceRoute {
+fn route_key(set: u32, &(dispatch, service): &Route) -> ServiceRoute {
     ServiceRoute {
-        cgroup_id,
+        service,
         dispatch,
         set: set & 1,
     }
@@ -129,7 +129,7 @@ impl KeySets {
             let (key, slot) = item.context("reading map ROUTES")?;
             sets[(key.set & 1) as usize]
                 .routes
-                .insert((key.dispatch, key.cgroup_id), slot);
+                .insert((key.dispatch, key.service), slot);
         }
         Ok(KeySets {
             exact,
@@ -232,32 +232,6 @@ impl KeySets {
             Undo::Cidr(c, None) => self.cidr.remove(&cidr_key(set, &c))?,
             Undo::Route(r, Some(slot)) => self.routes.insert(route_key(set, &r), slot, 0)?,
             Undo::Route(r, None) => self.routes.remove(&route_key(set, &r))?,
-        }
-        Ok(())
-    }
-
-    /// Make the routes of set `set` (the active one, typically) those of `want`, in place: a
-    /// service's cgroup was created or created again. New routes go in before old ones go
-    /// out; a route of a cgroup that no longer exists matches no process. The mirror follows
-    /// each write that succeeded, so what failed is tried again by the next call.
-    pub fn update_routes(&mut self, set: u32, want: &HashMap<Route, u32>) -> Result<()> {
-        let i = (set & 1) as usize;
-        let have = self.sets[i].routes.clone();
-        for (r, &slot) in want {
-            if have.get(r) != Some(&slot) {
-                self.routes
-                    .insert(route_key(set, r), slot, 0)
-                    .context("writing map ROUTES")?;
-                self.sets[i].routes.insert(*r, slot);
-            }
-        }
-        for r in have.keys() {
-            if !want.contains_key(r) {
-                self.routes
-                    .remove(&route_key(set, r))
-                    .context("removing from map ROUTES")?;
-                self.sets[i].routes.remove(r);
-            }
         }
         Ok(())
     }

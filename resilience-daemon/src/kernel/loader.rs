@@ -41,7 +41,25 @@ impl Kernel {
         let lock = fs::lock_pin_dir(&opts.pin_dir)?;
         super::layout::check_pinned_layout(&opts.pin_dir, OBJECT, opts.max_connections)?;
 
-        let sk_err = Btf::from_sys_fs()?.member_offset("sock", "sk_err")?;
+        let btf = Btf::from_sys_fs()?;
+        let sk_err = btf.member_offset("sock", "sk_err")?;
+        // For the cgroup_mkdir tracepoint; without them it does nothing (services' new cgroups
+        // are then found by the daemon's look every tick).
+        let (kn, kn_id) = match (
+            btf.member_offset("cgroup", "kn"),
+            btf.member_offset("kernfs_node", "id"),
+        ) {
+            (Ok(a), Ok(b)) => (a, b),
+            (a, b) => {
+                tracing::warn!(
+                    cgroup_kn = ?a.err().map(|e| format!("{e:#}")),
+                    kernfs_id = ?b.err().map(|e| format!("{e:#}")),
+                    "struct cgroup/kernfs_node not as expected in the kernel's BTF: a service's \
+                     recreated cgroup is found by polling only"
+                );
+                (0, 0)
+            }
+        };
         let (hz, hz_from) = super::hz::detect();
         if hz_from.starts_with("nowhere") {
             tracing::warn!(
@@ -57,6 +75,8 @@ impl Kernel {
             .override_global(maps::GLOBAL_SK_ERR_OFFSET, &sk_err, true)
             .override_global(maps::GLOBAL_HAVE_RETVAL, &u32::from(features.retval), true)
             .override_global(maps::GLOBAL_HZ, &hz, true)
+            .override_global(maps::GLOBAL_CGROUP_KN_OFFSET, &kn, true)
+            .override_global(maps::GLOBAL_KERNFS_ID_OFFSET, &kn_id, true)
             .map_max_entries(maps::CONNS, opts.max_connections)
             .load(OBJECT)
             .context("loading the eBPF object")?;

@@ -13,6 +13,7 @@ pub mod layout;
 pub mod loader;
 pub mod mmap;
 pub mod reconcile;
+pub mod services;
 pub mod sockdiag;
 pub mod tables;
 

@@ -48,6 +48,8 @@ pub struct Tables {
     pub arrays: Arc<Arrays>,
     /// EXACT and CIDR, lent to the worker that builds a policy set (None while it has them).
     pub keys: Option<KeySets>,
+    /// SERVICES and WATCH.
+    pub services: super::services::ServiceMaps,
     pub observed: HashMap<MapData, Endpoint, DestCounters>,
     pub stats: PerCpuArray<MapData, Stats>,
 }
@@ -112,7 +114,12 @@ impl Tables {
                 (flags >> LEVEL_SHIFT) & ((1 << SERVICE_LEVELS) - 1),
             );
         }
+        let services = super::services::ServiceMaps::new(
+            typed(src, maps::SERVICES)?,
+            typed(src, maps::WATCH)?,
+        );
         Ok(Tables {
+            services,
             arrays: Arc::new(arrays),
             keys: Some(keys),
             observed: typed(src, maps::OBSERVED)?,
