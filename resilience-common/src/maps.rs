@@ -3,8 +3,8 @@
 use core::mem::size_of;
 
 use crate::{
-    Bucket, CidrData, ConnTrack, Control, DestCounters, DestPolicy, Endpoint, PendingAges,
-    CgroupPath, RetryBudget, SavedBreaker, ServiceRoute, Stats, WindowCounts,
+    Bucket, CgroupPath, CidrData, ConnTrack, Control, DestCounters, DestPolicy, Endpoint,
+    PendingAges, RetryBudget, SavedBreaker, ServiceRoute, Stats, WindowCounts,
 };
 
 /// (set, ip:port) or (set, ip with port 0) -> destination slot.

@@ -10,9 +10,9 @@ use tokio::{
 };
 
 use crate::{
-    snapshot::DestinationStatus,
     control::{self, Command},
     protocol::{Reply, Request},
+    snapshot::DestinationStatus,
     snapshot::Snapshot,
 };
 
@@ -329,11 +329,7 @@ pub fn render(s: &Snapshot) -> String {
                 ("bulkhead", r.bulkhead),
                 ("retry_budget", r.retry_budget),
             ] {
-                f.sample(
-                    name,
-                    &dest_labels(d, &[("reason", reason)]),
-                    v,
-                );
+                f.sample(name, &dest_labels(d, &[("reason", reason)]), v);
             }
         }
     }
@@ -483,11 +479,7 @@ fn histogram(out: &mut String, dests: &[crate::snapshot::DestinationStatus]) {
             &dest_labels(d, &[]),
             d.counts.latency_sum_ns as f64 / 1e9,
         );
-        f.sample(
-            &format!("{name}_count"),
-            &dest_labels(d, &[]),
-            cumulative,
-        );
+        f.sample(&format!("{name}_count"), &dest_labels(d, &[]), cumulative);
     }
 }
 

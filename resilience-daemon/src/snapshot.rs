@@ -84,7 +84,8 @@ impl Snapshot {
                 None => self.destinations.push(nd),
             }
         }
-        self.destinations.retain(|x| !d.removed.contains(&x.label()));
+        self.destinations
+            .retain(|x| !d.removed.contains(&x.label()));
         let index: std::collections::HashMap<String, usize> = self
             .observed
             .iter()

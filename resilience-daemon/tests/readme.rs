@@ -72,6 +72,10 @@ fn every_policy_key_table_matches_the_parser() {
             "retry_budget",
             format!("{DEST}[destination.retry_budget]\nunknown_key = 1\n"),
         ),
+        (
+            "service",
+            "[[service]]\nname = \"s\"\nunknown_key = 1\n".to_string(),
+        ),
     ];
     for (marker, policy) in tables {
         let documented = first_column(&format!("keys: {marker}"));

@@ -348,7 +348,7 @@ fn service_slot(dispatch: u32, levels: u32, set: u32) -> Option<u32> {
             continue;
         }
         // SAFETY: a read of a hash map value, copied at once.
-        let Some(&service) = (unsafe { SERVICES.get(&id) }) else {
+        let Some(&service) = (unsafe { SERVICES.get(id) }) else {
             continue;
         };
         let key = ServiceRoute {
@@ -357,7 +357,7 @@ fn service_slot(dispatch: u32, levels: u32, set: u32) -> Option<u32> {
             set,
         };
         // SAFETY: a read of a hash map value, copied at once.
-        if let Some(slot) = unsafe { ROUTES.get(&key) } {
+        if let Some(slot) = unsafe { ROUTES.get(key) } {
             return Some(*slot);
         }
     }

@@ -10,8 +10,8 @@ use resilience_common::{
         BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, EVENTS_BYTES, MAX_CIDR, MAX_CONNS, MAX_EXACT,
         MAX_OBSERVED, MAX_OBS_CONNS, MAX_ROUTES, MAX_SERVICE_CGROUPS, MAX_SLOTS, POLICY_ENTRIES,
     },
-    Bucket, CgroupPath, CidrData, ConnTrack, Control, DestCounters, DestPolicy, Endpoint, PendingAges,
-    RetryBudget, SavedBreaker, ServiceRoute, Stats, WindowCounts,
+    Bucket, CgroupPath, CidrData, ConnTrack, Control, DestCounters, DestPolicy, Endpoint,
+    PendingAges, RetryBudget, SavedBreaker, ServiceRoute, Stats, WindowCounts,
 };
 
 // Pinned (by name, under the daemon's pin directory): a restarted daemon finds the same

@@ -39,6 +39,10 @@ pub fn on_mkdir(ctx: &BtfTracePointContext) {
         return;
     }
     // SAFETY: a read of a hash map value, copied at once.
+    #[expect(
+        clippy::needless_borrows_for_generic_args,
+        reason = "by value, the 256-byte key would be copied onto the BPF stack"
+    )]
     let Some(&service) = (unsafe { WATCH.get(&*buf) }) else {
         return;
     };
@@ -50,5 +54,5 @@ pub fn on_mkdir(ctx: &BtfTracePointContext) {
     let Ok(id) = (unsafe { bpf_probe_read_kernel(kn.add(id_off as usize).cast::<u64>()) }) else {
         return;
     };
-    let _ = SERVICES.insert(&id, &service, 0);
+    let _ = SERVICES.insert(id, service, 0);
 }

@@ -49,7 +49,10 @@ fn a_destination_scoped_to_one_service_rejects_only_its_processes() {
         "checkout's connects are rejected: {got:?}"
     );
     let got = connect_from(batch.path(), &[server.addr], 3, TIMEOUT);
-    assert!(got.iter().all(|o| o.ok), "batch's connects reach the address: {got:?}");
+    assert!(
+        got.iter().all(|o| o.ok),
+        "batch's connects reach the address: {got:?}"
+    );
     // A process in the guarded cgroup but in no service.
     let got = connect_from(cg.path(), &[server.addr], 2, TIMEOUT);
     assert!(got.iter().all(|o| o.ok), "unscoped processes too: {got:?}");
@@ -136,9 +139,8 @@ fn each_service_has_its_own_breaker() {
     // Metrics: one series per service.
     let text = resilience_tests::scrape_metrics(metrics);
     for svc in ["checkout", "batch"] {
-        let series = format!(
-            "resilience_connect_attempts_total{{destination=\"api\",service=\"{svc}\"}}"
-        );
+        let series =
+            format!("resilience_connect_attempts_total{{destination=\"api\",service=\"{svc}\"}}");
         assert!(text.contains(&series), "{series} missing:\n{text}");
     }
     drop(d);
@@ -176,7 +178,8 @@ fn a_services_recreated_cgroup_stays_guarded() {
         let started = Instant::now();
         let got = connect_from(again.path(), &[server.addr], 1, TIMEOUT);
         assert_eq!(
-            got[0].errno, EAGAIN,
+            got[0].errno,
+            EAGAIN,
             "round {round}: the recreated cgroup's first connect ({:?} after mkdir): {got:?}\n{}",
             started.elapsed(),
             d.log_text()

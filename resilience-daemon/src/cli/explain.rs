@@ -57,9 +57,22 @@ fn looked_up(addr: &str) -> Result<(SocketAddr, Endpoint, Option<String>)> {
     Ok((a, ep, note))
 }
 
+/// Whose connect is being explained, for a destination with services.
+enum Scope {
+    /// The destination has no services: every process.
+    Everyone,
+    Service(String),
+    /// `--service` names a service the destination does not list.
+    NotListed(String),
+    /// The destination has services and no `--service` was given.
+    Unknown,
+}
+
 /// One destination's matches and DNS answers, as explain weighs them.
 struct Dest {
     name: String,
+    /// Empty: every process.
+    services: Vec<String>,
     matches: Vec<Match>,
     resolved: Vec<(String, u16, Endpoint)>,
 }
@@ -87,6 +100,7 @@ fn from_snapshot(d: &DestinationStatus) -> Dest {
         .collect();
     Dest {
         name: d.name.clone(),
+        services: d.service.iter().cloned().collect(),
         matches,
         resolved,
     }
@@ -121,6 +135,7 @@ fn from_policy(d: &config::Destination) -> Dest {
     }
     Dest {
         name: d.name.clone(),
+        services: d.services.clone(),
         matches: d.matches.clone(),
         resolved,
     }
@@ -225,6 +240,7 @@ fn now_json(d: &DestinationStatus) -> Value {
 pub fn explain(
     addr: &str,
     config_file: Option<&Path>,
+    service: Option<&str>,
     socket: &Path,
     as_json: bool,
 ) -> Result<String> {
@@ -250,7 +266,14 @@ pub fn explain(
                 })?;
             let snap: Snapshot = serde_json::from_value(reply["snapshot"].take())
                 .context("daemon sent an unexpected snapshot")?;
-            let dests = snap.destinations.iter().map(from_snapshot).collect();
+            // One entry per service of a destination with services: one candidate each.
+            let mut dests: Vec<Dest> = Vec::new();
+            for d in snap.destinations.iter().map(from_snapshot) {
+                match dests.iter_mut().find(|x| x.name == d.name) {
+                    Some(x) => x.services.extend(d.services),
+                    None => dests.push(d),
+                }
+            }
             ("running daemon".to_string(), dests, Some(snap))
         }
     };
@@ -262,10 +285,29 @@ pub fn explain(
         })
         .collect();
     let g = govern(&candidates, &ep);
-    let status = |name: &str| {
-        snapshot
-            .as_ref()
-            .and_then(|s| s.destinations.iter().find(|d| d.name == name))
+    // Which of the destination's entries governs this connect: its own, the service's, or
+    // none (a process in none of its services is observed).
+    let scoped = |d: &Dest| -> Scope {
+        if d.services.is_empty() {
+            return Scope::Everyone;
+        }
+        match service {
+            Some(s) if d.services.iter().any(|x| x == s) => Scope::Service(s.to_string()),
+            Some(s) => Scope::NotListed(s.to_string()),
+            None => Scope::Unknown,
+        }
+    };
+    let status = |name: &str, scope: &Scope| {
+        let want = match scope {
+            Scope::Everyone => None,
+            Scope::Service(s) => Some(s.as_str()),
+            Scope::NotListed(_) | Scope::Unknown => return None,
+        };
+        snapshot.as_ref().and_then(|s| {
+            s.destinations
+                .iter()
+                .find(|d| d.name == name && d.service.as_deref() == want)
+        })
     };
     if as_json {
         let v = json!({
@@ -273,9 +315,19 @@ pub fn explain(
             "note": note,
             "source": if snapshot.is_some() { "daemon" } else { "policy_file" },
             "destination": g.as_ref().map(|g| dests[g.index].name.clone()),
+            "services": g.as_ref().map(|g| dests[g.index].services.clone()),
+            "service": g.as_ref().and_then(|g| match scoped(&dests[g.index]) {
+                Scope::Service(s) => Some(s),
+                _ => None,
+            }),
+            "guarded": g.as_ref().map(|g| match scoped(&dests[g.index]) {
+                Scope::Everyone | Scope::Service(_) => json!(true),
+                Scope::NotListed(_) => json!(false),
+                Scope::Unknown => Value::Null,
+            }),
             "rule": g.as_ref().map(rule_json),
             "shadowed": g.as_ref().map_or(Vec::new(), |g| g.shadowed.iter().map(|&i| dests[i].name.clone()).collect()),
-            "now": g.as_ref().and_then(|g| status(&dests[g.index].name)).map(now_json),
+            "now": g.as_ref().and_then(|g| status(&dests[g.index].name, &scoped(&dests[g.index]))).map(now_json),
         });
         return Ok(format!("{}\n", serde_json::to_string_pretty(&v)?));
     }
@@ -300,7 +352,28 @@ pub fn explain(
             dests[i].name
         ));
     }
-    match status(name) {
+    let scope = scoped(&dests[g.index]);
+    match &scope {
+        Scope::Everyone => {}
+        Scope::Service(s) => out.push_str(&format!(
+            "  service {s:?}: guarded by its own breaker, bucket and bulkhead ({name}@{s})\n"
+        )),
+        Scope::NotListed(s) => {
+            out.push_str(&format!(
+                "  service {s:?} is not one of its services ({}): a connect from it is observed, never rejected\n",
+                dests[g.index].services.join(", ")
+            ));
+            return Ok(out);
+        }
+        Scope::Unknown => {
+            out.push_str(&format!(
+                "  guarded per service: {} (each its own breaker); other processes are observed. Pass --service NAME for one.\n",
+                dests[g.index].services.join(", ")
+            ));
+            return Ok(out);
+        }
+    }
+    match status(name, &scope) {
         Some(d) => {
             let (_, why) = verdict(d);
             out.push_str(&format!(
@@ -350,16 +423,40 @@ mod tests {
         )
         .expect("write");
         let none = Path::new("/nonexistent.sock");
-        let text = explain("10.20.1.1:443", Some(&file), none, false).expect("explains");
+        let text = explain("10.20.1.1:443", Some(&file), None, none, false).expect("explains");
         assert!(text.contains("-> destination \"payments\""), "{text}");
         assert!(text.contains("/16 on this port"), "{text}");
         assert!(text.contains("also matches \"internal\""), "{text}");
-        let text = explain("10.20.1.1:80", Some(&file), none, false).expect("explains");
+        let text = explain("10.20.1.1:80", Some(&file), None, none, false).expect("explains");
         assert!(text.contains("-> destination \"internal\""), "{text}");
         assert!(text.contains("/8 on any port"), "{text}");
-        let text = explain("192.168.1.1:80", Some(&file), none, true).expect("explains");
+        let text = explain("192.168.1.1:80", Some(&file), None, none, true).expect("explains");
         let v: Value = serde_json::from_str(&text).expect("json");
         assert_eq!(v["destination"], Value::Null);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn explains_a_destination_with_services_per_service() {
+        let dir = std::env::temp_dir().join(format!("resilience-explain-s-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("p.toml");
+        std::fs::write(
+            &file,
+            "[[service]]\nname = \"checkout\"\ncgroup = \"a\"\n[[service]]\nname = \"batch\"\ncgroup = \"b\"\n[[destination]]\nname = \"payments\"\nmatch = [\"10.20.0.0/16:443\"]\nservices = [\"checkout\"]\n",
+        )
+        .expect("write");
+        let none = Path::new("/nonexistent.sock");
+        let text = explain("10.20.1.1:443", Some(&file), None, none, false).expect("explains");
+        assert!(text.contains("guarded per service: checkout"), "{text}");
+        let text =
+            explain("10.20.1.1:443", Some(&file), Some("checkout"), none, false).expect("explains");
+        assert!(text.contains("payments@checkout"), "{text}");
+        let text =
+            explain("10.20.1.1:443", Some(&file), Some("batch"), none, true).expect("explains");
+        let v: Value = serde_json::from_str(&text).expect("json");
+        assert_eq!(v["guarded"], false, "{v:#}");
+        assert_eq!(v["services"], json!(["checkout"]), "{v:#}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -133,6 +133,10 @@ enum Cmd {
         /// Explain from this policy file instead of the running daemon.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// For a process of this service (a destination with `services` guards each one
+        /// separately, and no one else).
+        #[arg(long)]
+        service: Option<String>,
         #[command(flatten)]
         client: ClientArgs,
         /// The explanation as JSON.
@@ -235,12 +239,14 @@ fn client(command: Cmd) -> Result<ExitCode> {
         Cmd::Explain {
             address,
             config,
+            service,
             client,
             json,
         } => {
             out(&explain::explain(
                 &address,
                 config.as_deref(),
+                service.as_deref(),
                 &client.socket,
                 json,
             )?)?;

@@ -78,10 +78,11 @@ pub fn status(s: &Snapshot) -> String {
         let rejected =
             (c.rejected.breaker + c.rejected.rate_limit + c.rejected.bulkhead).to_string();
         let (p50, p99) = (ms(c.latency_ms.p50), ms(c.latency_ms.p99));
+        let label = d.label();
         line(
             &mut out,
             [
-                &d.name,
+                &label,
                 d.mode.as_str(),
                 d.state.as_str(),
                 &n[0],

@@ -138,7 +138,10 @@ fn service(raw: RawService) -> Result<Service, (Range<usize>, String)> {
             ServiceCgroup::Unit(unit.to_string())
         }
         (Some(_), Some(u)) => {
-            return Err((u.span(), "a service has a cgroup or a unit, not both".into()));
+            return Err((
+                u.span(),
+                "a service has a cgroup or a unit, not both".into(),
+            ));
         }
         (None, None) => {
             return Err((

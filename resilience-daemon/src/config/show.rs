@@ -110,7 +110,10 @@ pub fn to_text(policy: &Policy) -> String {
             if dest.services.is_empty() {
                 String::new()
             } else {
-                format!(" services=[{}] (each its own breaker)", dest.services.join(", "))
+                format!(
+                    " services=[{}] (each its own breaker)",
+                    dest.services.join(", ")
+                )
             },
         );
         let b = &dest.breaker;

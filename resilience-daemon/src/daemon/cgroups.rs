@@ -33,15 +33,33 @@ pub struct Found {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
     /// Not there (yet): its processes are observed, not guarded, until it is.
-    Missing { service: String, what: String },
-    Appeared { service: String, path: PathBuf },
+    Missing {
+        service: String,
+        what: String,
+    },
+    Appeared {
+        service: String,
+        path: PathBuf,
+    },
     /// Removed and created again (a restarted unit): the routes follow the new id.
-    Replaced { service: String, path: PathBuf },
-    Gone { service: String, path: PathBuf },
+    Replaced {
+        service: String,
+        path: PathBuf,
+    },
+    Gone {
+        service: String,
+        path: PathBuf,
+    },
     /// Outside the guarded cgroup: the programs never run for its processes.
-    Unguarded { service: String, path: PathBuf },
+    Unguarded {
+        service: String,
+        path: PathBuf,
+    },
     /// Deeper than the hook looks.
-    TooDeep { service: String, path: PathBuf },
+    TooDeep {
+        service: String,
+        path: PathBuf,
+    },
 }
 
 impl Change {
@@ -156,7 +174,10 @@ impl Cgroups {
             if let Some(id) = self.id(&s.name) {
                 ids.insert(id, key);
             }
-            let path = match (self.found.get(&s.name).and_then(|f| f.path.clone()), &s.cgroup) {
+            let path = match (
+                self.found.get(&s.name).and_then(|f| f.path.clone()),
+                &s.cgroup,
+            ) {
                 (Some(p), _) => p,
                 (None, ServiceCgroup::Unit(u)) => self.root.join("system.slice").join(u),
                 (None, ServiceCgroup::Path(p)) => self.resolve(p),
@@ -245,8 +266,7 @@ impl Cgroups {
         if p.is_absolute() && p.starts_with(&self.root) {
             return p.to_path_buf();
         }
-        self.root
-            .join(p.strip_prefix("/").unwrap_or(p))
+        self.root.join(p.strip_prefix("/").unwrap_or(p))
     }
 
     /// Where a unit's cgroup is: where it was last found while that still exists, else the
@@ -376,11 +396,13 @@ mod tests {
         let mut cg = Cgroups::new(root.clone(), root.join("system.slice"));
         let c = cg.refresh(&services, Instant::now());
         assert!(
-            c.iter().any(|c| matches!(c, Change::Appeared { service, .. } if service == "x")),
+            c.iter()
+                .any(|c| matches!(c, Change::Appeared { service, .. } if service == "x")),
             "{c:?}"
         );
         assert!(
-            c.iter().any(|c| matches!(c, Change::Unguarded { service, .. } if service == "o")),
+            c.iter()
+                .any(|c| matches!(c, Change::Unguarded { service, .. } if service == "o")),
             "{c:?}"
         );
         assert_eq!(

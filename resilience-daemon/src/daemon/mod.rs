@@ -179,7 +179,8 @@ pub async fn run(mut opts: RunOptions) -> Result<()> {
     // Services' cgroups first: the first policy set is built with their levels and the
     // kernel knows their cgroups before any connect is judged by it.
     watch_services(&mut d, &mut journal);
-    d.life.poll(&mut d.tables, &resolver, &d.cgroups, &mut journal);
+    d.life
+        .poll(&mut d.tables, &resolver, &d.cgroups, &mut journal);
     let built = d.life.built().await;
     d.life
         .finish(built, &mut d.tables, &mut d.guarded, &mut journal);
@@ -241,7 +242,8 @@ pub async fn run(mut opts: RunOptions) -> Result<()> {
             // A build reads the services' cgroups as they are now.
             watch_services(&mut d, &mut journal);
         }
-        d.life.poll(&mut d.tables, &resolver, &d.cgroups, &mut journal);
+        d.life
+            .poll(&mut d.tables, &resolver, &d.cgroups, &mut journal);
         tokio::select! {
             _ = &mut stop => break,
             _ = term.recv() => break,

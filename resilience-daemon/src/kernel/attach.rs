@@ -13,7 +13,8 @@ use anyhow::{Context, Result};
 use aya::{
     programs::{
         cgroup_sock::CgroupSockLinkId, cgroup_sock_addr::CgroupSockAddrLinkId,
-        sock_ops::SockOpsLinkId, BtfTracePoint, CgroupAttachMode, CgroupSock, CgroupSockAddr, SockOps,
+        sock_ops::SockOpsLinkId, BtfTracePoint, CgroupAttachMode, CgroupSock, CgroupSockAddr,
+        SockOps,
     },
     Ebpf,
 };
@@ -30,7 +31,8 @@ fn watch_mkdir(ebpf: &mut Ebpf) {
             .try_into()?;
         prog.load("cgroup_mkdir", &btf)
             .context("loading program cgroup_mkdir (tp_btf)")?;
-        prog.attach().context("attaching to tracepoint cgroup_mkdir")?;
+        prog.attach()
+            .context("attaching to tracepoint cgroup_mkdir")?;
         Ok(())
     })();
     if let Err(e) = result {

@@ -109,10 +109,7 @@ impl Tables {
         let control = arrays.control();
         for set in 0..2u32 {
             let flags = control.lookup_flags[set as usize];
-            keys.set_levels(
-                set,
-                (flags >> LEVEL_SHIFT) & ((1 << SERVICE_LEVELS) - 1),
-            );
+            keys.set_levels(set, (flags >> LEVEL_SHIFT) & ((1 << SERVICE_LEVELS) - 1));
         }
         let services = super::services::ServiceMaps::new(
             typed(src, maps::SERVICES)?,
