@@ -95,6 +95,10 @@ pub const GLOBAL_HAVE_RETVAL: &str = "HAVE_RETVAL";
 /// `struct kernfs_node` (0: unknown, the `cgroup_mkdir` tracepoint does nothing).
 pub const GLOBAL_CGROUP_KN_OFFSET: &str = "CGROUP_KN_OFFSET";
 pub const GLOBAL_KERNFS_ID_OFFSET: &str = "KERNFS_ID_OFFSET";
+/// And of `root` in `struct cgroup` and `hierarchy_id` in `struct cgroup_root`: only cgroups of
+/// the v2 hierarchy (id 0) count; a v1 hierarchy's cgroup ids are another numbering.
+pub const GLOBAL_CGROUP_ROOT_OFFSET: &str = "CGROUP_ROOT_OFFSET";
+pub const GLOBAL_HIERARCHY_ID_OFFSET: &str = "HIERARCHY_ID_OFFSET";
 
 /// Read-only global in the object: the kernel's HZ (jiffies per second), for the initial SYN
 /// retransmission timeout of a connect with a deadline.

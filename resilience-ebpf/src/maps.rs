@@ -90,6 +90,11 @@ pub static HAVE_RETVAL: u32 = 1;
 pub static CGROUP_KN_OFFSET: u32 = 0;
 #[unsafe(no_mangle)]
 pub static KERNFS_ID_OFFSET: u32 = 0;
+/// Offsets of `cgroup.root` and `cgroup_root.hierarchy_id` (the v2 hierarchy is 0).
+#[unsafe(no_mangle)]
+pub static CGROUP_ROOT_OFFSET: u32 = 0;
+#[unsafe(no_mangle)]
+pub static HIERARCHY_ID_OFFSET: u32 = 0;
 
 /// The kernel's HZ, set by the daemon (the initial SYN timeout is given in jiffies).
 #[unsafe(no_mangle)]

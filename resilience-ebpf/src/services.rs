@@ -8,22 +8,44 @@ use aya_ebpf::{
 };
 use resilience_common::service::CGROUP_PATH_BYTES;
 
-use crate::maps::{CGROUP_KN_OFFSET, KERNFS_ID_OFFSET, PATH_SCRATCH, SERVICES, WATCH};
+use crate::maps::{
+    CGROUP_KN_OFFSET, CGROUP_ROOT_OFFSET, HIERARCHY_ID_OFFSET, KERNFS_ID_OFFSET, PATH_SCRATCH,
+    SERVICES, WATCH,
+};
 
 pub fn on_mkdir(ctx: &BtfTracePointContext) {
     // SAFETY: reads of globals the loader sets once.
-    let (kn_off, id_off) = unsafe {
+    let (kn_off, id_off, root_off, hier_off) = unsafe {
         (
             core::ptr::read_volatile(&CGROUP_KN_OFFSET),
             core::ptr::read_volatile(&KERNFS_ID_OFFSET),
+            core::ptr::read_volatile(&CGROUP_ROOT_OFFSET),
+            core::ptr::read_volatile(&HIERARCHY_ID_OFFSET),
         )
     };
-    if kn_off == 0 && id_off == 0 {
+    // `kn` is not the first member of struct cgroup: 0 means the daemon found no offsets.
+    if kn_off == 0 || root_off == 0 {
         return;
     }
     // cgroup_mkdir(struct cgroup *cgrp, const char *path)
     // The tracepoint's arguments, by its prototype.
     let (cgrp, path): (*const u8, *const u8) = (ctx.arg(0), ctx.arg(1));
+    // Only the v2 hierarchy: a v1 hierarchy (a hybrid host has several, with the same paths)
+    // numbers its cgroups apart, and its ids may equal a v2 cgroup's.
+    // SAFETY: kernel reads at offsets the daemon found in the running kernel's BTF.
+    let Ok(root) =
+        (unsafe { bpf_probe_read_kernel(cgrp.add(root_off as usize).cast::<*const u8>()) })
+    else {
+        return;
+    };
+    let Ok(hierarchy) =
+        (unsafe { bpf_probe_read_kernel(root.add(hier_off as usize).cast::<i32>()) })
+    else {
+        return;
+    };
+    if hierarchy != 0 {
+        return;
+    }
     let Some(buf) = PATH_SCRATCH.get_ptr_mut(0) else {
         return;
     };

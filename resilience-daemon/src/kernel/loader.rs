@@ -45,19 +45,26 @@ impl Kernel {
         let sk_err = btf.member_offset("sock", "sk_err")?;
         // For the cgroup_mkdir tracepoint; without them it does nothing (services' new cgroups
         // are then found by the daemon's look every tick).
-        let (kn, kn_id) = match (
-            btf.member_offset("cgroup", "kn"),
-            btf.member_offset("kernfs_node", "id"),
-        ) {
-            (Ok(a), Ok(b)) => (a, b),
-            (a, b) => {
+        let offsets = [
+            ("cgroup", "kn"),
+            ("kernfs_node", "id"),
+            ("cgroup", "root"),
+            ("cgroup_root", "hierarchy_id"),
+        ]
+        .map(|(s, m)| btf.member_offset(s, m));
+        let [kn, kn_id, root, hierarchy] = match offsets {
+            [Ok(a), Ok(b), Ok(c), Ok(d)] => [a, b, c, d],
+            other => {
+                let missing: Vec<String> = other
+                    .into_iter()
+                    .filter_map(|r| r.err().map(|e| format!("{e:#}")))
+                    .collect();
                 tracing::warn!(
-                    cgroup_kn = ?a.err().map(|e| format!("{e:#}")),
-                    kernfs_id = ?b.err().map(|e| format!("{e:#}")),
-                    "struct cgroup/kernfs_node not as expected in the kernel's BTF: a service's \
-                     recreated cgroup is found by polling only"
+                    ?missing,
+                    "struct cgroup, cgroup_root or kernfs_node not as expected in the kernel's \
+                     BTF: a service's recreated cgroup is found by the daemon's look only"
                 );
-                (0, 0)
+                [0; 4]
             }
         };
         let (hz, hz_from) = super::hz::detect();
@@ -77,6 +84,8 @@ impl Kernel {
             .override_global(maps::GLOBAL_HZ, &hz, true)
             .override_global(maps::GLOBAL_CGROUP_KN_OFFSET, &kn, true)
             .override_global(maps::GLOBAL_KERNFS_ID_OFFSET, &kn_id, true)
+            .override_global(maps::GLOBAL_CGROUP_ROOT_OFFSET, &root, true)
+            .override_global(maps::GLOBAL_HIERARCHY_ID_OFFSET, &hierarchy, true)
             .map_max_entries(maps::CONNS, opts.max_connections)
             .load(OBJECT)
             .context("loading the eBPF object")?;
