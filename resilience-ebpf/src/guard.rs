@@ -46,7 +46,33 @@ const FULL_PREFIX: u32 = CIDR_HEAD_BITS + 128;
 const BPF_ANY: u64 = 0;
 const BPF_NOEXIST: u64 = 1;
 
-pub fn on_connect(ctx: &SockAddrContext, ep: Endpoint) -> i32 {
+/// `resolve`'s answer when CONTROL cannot be read.
+pub const NO_CONTROL: u64 = u64::MAX;
+
+/// The slot a connect to `ep` is charged to in the active policy set: `(set << 32) | slot`,
+/// with slot `SLOT_OBSERVED` where no policy names it (or none of its services holds the
+/// process), or `NO_CONTROL`. A BPF subprogram called by the program itself, beside
+/// `on_connect`, not below it: the verifier adds the frames of a call chain, and 512 bytes
+/// is the limit for the sum (Linux 6.1 refused the service lookup nested in `on_connect`).
+#[inline(never)]
+pub fn resolve(ep: &Endpoint) -> u64 {
+    let Some(control) = CONTROL.get(0) else {
+        return NO_CONTROL;
+    };
+    let set = control.active_set & 1;
+    let lookup = control.lookup_flags[set as usize];
+    let slot = match find_slot(ep, lookup, set) {
+        None => SLOT_OBSERVED,
+        // Scoped to services: this process's service has its own slot, or none (observed).
+        Some(s) if s & SLOT_SERVICES != 0 => {
+            service_slot(s & !SLOT_SERVICES, lookup >> LEVEL_SHIFT, set).unwrap_or(SLOT_OBSERVED)
+        }
+        Some(s) => s,
+    };
+    (u64::from(set) << 32) | u64::from(slot)
+}
+
+pub fn on_connect(ctx: &SockAddrContext, ep: Endpoint, resolved: u64) -> i32 {
     // A program on an inner cgroup (another daemon's, or anyone's) ran first and refused this
     // connect: it fails whatever we say, so it is nobody's attempt here. Returning ALLOW keeps
     // that refusal's errno.
@@ -61,21 +87,16 @@ pub fn on_connect(ctx: &SockAddrContext, ep: Endpoint) -> i32 {
         count_hook_error();
         return ALLOW;
     };
-    let set = control.active_set & 1;
-    let lookup = control.lookup_flags[(set & 1) as usize];
     let lease_valid = now.wrapping_sub(control.heartbeat_ns) <= control.lease_ns;
-
-    let Some(mut slot) = find_slot(&ep, lookup, set) else {
+    if resolved == NO_CONTROL {
+        count_hook_error();
+        return ALLOW;
+    }
+    let set = ((resolved >> 32) & 1) as u32;
+    let slot = resolved as u32;
+    if slot == SLOT_OBSERVED {
         observe(ctx, &ep, now);
         return ALLOW;
-    };
-    if slot & SLOT_SERVICES != 0 {
-        // Scoped to services: this process's service has its own slot, or none (observed).
-        let Some(s) = service_slot(slot & !SLOT_SERVICES, lookup >> LEVEL_SHIFT, set) else {
-            observe(ctx, &ep, now);
-            return ALLOW;
-        };
-        slot = s;
     }
     let (Some(counters), Some(p)) = (COUNTERS.get_ptr_mut(slot), policy(set, slot)) else {
         count_hook_error();

@@ -57,7 +57,9 @@ pub fn connect4(ctx: SockAddrContext) -> i32 {
         ip = if src == [0; 4] { LOOPBACK4 } else { src };
     }
     let port = u16::from_be(sa.user_port as u16);
-    guard::on_connect(&ctx, Endpoint::v4(ip, port))
+    let ep = Endpoint::v4(ip, port);
+    let resolved = guard::resolve(&ep);
+    guard::on_connect(&ctx, ep, resolved)
 }
 
 #[cgroup_sock_addr(connect6)]
@@ -92,7 +94,9 @@ pub fn connect6(ctx: SockAddrContext) -> i32 {
         addr = Endpoint::v4(ip, 0).addr;
     }
     // An IPv4-mapped address is already in the form connect4 keys IPv4 with.
-    guard::on_connect(&ctx, Endpoint::v6(addr, port))
+    let ep = Endpoint::v6(addr, port);
+    let resolved = guard::resolve(&ep);
+    guard::on_connect(&ctx, ep, resolved)
 }
 
 #[inline(always)]
