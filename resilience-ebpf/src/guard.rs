@@ -72,7 +72,7 @@ pub fn resolve(ep: &Endpoint) -> u64 {
     (u64::from(set) << 32) | u64::from(slot)
 }
 
-pub fn on_connect(ctx: &SockAddrContext, ep: Endpoint, resolved: u64) -> i32 {
+pub fn on_connect(ctx: &SockAddrContext, ep: &Endpoint, resolved: u64) -> i32 {
     // A program on an inner cgroup (another daemon's, or anyone's) ran first and refused this
     // connect: it fails whatever we say, so it is nobody's attempt here. Returning ALLOW keeps
     // that refusal's errno.
@@ -95,7 +95,7 @@ pub fn on_connect(ctx: &SockAddrContext, ep: Endpoint, resolved: u64) -> i32 {
     let set = ((resolved >> 32) & 1) as u32;
     let slot = resolved as u32;
     if slot == SLOT_OBSERVED {
-        observe(ctx, &ep, now);
+        observe(ctx, ep, now);
         return ALLOW;
     }
     let (Some(counters), Some(p)) = (COUNTERS.get_ptr_mut(slot), policy(set, slot)) else {
@@ -136,7 +136,7 @@ pub fn on_connect(ctx: &SockAddrContext, ep: Endpoint, resolved: u64) -> i32 {
             }
         }
     }
-    track(ctx, &ep, slot, Some(&p), flags, now, set);
+    track(ctx, ep, slot, Some(&p), flags, now, set);
     ALLOW
 }
 

@@ -59,7 +59,7 @@ pub fn connect4(ctx: SockAddrContext) -> i32 {
     let port = u16::from_be(sa.user_port as u16);
     let ep = Endpoint::v4(ip, port);
     let resolved = guard::resolve(&ep);
-    guard::on_connect(&ctx, ep, resolved)
+    guard::on_connect(&ctx, &ep, resolved)
 }
 
 #[cgroup_sock_addr(connect6)]
@@ -96,7 +96,7 @@ pub fn connect6(ctx: SockAddrContext) -> i32 {
     // An IPv4-mapped address is already in the form connect4 keys IPv4 with.
     let ep = Endpoint::v6(addr, port);
     let resolved = guard::resolve(&ep);
-    guard::on_connect(&ctx, ep, resolved)
+    guard::on_connect(&ctx, &ep, resolved)
 }
 
 #[inline(always)]
