@@ -252,10 +252,7 @@ pub struct DestinationStatus {
 impl DestinationStatus {
     /// What tells entries apart: the name, or "name@service".
     pub fn label(&self) -> String {
-        match &self.service {
-            None => self.name.clone(),
-            Some(s) => format!("{}@{s}", self.name),
-        }
+        crate::config::label(&self.name, self.service.as_deref())
     }
 }
 

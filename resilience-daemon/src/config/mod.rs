@@ -122,6 +122,15 @@ pub enum Mode {
     ForcedOpen,
 }
 
+/// How a destination, or its copy for one service, is named to operators: "payments",
+/// "payments@checkout" (status, dashboard, events, CLI messages).
+pub fn label(name: &str, service: Option<&str>) -> String {
+    match service {
+        None => name.to_string(),
+        Some(s) => format!("{name}@{s}"),
+    }
+}
+
 impl Destination {
     /// What the daemon guards for this destination: itself, or one copy per service.
     pub fn units(&self) -> Vec<Destination> {
@@ -153,10 +162,7 @@ impl Destination {
 
     /// "payments" or "payments@checkout", for messages and logs.
     pub fn label(&self) -> String {
-        match &self.service {
-            None => self.name.clone(),
-            Some(s) => format!("{}@{s}", self.name),
-        }
+        label(&self.name, self.service.as_deref())
     }
 }
 

@@ -6,7 +6,6 @@
 
 use std::{
     collections::HashMap,
-    os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -152,9 +151,9 @@ impl Cgroups {
     }
 
     /// Levels (bit l = level l) where the services of `services` live or will live.
-    pub fn levels(&self, services: &[Service]) -> u32 {
+    pub fn levels<'a>(&self, services: impl IntoIterator<Item = &'a Service>) -> u32 {
         services
-            .iter()
+            .into_iter()
             .filter_map(|s| self.found.get(&s.name)?.level)
             .filter(|&l| l < SERVICE_LEVELS)
             .fold(0, |m, l| m | (1 << l))
@@ -304,8 +303,7 @@ pub fn service_key(name: &str) -> u64 {
 
 /// The cgroup id of a cgroup2 directory: its inode number.
 fn dir_id(p: &Path) -> Option<u64> {
-    let m = std::fs::metadata(p).ok()?;
-    m.is_dir().then(|| m.ino())
+    crate::kernel::attach::dir_id(p).map(|(_, ino)| ino)
 }
 
 /// Components below the root: the level `bpf_get_current_ancestor_cgroup_id` takes.

@@ -161,7 +161,7 @@ impl Lifecycle {
         journal: &mut Journal,
     ) {
         let now = Instant::now();
-        if !self.dirty || self.building.is_some() || self.retry_at.is_some_and(|t| now < t) {
+        if !self.due() || self.retry_at.is_some_and(|t| now < t) {
             return;
         }
         self.retry_at = None;

@@ -580,11 +580,8 @@ fn watch_services(d: &mut Daemon, journal: &mut Journal) {
         return;
     };
     let active = d.tables.arrays.active_set();
-    let (_, levels) = plan::service_routes(
-        d.guarded
-            .dests
-            .iter()
-            .map(|x| (x.dispatch, x.def.service.as_deref(), x.slot)),
+    let levels = plan::service_levels(
+        d.guarded.dests.iter().map(|x| x.def.service.as_deref()),
         services,
         &d.cgroups,
     );

@@ -59,30 +59,23 @@ impl Inputs {
     }
 }
 
-/// The per-service routes of guarded units (dispatch, service, slot), and the cgroup levels
-/// the hook must read for their services.
+/// The per-service routes of guarded units (dispatch, service, slot).
 pub fn service_routes<'a>(
     units: impl Iterator<Item = (Option<u32>, Option<&'a str>, u32)>,
+) -> HashMap<Route, u32> {
+    units
+        .filter_map(|(dispatch, service, slot)| Some(((dispatch?, service_key(service?)), slot)))
+        .collect()
+}
+
+/// The cgroup levels the hook must read for the services the guarded units name.
+pub fn service_levels<'a>(
+    units: impl Iterator<Item = Option<&'a str>>,
     services: &[Service],
     cgroups: &Cgroups,
-) -> (HashMap<Route, u32>, u32) {
-    let mut routes = HashMap::new();
-    let mut used: Vec<&str> = Vec::new();
-    for (dispatch, service, slot) in units {
-        let (Some(dispatch), Some(service)) = (dispatch, service) else {
-            continue;
-        };
-        if !used.contains(&service) {
-            used.push(service);
-        }
-        routes.insert((dispatch, service_key(service)), slot);
-    }
-    let used: Vec<Service> = services
-        .iter()
-        .filter(|s| used.contains(&s.name.as_str()))
-        .cloned()
-        .collect();
-    (routes, cgroups.levels(&used))
+) -> u32 {
+    let used: std::collections::HashSet<&str> = units.flatten().collect();
+    cgroups.levels(services.iter().filter(|s| used.contains(s.name.as_str())))
 }
 
 pub struct Planned {
@@ -161,11 +154,14 @@ pub fn prepare(
             }
         }
     }
-    (keys.routes, keys.levels) = service_routes(
+    keys.routes = service_routes(
         wanted
             .iter()
             .zip(&plan.slots)
             .map(|((d, _, dispatch), &slot)| (*dispatch, d.service.as_deref(), slot)),
+    );
+    keys.levels = service_levels(
+        wanted.iter().map(|(d, _, _)| d.service.as_deref()),
         &inputs.file.services,
         cgroups,
     );

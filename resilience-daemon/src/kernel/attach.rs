@@ -45,9 +45,9 @@ fn watch_mkdir(ebpf: &mut Ebpf) {
 }
 
 /// Device and inode: a directory created again under the same path has a new inode.
-type DirId = (u64, u64);
+pub(crate) type DirId = (u64, u64);
 
-fn dir_id(path: &Path) -> Option<DirId> {
+pub(crate) fn dir_id(path: &Path) -> Option<DirId> {
     let m = std::fs::metadata(path).ok()?;
     m.is_dir().then(|| (m.dev(), m.ino()))
 }

@@ -32,10 +32,7 @@ impl From<&str> for Target {
 
 impl std::fmt::Display for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.service {
-            None => f.write_str(&self.name),
-            Some(s) => write!(f, "{}@{s}", self.name),
-        }
+        f.write_str(&crate::config::label(&self.name, self.service.as_deref()))
     }
 }
 
