@@ -13,6 +13,7 @@
 //! | `events` | `follow`: bool, optional | `events`: the last 1000; with `follow`, then one line per new event, `{"v": 1, "event": {...}}`, and `{"v": 1, "lagged": N}` if this client fell N events behind |
 //! | `trip`, `reset`, `disable`, `enable` | `name`: a destination | `message` |
 //! | `reload` | | `message` |
+//! | `record` | | `recording`: a recording's header; then one line per recording line, `{"v": 1, "record": {...}}`, and `{"v": 1, "lagged": N}` if this client fell N lines behind, until the client goes away |
 //!
 //! A request line longer than 1 MiB gets an error and the connection is closed; anything else
 //! malformed (a field given twice included) gets an error and the connection stays usable. At
@@ -33,8 +34,12 @@ use tokio::{
 
 use crate::{
     protocol::{self, Reply, Request},
+    recording::Line,
     snapshot::EventRecord,
 };
+
+/// The recording stream's sender (see `daemon::tap`).
+pub type Tap = broadcast::Sender<Arc<Line>>;
 
 /// Longer request lines are refused (and the connection closed): no request needs more.
 const MAX_LINE: usize = 1024 * 1024;
@@ -101,6 +106,7 @@ pub async fn serve(
     listener: UnixListener,
     tx: mpsc::Sender<Command>,
     events: broadcast::Sender<EventRecord>,
+    tap: Tap,
 ) {
     let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
     loop {
@@ -113,9 +119,9 @@ pub async fn serve(
                     let _ = stream.write_all(busy.as_bytes()).await;
                     continue;
                 };
-                let (tx, events) = (tx.clone(), events.clone());
+                let (tx, events, tap) = (tx.clone(), events.clone(), tap.clone());
                 tokio::spawn(async move {
-                    client(stream, tx, events).await;
+                    client(stream, tx, events, tap).await;
                     drop(permit);
                 });
             }
@@ -131,6 +137,7 @@ async fn client(
     stream: UnixStream,
     tx: mpsc::Sender<Command>,
     events: broadcast::Sender<EventRecord>,
+    tap: Tap,
 ) {
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read);
@@ -162,6 +169,10 @@ async fn client(
         };
         if let Request::Events { follow: true } = req {
             follow(lines, write, &tx, events.subscribe()).await;
+            return;
+        }
+        if let Request::Record = req {
+            record(lines, write, &tx, tap.subscribe()).await;
             return;
         }
         // Serialized here, on this client's task, not on the daemon's loop.
@@ -220,6 +231,40 @@ async fn follow(
                 Err(broadcast::error::RecvError::Closed) => return,
             },
             // Anything the client sends now is ignored; end of input ends the stream.
+            n = read.read(&mut sink) => match n {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            },
+        };
+        if write.write_all(out.as_bytes()).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// `record`: the header, then every recording line until the client goes away.
+async fn record(
+    mut read: BufReader<tokio::net::unix::OwnedReadHalf>,
+    mut write: OwnedWriteHalf,
+    tx: &mpsc::Sender<Command>,
+    mut rx: broadcast::Receiver<Arc<Line>>,
+) {
+    // Subscribed before the header is taken: no line falls between the two.
+    let header = ask(tx, Request::Record).await;
+    if write.write_all(header.line().as_bytes()).await.is_err() {
+        return;
+    }
+    if !matches!(header, Reply::Recording(_)) {
+        return;
+    }
+    let mut sink = [0u8; 256];
+    loop {
+        let out = tokio::select! {
+            l = rx.recv() => match l {
+                Ok(l) => protocol::record_line(&l),
+                Err(broadcast::error::RecvError::Lagged(n)) => protocol::lagged_line(n),
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
             n = read.read(&mut sink) => match n {
                 Ok(0) | Err(_) => return,
                 Ok(_) => continue,

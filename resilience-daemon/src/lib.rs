@@ -18,6 +18,8 @@ pub mod kernel;
 pub mod latency;
 pub mod metrics;
 pub mod protocol;
+pub mod recording;
+pub mod replay;
 pub mod slots;
 pub mod snapshot;
 pub mod tui;

@@ -48,6 +48,9 @@ pub enum Request {
         name: String,
     },
     Reload,
+    /// A recording stream (`resilience record`): the header, then every line until the client
+    /// goes away.
+    Record,
 }
 
 impl Request {
@@ -59,7 +62,7 @@ impl Request {
 }
 
 pub const COMMANDS: &str =
-    "version, snapshot, status, events, trip, reset, disable, enable, reload";
+    "version, snapshot, status, events, trip, reset, disable, enable, reload, record";
 
 /// A JSON object's fields in order, duplicates kept so that they can be refused: with
 /// `{"cmd":"version","cmd":"trip"}` a last-one-wins parser would trip a breaker.
@@ -155,6 +158,7 @@ pub fn parse(line: &[u8]) -> Result<Request, String> {
         "disable" => Ok(Request::Disable { name: name(cmd)? }),
         "enable" => Ok(Request::Enable { name: name(cmd)? }),
         "reload" => Ok(Request::Reload),
+        "record" => Ok(Request::Record),
         other => Err(format!("unknown command {other:?}; known: {COMMANDS}")),
     }
 }
@@ -180,6 +184,8 @@ pub enum Reply {
         snapshot: Box<Snapshot>,
     },
     Events(Vec<EventRecord>),
+    /// The header of a recording stream.
+    Recording(Box<crate::recording::Header>),
     Message(String),
     Error(String),
 }
@@ -194,6 +200,7 @@ impl Reply {
                 Err(e) => error(e.to_string()),
             },
             Reply::Events(ev) => ok("events", serde_json::to_value(ev).unwrap_or_default()),
+            Reply::Recording(h) => ok("recording", serde_json::to_value(h).unwrap_or_default()),
             Reply::Message(m) => ok("message", json!(m)),
             Reply::Error(e) => error(e.clone()),
         }
@@ -228,6 +235,11 @@ pub fn line(v: &Value) -> String {
     let mut out = v.to_string();
     out.push('\n');
     out
+}
+
+/// One line of a `record` stream after the header.
+pub fn record_line(l: &crate::recording::Line) -> String {
+    line(&json!({"v": PROTOCOL_VERSION, "record": l}))
 }
 
 /// One line of an `events` stream after the backlog.
@@ -324,6 +336,7 @@ mod tests {
             Request::Disable { name: "a".into() },
             Request::Enable { name: "a".into() },
             Request::Reload,
+            Request::Record,
         ] {
             assert_eq!(parse(r.line().as_bytes()), Ok(r.clone()), "{}", r.line());
         }

@@ -124,7 +124,8 @@ fn resolve_now(host: &str, port: u16) -> Vec<Endpoint> {
         .collect()
 }
 
-fn from_policy(d: &config::Destination) -> Dest {
+/// What the destination's DNS names resolve to now: (host, port, address).
+pub fn resolved_now(d: &config::Destination) -> Vec<(String, u16, Endpoint)> {
     let mut resolved = Vec::new();
     for m in &d.matches {
         if let MatchKind::Host { host, port } = &m.kind {
@@ -133,11 +134,15 @@ fn from_policy(d: &config::Destination) -> Dest {
             }
         }
     }
+    resolved
+}
+
+fn from_policy(d: &config::Destination) -> Dest {
     Dest {
         name: d.name.clone(),
         services: d.services.clone(),
         matches: d.matches.clone(),
-        resolved,
+        resolved: resolved_now(d),
     }
 }
 

@@ -2,6 +2,7 @@
 
 mod explain;
 mod print;
+mod replay;
 mod run;
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
@@ -30,7 +31,7 @@ with eBPF, counts outcomes per destination, and rejects connects to destinations
 marks open, rate-limited or full, with a chosen errno, in microseconds instead of a hung \
 timeout. If the daemon stops or hangs, the kernel hooks fail open.\n\n\
 `resilience run` is the daemon (root). The other commands talk to it over its control socket \
-(root: the socket is mode 0600), except `check` and `completions`, which work anywhere."
+(root: the socket is mode 0600), except `check`, `replay` and `completions`, which work anywhere."
 )]
 pub struct Cli {
     /// Log format on stderr (or in --log-file).
@@ -148,6 +149,37 @@ enum Cmd {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Save the outcome records the daemon sees (every connect result of a guarded
+    /// destination), its breaker transitions and, once a second, its counters, to FILE as
+    /// JSON lines with a header (the format is in the README). Stops at --duration, at
+    /// --max-size, when the daemon stops, or on Ctrl-C; always with an end line.
+    Record {
+        /// The file to write (created 0600; replaced if it exists; a symlink is refused).
+        #[arg(long, short)]
+        output: PathBuf,
+        /// Stop after this long (e.g. "30s", "10m"); without it, at Ctrl-C.
+        #[arg(long, value_parser = parse_duration_arg)]
+        duration: Option<Duration>,
+        /// Stop before the file grows past this (e.g. "64MiB", "1GiB").
+        #[arg(long, default_value = "64MiB", value_parser = replay::parse_size)]
+        max_size: u64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Run a candidate policy's breakers, token buckets and bulkheads over a recording, on
+    /// its clock, with the daemon's own engine: when each destination would have opened and
+    /// closed, how many connects it would have rejected and why, next to what the policy in
+    /// force did. Needs no daemon and no root.
+    Replay {
+        /// The candidate policy file.
+        #[arg(long)]
+        config: PathBuf,
+        /// A file written by `resilience record`.
+        file: PathBuf,
+        /// The report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a shell completion script (e.g. `resilience completions bash > /etc/bash_completion.d/resilience`).
     Completions { shell: clap_complete::Shell },
 }
@@ -250,6 +282,24 @@ fn client(command: Cmd) -> Result<ExitCode> {
                 &client.socket,
                 json,
             )?)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Record {
+            output,
+            duration,
+            max_size,
+            client,
+        } => {
+            replay::record(&replay::RecordArgs {
+                socket: &client.socket,
+                output: &output,
+                duration,
+                max_bytes: max_size,
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Replay { config, file, json } => {
+            out(&replay::replay(&config, &file, json)?)?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Completions { shell } => {

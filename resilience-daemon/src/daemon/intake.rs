@@ -82,6 +82,7 @@ pub fn feed(
         if seen.insert(i) {
             touched.push(i);
         }
+        journal.tap.outcome(d, ev);
         let o = outcome(ev, d.def.breaker.failures);
         let judged = matches!(
             o,

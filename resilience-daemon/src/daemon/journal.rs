@@ -14,6 +14,9 @@ pub struct Journal {
     events: VecDeque<EventRecord>,
     next_seq: u64,
     tx: broadcast::Sender<EventRecord>,
+    /// The recording stream rides with the journal: everything that reports what happened
+    /// has it at hand.
+    pub tap: super::tap::Tap,
 }
 
 impl Journal {
@@ -22,6 +25,7 @@ impl Journal {
             events: VecDeque::new(),
             next_seq: 1,
             tx,
+            tap: super::tap::Tap::default(),
         }
     }
 

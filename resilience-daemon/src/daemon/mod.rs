@@ -20,6 +20,7 @@ pub mod lifecycle;
 pub mod plan;
 pub mod publish;
 pub mod resolver;
+pub mod tap;
 pub mod view;
 
 use std::{
@@ -207,7 +208,12 @@ pub async fn run(mut opts: RunOptions) -> Result<()> {
     let (tx, mut rx) = mpsc::channel::<Command>(64);
     let (file_tx, mut file_rx) = mpsc::channel::<FileLoaded>(8);
     let metrics = metrics.map(|l| tokio::spawn(crate::metrics::serve(l, tx.clone())));
-    let server = tokio::spawn(control::serve(listener, tx, events_tx));
+    let server = tokio::spawn(control::serve(
+        listener,
+        tx,
+        events_tx,
+        journal.tap.sender(),
+    ));
     let mut tick = tokio::time::interval(TICK);
     let mut resolve = tokio::time::interval(RESOLVE_EVERY);
     let mut watch = tokio::time::interval(WATCH_EVERY);
@@ -337,6 +343,10 @@ pub async fn run(mut opts: RunOptions) -> Result<()> {
                     Request::Events { .. } => {
                         let _ = reply.send(Reply::Events(journal.all()));
                     }
+                    Request::Record => {
+                        let h = recording_header(&d, config_path.as_deref());
+                        let _ = reply.send(Reply::Recording(Box::new(h)));
+                    }
                     Request::Version => {
                         let _ = reply.send(Reply::Version(env!("CARGO_PKG_VERSION").into()));
                     }
@@ -363,6 +373,33 @@ pub async fn run(mut opts: RunOptions) -> Result<()> {
     tracing::info!("detaching and exiting; pinned maps stay for the next start");
     drop(lease);
     Ok(())
+}
+
+/// The header of a new recording: the destinations as they are now.
+fn recording_header(d: &Daemon, config: Option<&Path>) -> crate::recording::Header {
+    let arrays = &d.tables.arrays;
+    crate::recording::Header {
+        format: crate::recording::FORMAT.into(),
+        version: crate::recording::VERSION,
+        daemon_version: env!("CARGO_PKG_VERSION").into(),
+        started_ns: monotonic_ns(),
+        started_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |t| t.as_secs_f64()),
+        policy_file: config.map(|p| p.display().to_string()),
+        destinations: d
+            .guarded
+            .dests
+            .iter()
+            .map(|x| crate::recording::DestHeader {
+                destination: x.def.name.clone(),
+                service: x.def.service.clone(),
+                policy: (*x.policy_json).clone(),
+                counts: tap::counts(x, arrays),
+            })
+            .collect(),
+        max_bytes: 0,
+    }
 }
 
 /// Every DNS name of the policy.
@@ -614,6 +651,7 @@ fn on_tick(d: &mut Daemon, journal: &mut Journal, jitter: &mut impl Jitter) {
             }
         }
     }
+    journal.tap.counts(now, &d.guarded.dests, &arrays);
 }
 
 /// What the kernel counted that the operator must hear of: lost ring-buffer records and

@@ -107,6 +107,7 @@ pub fn transition(arrays: &Arrays, journal: &mut Journal, d: &mut Dest, t: &Tran
         t.to.as_str(),
         t.reason
     );
+    journal.tap.transition(d, t);
     journal.push(EventRecord::transition(&name, t));
 }
 
