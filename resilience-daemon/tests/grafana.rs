@@ -137,7 +137,8 @@ fn every_query_uses_only_exported_metrics_and_labels() {
 fn the_checker_catches_a_metric_or_label_that_is_not_exported() {
     let served = served();
     assert!(!served.contains_key("resilience_connect_errors_total"));
-    let labels = labels_used("sum by (destination, zone) (rate(x{pool=~\"a\",instance!=\"b\"}[1m]))");
+    let labels =
+        labels_used("sum by (destination, zone) (rate(x{pool=~\"a\",instance!=\"b\"}[1m]))");
     assert_eq!(
         labels,
         ["destination", "instance", "pool", "zone"]

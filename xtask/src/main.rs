@@ -3,6 +3,7 @@
 
 mod bpf_toolchain;
 mod fuzz;
+mod helm;
 mod step;
 mod vm;
 
@@ -270,8 +271,11 @@ fn build(root: &PathBuf) -> Result<()> {
 }
 
 fn test(root: &PathBuf) -> Result<()> {
+    // The chart check renders deploy/helm with the real helm.
+    let helm = helm::ensure()?;
     let mut unit = cargo(root);
-    unit.args(["test", "--workspace", "--exclude", "resilience-tests"]);
+    unit.args(["test", "--workspace", "--exclude", "resilience-tests"])
+        .env("RESILIENCE_HELM", helm);
     step::run_inherit("unit tests (no root needed)", &mut unit)?;
 
     let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");

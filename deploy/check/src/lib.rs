@@ -1,0 +1,1 @@
+//! Nothing to link: this crate holds the tests of deploy/ (see tests/).
