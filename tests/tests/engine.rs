@@ -553,3 +553,54 @@ fn dns_names_resolve_through_the_system_resolver() {
     );
     assert_eq!(server.accepted(), 0);
 }
+
+/// A Kubernetes ConfigMap volume: the file is a symlink through `..data`, and the kubelet
+/// updates it by pointing `..data` at a new timestamped directory (an atomic rename of a
+/// symlink) and removing the old one. The file's own path never changes.
+#[test]
+fn a_configmap_style_symlink_swap_is_reloaded() {
+    if !privileged("configmap_swap") {
+        return;
+    }
+    let server = Server::start("127.0.0.220:0");
+    let cg = Cgroup::new("configmap");
+    let pins = PinDir::new("configmap");
+    let d = Daemon::start("configmap", cg.path(), &pins, "", "2s");
+    let volume = d.config.with_file_name("volume");
+    let version = |n: u32, name: &str| {
+        let dir = volume.join(format!("..2026_11_23_{n}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let policy = format!(
+            "[[destination]]\nname = \"{name}\"\nmatch = [\"{}\"]\nmode = \"forced-open\"\n",
+            server.addr
+        );
+        std::fs::write(dir.join("policy.toml"), policy).unwrap();
+        let tmp = volume.join("..data_tmp");
+        std::os::unix::fs::symlink(dir.file_name().unwrap(), &tmp).unwrap();
+        std::fs::rename(&tmp, volume.join("..data")).unwrap();
+    };
+    version(1, "k1");
+    std::os::unix::fs::symlink("..data/policy.toml", volume.join("policy.toml")).unwrap();
+    // The daemon's policy path becomes the volume's file (as a mount would make it).
+    let link = d.config.with_file_name("link.tmp");
+    std::os::unix::fs::symlink(volume.join("policy.toml"), &link).unwrap();
+    std::fs::rename(&link, &d.config).unwrap();
+    d.wait_dest_for_existence("k1", Duration::from_secs(5));
+
+    version(2, "k2");
+    std::fs::remove_dir_all(volume.join("..2026_11_23_1")).unwrap();
+    let v = d.wait_dest_for_existence("k2", Duration::from_secs(5));
+    assert_eq!(v["mode"], "forced-open");
+    let names: Vec<String> = d.status()["destinations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["name"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(names, ["k2"], "the old version's destination is gone");
+    assert_eq!(
+        connect_from(cg.path(), &[server.addr], 1, SECOND)[0].errno,
+        libc::ECONNREFUSED
+    );
+    let _ = std::fs::remove_dir_all(volume);
+}
