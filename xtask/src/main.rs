@@ -2,6 +2,7 @@
 //! tested daemon.
 
 mod bpf_toolchain;
+mod dist;
 mod fuzz;
 mod helm;
 mod step;
@@ -38,6 +39,11 @@ enum Cmd {
     /// Set up, build, and run every test: unit tests, then the privileged eBPF integration
     /// tests (root; under CI=true they fail rather than skip when they cannot run).
     Test,
+    /// Set up, build, and package: man pages (target/dist/man), shell completions
+    /// (target/dist/completions) and a Debian package with the binary, the systemd unit, the
+    /// man pages, the completions and an example policy in /etc/resilience
+    /// (target/debian/resilience_VERSION_amd64.deb; installs cargo-deb if missing).
+    Dist,
     /// Set up, build, and show resilience at work (root): five local services that misbehave
     /// on a schedule, clients loading them from a child cgroup, and the dashboard. Breakers
     /// open, probe and close, a token bucket drains, a bulkhead fills, within a minute. q stops
@@ -125,6 +131,11 @@ fn main() -> Result<()> {
             }
             cmd.args(&args);
             step::run_inherit("resilience run", &mut cmd)
+        }
+        Cmd::Dist => {
+            bpf_toolchain::setup()?;
+            build(&root)?;
+            dist::dist(&root)
         }
         Cmd::Soak { seconds } => {
             bpf_toolchain::setup()?;

@@ -180,6 +180,9 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Write man pages generated from this command line: resilience.1 and one page per
+    /// subcommand (resilience-run.1, ...), into DIR (for packagers: `cargo xtask dist`).
+    Manpages { dir: PathBuf },
     /// Print a shell completion script (e.g. `resilience completions bash > /etc/bash_completion.d/resilience`).
     Completions { shell: clap_complete::Shell },
 }
@@ -302,6 +305,11 @@ fn client(command: Cmd) -> Result<ExitCode> {
             out(&replay::replay(&config, &file, json)?)?;
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Manpages { dir } => {
+            let written = manpages(&dir)?;
+            eprintln!("{} man pages written to {}", written, dir.display());
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Completions { shell } => {
             let mut script = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "resilience", &mut script);
@@ -415,6 +423,27 @@ fn open_log(path: &std::path::Path) -> Result<std::fs::File> {
         })
 }
 
+/// resilience.1 and resilience-SUBCOMMAND.1 for every subcommand; how many.
+pub fn manpages(dir: &std::path::Path) -> Result<usize> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let cmd = Cli::command();
+    let mut pages = vec![("resilience".to_string(), cmd.clone())];
+    for sub in cmd.get_subcommands().filter(|c| c.get_name() != "help") {
+        let name = format!("resilience-{}", sub.get_name());
+        let bin = format!("resilience {}", sub.get_name());
+        pages.push((name.clone(), sub.clone().display_name(name).bin_name(bin)));
+    }
+    for (name, c) in &pages {
+        let mut page = Vec::new();
+        clap_mangen::Man::new(c.clone())
+            .render(&mut page)
+            .with_context(|| format!("rendering {name}.1"))?;
+        let path = dir.join(format!("{name}.1"));
+        std::fs::write(&path, page).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(pages.len())
+}
+
 fn print_policy(policy: &Policy, json: bool) -> Result<()> {
     if json {
         out(&format!(
@@ -423,5 +452,33 @@ fn print_policy(policy: &Policy, json: bool) -> Result<()> {
         ))
     } else {
         out(&config::to_text(policy))
+    }
+}
+
+#[cfg(test)]
+mod manpage_tests {
+    #[test]
+    fn a_man_page_per_subcommand() {
+        let dir = std::env::temp_dir().join(format!("resilience-man-{}", std::process::id()));
+        let n = super::manpages(&dir).unwrap();
+        let mut names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names.len(), n);
+        for want in [
+            "resilience.1",
+            "resilience-run.1",
+            "resilience-replay.1",
+            "resilience-record.1",
+        ] {
+            assert!(names.iter().any(|x| x == want), "{want} in {names:?}");
+        }
+        let run = std::fs::read_to_string(dir.join("resilience-run.1")).unwrap();
+        assert!(run.starts_with(".ie") || run.contains(".TH"), "{run}");
+        assert!(run.contains("resilience\\-run"), "{run}");
+        assert!(run.contains("pin\\-dir"), "the flags are in it");
+        let _ = std::fs::remove_dir_all(dir);
     }
 }
