@@ -126,6 +126,12 @@ impl Client {
         Ok(backlog)
     }
 
+    /// The connection, after a reply that opens a stream (`record`): the socket and its
+    /// reader, with whatever the reader has buffered.
+    pub fn into_stream(self) -> Option<(UnixStream, BufReader<UnixStream>)> {
+        self.conn.map(|c| (c.write, c.read))
+    }
+
     /// The next line of an events stream: an event, or how many were missed; None at its end.
     pub fn next_event(&mut self) -> Result<Option<Streamed>> {
         let Some(conn) = self.conn.as_mut() else {

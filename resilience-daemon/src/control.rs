@@ -196,10 +196,10 @@ pub async fn ask(tx: &mpsc::Sender<Command>, req: Request) -> Reply {
 
 /// `events` with `follow`: the backlog, then every new event until the client goes away.
 async fn follow(
-    mut read: BufReader<tokio::net::unix::OwnedReadHalf>,
+    read: BufReader<tokio::net::unix::OwnedReadHalf>,
     mut write: OwnedWriteHalf,
     tx: &mpsc::Sender<Command>,
-    mut rx: broadcast::Receiver<EventRecord>,
+    rx: broadcast::Receiver<EventRecord>,
 ) {
     // Subscribed before asking for the backlog: nothing falls between the two; what is in both
     // is sent once, by sequence number.
@@ -218,15 +218,33 @@ async fn follow(
     {
         return;
     }
+    stream(read, write, rx, |e| {
+        // Already in the backlog.
+        if e.seq <= last {
+            return None;
+        }
+        last = e.seq;
+        Some(protocol::event_line(&e))
+    })
+    .await;
+}
+
+/// A stream's lines after its first reply: each item `line` turns into a line (None: skip
+/// it), `{"v": 1, "lagged": N}` when this client fell N behind, until the client goes away.
+async fn stream<T: Clone>(
+    mut read: BufReader<tokio::net::unix::OwnedReadHalf>,
+    mut write: OwnedWriteHalf,
+    mut rx: broadcast::Receiver<T>,
+    mut line: impl FnMut(T) -> Option<String>,
+) {
     let mut sink = [0u8; 256];
     loop {
         let out = tokio::select! {
-            ev = rx.recv() => match ev {
-                Ok(e) if e.seq <= last => continue,
-                Ok(e) => {
-                    last = e.seq;
-                    protocol::event_line(&e)
-                }
+            item = rx.recv() => match item {
+                Ok(item) => match line(item) {
+                    Some(l) => l,
+                    None => continue,
+                },
                 Err(broadcast::error::RecvError::Lagged(n)) => protocol::lagged_line(n),
                 Err(broadcast::error::RecvError::Closed) => return,
             },
@@ -244,10 +262,10 @@ async fn follow(
 
 /// `record`: the header, then every recording line until the client goes away.
 async fn record(
-    mut read: BufReader<tokio::net::unix::OwnedReadHalf>,
+    read: BufReader<tokio::net::unix::OwnedReadHalf>,
     mut write: OwnedWriteHalf,
     tx: &mpsc::Sender<Command>,
-    mut rx: broadcast::Receiver<Arc<Line>>,
+    rx: broadcast::Receiver<Arc<Line>>,
 ) {
     // Subscribed before the header is taken: no line falls between the two.
     let header = ask(tx, Request::Record).await;
@@ -257,21 +275,5 @@ async fn record(
     if !matches!(header, Reply::Recording(_)) {
         return;
     }
-    let mut sink = [0u8; 256];
-    loop {
-        let out = tokio::select! {
-            l = rx.recv() => match l {
-                Ok(l) => protocol::record_line(&l),
-                Err(broadcast::error::RecvError::Lagged(n)) => protocol::lagged_line(n),
-                Err(broadcast::error::RecvError::Closed) => return,
-            },
-            n = read.read(&mut sink) => match n {
-                Ok(0) | Err(_) => return,
-                Ok(_) => continue,
-            },
-        };
-        if write.write_all(out.as_bytes()).await.is_err() {
-            return;
-        }
-    }
+    stream(read, write, rx, |l| Some(protocol::record_line(&l))).await;
 }

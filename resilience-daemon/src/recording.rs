@@ -17,7 +17,7 @@ use std::io::BufRead;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::config::FailureClass;
+use crate::snapshot::Rejected;
 
 pub const FORMAT: &str = "resilience-recording";
 pub const VERSION: u32 = 1;
@@ -54,33 +54,10 @@ pub struct DestHeader {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counts {
     pub attempts: u64,
-    pub rejected: Reasons,
-    pub would_reject: Reasons,
+    pub rejected: Rejected,
+    pub would_reject: Rejected,
     /// Connections established and not yet closed.
     pub active: u64,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Reasons {
-    pub breaker: u64,
-    pub rate_limit: u64,
-    pub bulkhead: u64,
-    pub retry_budget: u64,
-}
-
-impl Reasons {
-    pub fn total(&self) -> u64 {
-        self.breaker + self.rate_limit + self.bulkhead + self.retry_budget
-    }
-
-    pub fn since(&self, earlier: &Reasons) -> Reasons {
-        Reasons {
-            breaker: self.breaker.saturating_sub(earlier.breaker),
-            rate_limit: self.rate_limit.saturating_sub(earlier.rate_limit),
-            bulkhead: self.bulkhead.saturating_sub(earlier.bulkhead),
-            retry_budget: self.retry_budget.saturating_sub(earlier.retry_budget),
-        }
-    }
 }
 
 /// One line after the header.
@@ -176,11 +153,6 @@ pub fn result_code(name: &str) -> Option<u32> {
         "closed" => OUTCOME_CLOSED,
         _ => return None,
     })
-}
-
-/// The failure class a result name stands for, if it is a failure.
-pub fn failure_class(name: &str) -> Option<FailureClass> {
-    FailureClass::from_name(name)
 }
 
 /// A recording read back.

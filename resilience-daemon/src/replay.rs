@@ -31,7 +31,8 @@ use crate::{
     },
     daemon::intake,
     engine::{Breaker, Outcome, State, Verdict, XorShift},
-    recording::{self, Line, OutcomeLine, Reasons, Recording},
+    recording::{self, Line, OutcomeLine, Recording},
+    snapshot::Rejected,
 };
 
 /// One breaker state change, in seconds from the recording's start.
@@ -50,7 +51,7 @@ pub struct Side {
     /// The first move to open, in seconds from the recording's start.
     pub first_open_s: Option<f64>,
     pub admitted: u64,
-    pub rejected: Reasons,
+    pub rejected: Rejected,
 }
 
 /// One guarded unit of the candidate policy (a destination, or one service of it).
@@ -130,25 +131,26 @@ pub fn replay(rec: &Recording, candidate: &Policy, resolved: &[Resolved]) -> Rep
     let mut destinations = Vec::new();
     for ((index, service), lines) in units {
         let def = &candidate.destinations[index];
+        // The destinations of the policy in force these connects were charged to.
+        let mut in_force_as: Vec<(String, Option<String>)> = Vec::new();
+        for o in &lines {
+            let k = (o.destination.clone(), o.service.clone());
+            if !in_force_as.contains(&k) {
+                in_force_as.push(k);
+            }
+        }
         let mut unit = def.clone();
         unit.service = service.clone();
-        let candidate_side = simulate(&unit, &lines, rec, t0);
-        let in_force_as: Vec<(String, Option<String>)> = {
-            let mut seen = Vec::new();
-            for o in &lines {
-                let k = (o.destination.clone(), o.service.clone());
-                if !seen.contains(&k) {
-                    seen.push(k);
-                }
-            }
-            seen
-        };
-        let in_force = in_force_side(rec, &in_force_as, &lines, &secs);
+        let active = active_readings(rec, &in_force_as);
+        let candidate_side = simulate(&unit, &lines, &active, t0);
+        // A reset is a second record of a connect, not a connect.
+        let connects = lines.iter().filter(|o| o.result != "reset").count() as u64;
+        let in_force = in_force_side(rec, &in_force_as, connects, &secs);
         let unknown = in_force.rejected.total();
         destinations.push(DestReport {
             destination: def.name.clone(),
             service,
-            connects: lines.iter().filter(|o| o.result != "reset").count() as u64,
+            connects,
             candidate: Side {
                 transitions: candidate_side
                     .transitions
@@ -191,12 +193,13 @@ fn endpoint(address: &str) -> Option<Endpoint> {
 fn in_force_side(
     rec: &Recording,
     labels: &[(String, Option<String>)],
-    lines: &[&OutcomeLine],
+    connects: u64,
     secs: &impl Fn(u64) -> f64,
 ) -> Side {
     let is = |d: &str, s: &Option<String>| labels.iter().any(|(n, x)| n == d && x == s);
+    // Every recorded connect was one the policy in force admitted.
     let mut side = Side {
-        admitted: lines.iter().filter(|o| o.result != "reset").count() as u64,
+        admitted: connects,
         ..Side::default()
     };
     for line in &rec.lines {
@@ -233,11 +236,7 @@ fn in_force_side(
                 _ => None,
             })
             .unwrap_or(first);
-        let r = last.since(&first);
-        side.rejected.breaker += r.breaker;
-        side.rejected.rate_limit += r.rate_limit;
-        side.rejected.bulkhead += r.bulkhead;
-        side.rejected.retry_budget += r.retry_budget;
+        side.rejected.add(&last.since(&first));
     }
     side
 }
@@ -248,19 +247,18 @@ struct Run {
     transitions: Vec<(u64, Change)>,
     first_open: Option<u64>,
     admitted: u64,
-    rejected: Reasons,
+    rejected: Rejected,
 }
 
 /// Open connections the kernel counted for these in-force destinations, by time.
-fn active_readings(rec: &Recording, lines: &[&OutcomeLine]) -> Vec<(u64, u64)> {
-    let labels: HashSet<(&str, Option<&str>)> = lines
-        .iter()
-        .map(|o| (o.destination.as_str(), o.service.as_deref()))
-        .collect();
+fn active_readings(rec: &Recording, labels: &[(String, Option<String>)]) -> Vec<(u64, u64)> {
     let mut by_time: BTreeMap<u64, u64> = BTreeMap::new();
     for l in &rec.lines {
         if let Line::Counts(c) = l {
-            if labels.contains(&(c.destination.as_str(), c.service.as_deref())) {
+            if labels
+                .iter()
+                .any(|(n, s)| *n == c.destination && *s == c.service)
+            {
                 *by_time.entry(c.ns).or_default() += c.counts.active;
             }
         }
@@ -268,7 +266,8 @@ fn active_readings(rec: &Recording, lines: &[&OutcomeLine]) -> Vec<(u64, u64)> {
     by_time.into_iter().collect()
 }
 
-fn simulate(def: &Destination, lines: &[&OutcomeLine], rec: &Recording, t0: u64) -> Run {
+/// `active`: the places held under the policy in force, by time (`active_readings`).
+fn simulate(def: &Destination, lines: &[&OutcomeLine], active: &[(u64, u64)], t0: u64) -> Run {
     // (time, 0 = outcome before 1 = attempt at the same time, index)
     let mut events: Vec<(u64, u8, usize)> = Vec::with_capacity(lines.len() * 2);
     for (i, o) in lines.iter().enumerate() {
@@ -279,7 +278,6 @@ fn simulate(def: &Destination, lines: &[&OutcomeLine], rec: &Recording, t0: u64)
     }
     events.sort_unstable();
     let start = events.first().map_or(t0, |e| e.0.min(t0));
-    let active = active_readings(rec, lines);
     let mut jitter = XorShift(0x5eed);
     let mut breaker = Breaker::new(def.breaker.clone(), def.mode, start);
     let mut run = Run::default();
@@ -563,9 +561,9 @@ mod tests {
             destination: "api".into(),
             service: None,
             counts: Counts {
-                rejected: Reasons {
+                rejected: Rejected {
                     breaker: 7,
-                    ..Reasons::default()
+                    ..Rejected::default()
                 },
                 ..Counts::default()
             },

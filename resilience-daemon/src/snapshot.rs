@@ -4,7 +4,7 @@
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 use resilience_common::{
-    dest::{REJECT_BREAKER, REJECT_BULKHEAD, REJECT_RATE_LIMIT},
+    dest::{REJECT_BREAKER, REJECT_BULKHEAD, REJECT_RATE_LIMIT, REJECT_REASONS},
     DestCounters, Endpoint, Stats,
 };
 use serde::{Deserialize, Serialize};
@@ -165,7 +165,8 @@ pub struct EventRecord {
     pub message: String,
 }
 
-fn epoch_secs() -> f64 {
+/// Seconds since the Unix epoch, now.
+pub fn epoch_secs() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
@@ -365,13 +366,46 @@ pub struct Failures {
     pub local: u64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Rejected {
     pub breaker: u64,
     pub rate_limit: u64,
     pub bulkhead: u64,
     #[serde(default)]
     pub retry_budget: u64,
+}
+
+impl Rejected {
+    /// The kernel's counts by `REJECT_*` reason, and the retry budget's (counted apart).
+    pub fn of(r: &[u64; REJECT_REASONS], retry_budget: u64) -> Rejected {
+        Rejected {
+            breaker: r[REJECT_BREAKER],
+            rate_limit: r[REJECT_RATE_LIMIT],
+            bulkhead: r[REJECT_BULKHEAD],
+            retry_budget,
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.breaker + self.rate_limit + self.bulkhead + self.retry_budget
+    }
+
+    /// What was added since `earlier`.
+    pub fn since(&self, earlier: &Rejected) -> Rejected {
+        Rejected {
+            breaker: self.breaker.saturating_sub(earlier.breaker),
+            rate_limit: self.rate_limit.saturating_sub(earlier.rate_limit),
+            bulkhead: self.bulkhead.saturating_sub(earlier.bulkhead),
+            retry_budget: self.retry_budget.saturating_sub(earlier.retry_budget),
+        }
+    }
+
+    pub fn add(&mut self, other: &Rejected) {
+        self.breaker += other.breaker;
+        self.rate_limit += other.rate_limit;
+        self.bulkhead += other.bulkhead;
+        self.retry_budget += other.retry_budget;
+    }
 }
 
 /// A retry budget's window now: original connects and retries counted in it, and the
@@ -442,12 +476,6 @@ impl Counts {
         active: u64,
         retry: (u64, u64),
     ) -> Counts {
-        let by_reason = |r: &[u64; 3], retry_budget: u64| Rejected {
-            breaker: r[REJECT_BREAKER],
-            rate_limit: r[REJECT_RATE_LIMIT],
-            bulkhead: r[REJECT_BULKHEAD],
-            retry_budget,
-        };
         Counts {
             attempts: c.attempts,
             successes: c.successes,
@@ -459,8 +487,8 @@ impl Counts {
                 reset: c.reset,
                 local: c.local,
             },
-            rejected: by_reason(&c.rejected, retry.0),
-            would_reject: by_reason(&c.would_reject, retry.1),
+            rejected: Rejected::of(&c.rejected, retry.0),
+            would_reject: Rejected::of(&c.would_reject, retry.1),
             fail_open: c.fail_open,
             active,
             closed: c.closed,

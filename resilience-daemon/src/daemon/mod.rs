@@ -383,9 +383,7 @@ fn recording_header(d: &Daemon, config: Option<&Path>) -> crate::recording::Head
         version: crate::recording::VERSION,
         daemon_version: env!("CARGO_PKG_VERSION").into(),
         started_ns: monotonic_ns(),
-        started_unix: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0.0, |t| t.as_secs_f64()),
+        started_unix: crate::snapshot::epoch_secs(),
         policy_file: config.map(|p| p.display().to_string()),
         destinations: d
             .guarded

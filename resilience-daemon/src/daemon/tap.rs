@@ -4,15 +4,15 @@
 
 use std::sync::Arc;
 
-use resilience_common::{conn, dest, OutcomeEvent};
+use resilience_common::{conn, OutcomeEvent};
 use tokio::sync::broadcast;
 
 use super::guarded::Dest;
 use crate::{
     engine::Transition,
     kernel::Arrays,
-    recording::{self, Counts, CountsLine, Line, OutcomeLine, Reasons, TransitionLine},
-    snapshot::show_endpoint,
+    recording::{self, Counts, CountsLine, Line, OutcomeLine, TransitionLine},
+    snapshot::{show_endpoint, Rejected},
 };
 
 /// Lines a slow recorder may fall behind by before it loses some (and is told how many).
@@ -100,16 +100,10 @@ impl Tap {
 pub fn counts(d: &Dest, arrays: &Arrays) -> Counts {
     let c = arrays.counters(d.slot);
     let (retry, retry_would) = arrays.retry_rejections(d.slot);
-    let reasons = |r: &[u64; dest::REJECT_REASONS], retry: u64| Reasons {
-        breaker: r[dest::REJECT_BREAKER],
-        rate_limit: r[dest::REJECT_RATE_LIMIT],
-        bulkhead: r[dest::REJECT_BULKHEAD],
-        retry_budget: retry,
-    };
     Counts {
         attempts: c.attempts,
-        rejected: reasons(&c.rejected, retry),
-        would_reject: reasons(&c.would_reject, retry_would),
+        rejected: Rejected::of(&c.rejected, retry),
+        would_reject: Rejected::of(&c.would_reject, retry_would),
         active: arrays.active(d.slot),
     }
 }
