@@ -106,6 +106,21 @@ impl Client {
             .context("the daemon sent an unexpected snapshot")
     }
 
+    /// A page of the dashboard's table (see `crate::table`).
+    pub fn table(&mut self, q: &crate::table::Query) -> Result<Snapshot> {
+        let mut v = self.call(&Request::Table {
+            sort: q.sort,
+            filter: q.filter.clone(),
+            offset: q.offset,
+            limit: q.limit,
+            detail: q.detail.clone(),
+            events_after: q.events_after.map(|e| e.0),
+            instance: q.events_after.map(|e| e.1),
+        })?;
+        serde_json::from_value(v["snapshot"].take())
+            .context("the daemon sent an unexpected table page")
+    }
+
     /// A command that changes something; the daemon's message.
     pub fn act(&mut self, req: &Request) -> Result<String> {
         let v = self.call(req)?;

@@ -263,6 +263,7 @@ pub fn fixture() -> Snapshot {
                 "failure rate 60% >= 50% over 50 calls; open for 30s",
             ),
         ],
+        table: None,
     }
 }
 

@@ -22,4 +22,5 @@ pub mod recording;
 pub mod replay;
 pub mod slots;
 pub mod snapshot;
+pub mod table;
 pub mod tui;

@@ -25,6 +25,22 @@ pub enum Request {
     },
     /// The same snapshot under "status" (kept from the first release).
     Status,
+    /// One page of the dashboard's table (see `table::Query`), under "snapshot": a snapshot
+    /// whose `table` holds the page and whose `destinations` hold only `detail`'s status.
+    Table {
+        sort: crate::table::Sort,
+        #[serde(skip_serializing_if = "String::is_empty")]
+        filter: String,
+        offset: usize,
+        limit: usize,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        detail: Option<String>,
+        /// Events after this `seq` of the daemon `instance`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        events_after: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        instance: Option<u64>,
+    },
     Events {
         #[serde(skip_serializing_if = "std::ops::Not::not")]
         follow: bool,
@@ -62,7 +78,7 @@ impl Request {
 }
 
 pub const COMMANDS: &str =
-    "version, snapshot, status, events, trip, reset, disable, enable, reload, record";
+    "version, snapshot, status, table, events, trip, reset, disable, enable, reload, record";
 
 /// A JSON object's fields in order, duplicates kept so that they can be refused: with
 /// `{"cmd":"version","cmd":"trip"}` a last-one-wins parser would trip a breaker.
@@ -139,6 +155,7 @@ pub fn parse(line: &[u8]) -> Result<Request, String> {
             })
         }
         "status" => Ok(Request::Status),
+        "table" => table(&get),
         "events" => match get("follow") {
             None => Ok(Request::Events { follow: false }),
             Some(Value::Bool(f)) => Ok(Request::Events { follow: *f }),
@@ -161,6 +178,46 @@ pub fn parse(line: &[u8]) -> Result<Request, String> {
         "record" => Ok(Request::Record),
         other => Err(format!("unknown command {other:?}; known: {COMMANDS}")),
     }
+}
+
+fn table<'a>(get: &dyn Fn(&str) -> Option<&'a Value>) -> Result<Request, String> {
+    let number = |k: &str| match get(k) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) if n.as_u64().is_some() => Ok(n.as_u64()),
+        Some(other) => Err(format!(
+            "table: {k:?} must be a whole number, not {}",
+            kind(other)
+        )),
+    };
+    let text = |k: &str| match get(k) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(other) => Err(format!(
+            "table: {k:?} must be a string, not {}",
+            kind(other)
+        )),
+    };
+    let sort = match text("sort")? {
+        None => crate::table::Sort::Policy,
+        Some(k) => crate::table::Sort::from_key(&k).ok_or_else(|| {
+            format!(
+                "table: unknown sort {k:?}; known: policy, state, name, attempts, failures, \
+                 rejected, latency"
+            )
+        })?,
+    };
+    let size = |k: &str, default: u64| -> Result<usize, String> {
+        Ok(usize::try_from(number(k)?.unwrap_or(default)).unwrap_or(usize::MAX))
+    };
+    Ok(Request::Table {
+        sort,
+        filter: text("filter")?.unwrap_or_default(),
+        offset: size("offset", 0)?,
+        limit: size("limit", 100)?.min(crate::table::MAX_LIMIT),
+        detail: text("detail")?,
+        events_after: number("events_after")?,
+        instance: number("instance")?,
+    })
 }
 
 fn kind(v: &Value) -> &'static str {
@@ -273,7 +330,27 @@ mod tests {
                 instance: None
             })
         );
-        let cases: [(&[u8], &str); 10] = [
+        assert_eq!(
+            parse(br#"{"cmd":"table","limit":5000}"#),
+            Ok(Request::Table {
+                sort: crate::table::Sort::Policy,
+                filter: String::new(),
+                offset: 0,
+                limit: crate::table::MAX_LIMIT,
+                detail: None,
+                events_after: None,
+                instance: None,
+            })
+        );
+        let cases: [(&[u8], &str); 12] = [
+            (
+                br#"{"cmd":"table","sort":"p99"}"#,
+                "table: unknown sort \"p99\"; known: policy",
+            ),
+            (
+                br#"{"cmd":"table","offset":"10"}"#,
+                "table: \"offset\" must be a whole number, not a string",
+            ),
             (br#"{"cmd":"stat"#, "not JSON: EOF while parsing"),
             (b"[1,2]", "a request is a JSON object"),
             (br#"{"name":"x"}"#, "missing field \"cmd\""),
@@ -337,6 +414,24 @@ mod tests {
             Request::Enable { name: "a".into() },
             Request::Reload,
             Request::Record,
+            Request::Table {
+                sort: crate::table::Sort::Latency,
+                filter: "pay".into(),
+                offset: 40,
+                limit: 60,
+                detail: Some("db@checkout".into()),
+                events_after: Some(12),
+                instance: Some(5),
+            },
+            Request::Table {
+                sort: crate::table::Sort::Policy,
+                filter: String::new(),
+                offset: 0,
+                limit: 100,
+                detail: None,
+                events_after: None,
+                instance: None,
+            },
         ] {
             assert_eq!(parse(r.line().as_bytes()), Ok(r.clone()), "{}", r.line());
         }

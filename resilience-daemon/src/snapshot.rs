@@ -45,6 +45,10 @@ pub struct Snapshot {
     /// The most recent state changes, reloads and errors, oldest first.
     #[serde(default)]
     pub events: Vec<EventRecord>,
+    /// The answer to a `table` request: one page of the dashboard's rows (`destinations` then
+    /// holds only the destination asked for in detail, `observed` nothing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table: Option<crate::table::Page>,
 }
 
 impl Snapshot {

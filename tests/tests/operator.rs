@@ -173,6 +173,85 @@ fn every_control_command_answers_and_acts() {
     }
 }
 
+/// The dashboard's `table` request: a page of rows in the order asked for, rates over the
+/// last span, a tally of everything, and the whole status of the destination in detail only.
+#[test]
+fn table_pages_are_sorted_filtered_and_counted_from_the_kernel() {
+    if !privileged("table_pages") {
+        return;
+    }
+    let ip = "127.0.0.221";
+    let addrs: Vec<SocketAddr> = (0..30).map(|_| closed_port(ip)).collect();
+    let mut policy = String::new();
+    for (i, a) in addrs.iter().enumerate() {
+        policy.push_str(&format!(
+            "[[destination]]\nname = \"svc-{i}\"\nmatch = [\"{a}\"]\n"
+        ));
+    }
+    let cg = Cgroup::new("table");
+    let pins = PinDir::new("table");
+    let d = Daemon::start("table", cg.path(), &pins, &policy, "2s");
+    let mut c = Conn::open(&d);
+    // The first look sets the rates' baseline.
+    let first = c.send(json!({"cmd": "table", "sort": "attempts", "limit": 5}));
+    assert_eq!(first["snapshot"]["table"]["tally"]["named"], 30, "{first}");
+    std::thread::sleep(Duration::from_millis(200));
+    // Refused connects, fewer than a breaker's minimum calls: nothing trips.
+    connect_from(cg.path(), &[addrs[3]], 4, SECOND);
+    connect_from(cg.path(), &[addrs[7]], 2, SECOND);
+    std::thread::sleep(SECOND);
+
+    let v = c.send(json!({
+        "cmd": "table", "sort": "attempts", "limit": 5, "detail": "svc-3"
+    }));
+    let s = &v["snapshot"];
+    let page = &s["table"];
+    assert_eq!(page["matched"], 30, "{v}");
+    assert_eq!(page["offset"], 0);
+    assert_eq!(page["tally"]["attempts"], 6, "{page}");
+    let rows = page["rows"].as_array().expect("rows");
+    assert_eq!(rows.len(), 5);
+    assert_eq!(
+        (rows[0]["name"].clone(), rows[1]["name"].clone()),
+        (json!("svc-3"), json!("svc-7")),
+        "busiest first: {page}"
+    );
+    // 4 connects over the span since the first look (about 1.2 s).
+    let rate = rows[0]["attempts_per_s"].as_f64().expect("a rate");
+    assert!((2.0..=4.0).contains(&rate), "attempts/s {rate}");
+    assert_eq!(
+        rows[0]["failures_per_s"], rows[0]["attempts_per_s"],
+        "all refused"
+    );
+    assert_eq!(rows[0]["state"], "CLOSED");
+    assert_eq!(rows[0]["destination"], "svc-3");
+    // Only the destination in detail comes whole, with its policy.
+    let dests = s["destinations"].as_array().expect("destinations");
+    assert_eq!(dests.len(), 1, "{s}");
+    assert_eq!(dests[0]["name"], "svc-3");
+    assert_eq!(dests[0]["failures"]["refused"], 4);
+    assert!(dests[0]["policy"].is_object(), "{}", dests[0]);
+    assert_eq!(s["observed"], json!([]));
+
+    // Filtered (svc-1 and svc-10..19), by name, the window moved back to end at the last row.
+    let v = c.send(json!({
+        "cmd": "table", "sort": "name", "filter": "SVC-1", "offset": 100, "limit": 4
+    }));
+    let page = &v["snapshot"]["table"];
+    assert_eq!(page["matched"], 11, "{page}");
+    assert_eq!(page["offset"], 7);
+    let names: Vec<&str> = page["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .filter_map(|r| r["name"].as_str())
+        .collect();
+    assert_eq!(names, ["svc-16", "svc-17", "svc-18", "svc-19"]);
+    assert_eq!(page["tally"]["named"], 30, "the tally ignores the filter");
+
+    assert!(error_of(&c.send(json!({"cmd": "table", "sort": "p99"}))).contains("unknown sort"));
+}
+
 #[test]
 fn malformed_requests_get_errors_and_the_daemon_keeps_serving() {
     if !privileged("malformed_requests") {

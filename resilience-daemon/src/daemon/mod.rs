@@ -17,6 +17,7 @@ pub mod intake;
 pub mod journal;
 pub mod lease;
 pub mod lifecycle;
+pub mod page;
 pub mod plan;
 pub mod publish;
 pub mod resolver;
@@ -231,6 +232,7 @@ pub async fn run(mut opts: RunOptions) -> Result<()> {
     let started = Instant::now();
     let config_path = opts.config.clone();
     let mut revisions = view::Revisions::new();
+    let mut rate_book = page::RateBook::default();
 
     let stop = async {
         match opts.stop.take() {
@@ -336,6 +338,31 @@ pub async fn run(mut opts: RunOptions) -> Result<()> {
                         };
                         let r = match view::snapshot(&mut d, &mut revisions, &journal, &info, since, instance) {
                             Ok(s) => Reply::Snapshot { field, snapshot: Box::new(s) },
+                            Err(e) => Reply::Error(format!("{e:#}")),
+                        };
+                        let _ = reply.send(r);
+                    }
+                    Request::Table { sort, filter, offset, limit, detail, events_after, instance } => {
+                        let records = drain(events.get_mut());
+                        feed(&records, &mut d, &mut journal, &mut jitter);
+                        let info = view::Info {
+                            started,
+                            lease: settings.lease,
+                            config_path: config_path.as_deref(),
+                            cgroup: attachment.cgroup(),
+                            attached: attachment.attached(),
+                            reject_errno: features.retval,
+                        };
+                        let q = crate::table::Query {
+                            sort,
+                            filter,
+                            offset,
+                            limit,
+                            detail,
+                            events_after: events_after.zip(instance),
+                        };
+                        let r = match page::table(&mut d, &mut rate_book, &journal, &info, revisions.instance, &q) {
+                            Ok(s) => Reply::Snapshot { field: "snapshot", snapshot: Box::new(s) },
                             Err(e) => Reply::Error(format!("{e:#}")),
                         };
                         let _ = reply.send(r);

@@ -26,7 +26,7 @@ use crate::{
 };
 
 /// Events a snapshot carries.
-const SNAPSHOT_EVENTS: usize = 100;
+pub const SNAPSHOT_EVENTS: usize = 100;
 /// Snapshots remembered for deltas: an older `since` gets a full answer.
 const MARKS: usize = 64;
 
@@ -94,7 +94,7 @@ fn counters_hash(c: &DestCounters) -> u64 {
     words.iter().fold(0xcbf2_9ce4_8422_2325, |h, w| mix(h, *w))
 }
 
-fn tokens(d: &Dest, arrays: &Arrays, now_ns: u64) -> Option<u64> {
+pub fn tokens(d: &Dest, arrays: &Arrays, now_ns: u64) -> Option<u64> {
     d.def.rate_limit.map(|_| {
         let p = arrays
             .policy(arrays.active_set(), d.slot)
@@ -265,16 +265,28 @@ pub fn snapshot(
     if revs.marks.len() > MARKS {
         revs.marks.pop_front();
     }
+    let mut s = header(daemon, info, revs.instance)?;
+    s.seq = seq;
+    s.delta = since.is_some();
+    s.removed_observed = removed_observed;
+    s.destinations = destinations;
+    s.observed = observed;
+    s.events = events;
+    Ok(s)
+}
+
+/// A snapshot with what the daemon reports of itself and nothing else yet.
+pub fn header(daemon: &Daemon, info: &Info<'_>, instance: u64) -> Result<Snapshot> {
     Ok(Snapshot {
         version: env!("CARGO_PKG_VERSION").to_string(),
         lease_ms: info.lease.as_millis() as u64,
-        seq,
-        instance: revs.instance,
-        delta: since.is_some(),
+        seq: 0,
+        instance,
+        delta: false,
         removed: Vec::new(),
-        removed_observed,
-        destinations,
-        observed,
+        removed_observed: Vec::new(),
+        destinations: Vec::new(),
+        observed: Vec::new(),
         kernel: snapshot::kernel_stats(&daemon.tables.stats()?, daemon.intake.records),
         daemon: DaemonStats {
             uptime: info.started.elapsed().as_secs_f64(),
@@ -287,6 +299,7 @@ pub fn snapshot(
             attached: info.attached,
             reject_errno: info.reject_errno,
         },
-        events,
+        events: Vec::new(),
+        table: None,
     })
 }

@@ -257,6 +257,11 @@ impl Breaker {
         self.window.totals(now_ns).calls
     }
 
+    /// The window's running totals now: what its rates come from, without copying its calls.
+    pub fn window_totals(&mut self, now_ns: u64) -> super::Totals {
+        self.window.totals(now_ns)
+    }
+
     fn window_arm(&mut self, now_ns: u64) -> Option<WindowArm> {
         if self.state != State::Closed || !self.mode_runs() {
             return None;

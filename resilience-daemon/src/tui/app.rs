@@ -6,13 +6,20 @@ use std::collections::{HashMap, VecDeque};
 
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers, MouseEvent, MouseEventKind};
 
-use super::rows::{self, Prev, Row, Sort};
-use crate::snapshot::{EventRecord, Snapshot};
+use crate::{
+    snapshot::{EventRecord, Snapshot},
+    table::{self, Page, Query, Row, Sort},
+};
 
 /// Points kept per destination for the detail charts: at one snapshot a second, 5 minutes.
 pub const HISTORY: usize = 300;
 /// Events kept for the event pane and the detail view's transition history.
 const EVENTS: usize = 1000;
+/// Rows asked for at a time, around the selection.
+pub const PAGE: usize = 200;
+/// Rows either side of the selection the page must hold (more than a screen's height), or
+/// the next page is fetched at once.
+const MARGIN: usize = 80;
 
 /// A breaker to act on: a destination's, or its copy's for one service.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,17 +88,17 @@ pub struct Point {
 }
 
 pub struct App {
+    /// The latest answer: a page of the table (`table`), the detail destination's status,
+    /// the daemon's own figures and recent events.
     pub snapshot: Option<Snapshot>,
-    pub rows: Vec<Row>,
-    /// Indices into `rows`, in display order (sorted, filtered).
-    pub order: Vec<usize>,
-    /// Position in `order`.
+    /// Position of the selection in the whole (filtered, sorted) table.
     pub selected: usize,
     pub sort: Sort,
     pub filter: String,
     pub overlay: Overlay,
     /// The destination whose detail view is open.
     pub detail: Option<String>,
+    /// Chart points of the destinations that were on a page, while they are.
     pub history: HashMap<String, VecDeque<Point>>,
     pub events: VecDeque<EventRecord>,
     /// The answer to the last action, and whether it was an error.
@@ -102,8 +109,14 @@ pub struct App {
     pub not_responding: Option<std::time::Duration>,
     /// Colours on (off with NO_COLOR or TERM=dumb).
     pub color: bool,
-    prev: HashMap<String, Prev>,
-    prev_uptime: Option<f64>,
+    /// The row the selection should stay on when the next page comes (after a sort or a
+    /// filter change, or a refresh that moved rows).
+    follow: Option<String>,
+    /// Whole snapshots (from a daemon without `table`, or a test) are paged here, the way
+    /// the daemon pages its own state.
+    local: Option<(table::Server, Snapshot)>,
+    /// The daemon's uptime at the last chart point.
+    charted: Option<f64>,
 }
 
 impl Default for App {
@@ -116,8 +129,6 @@ impl App {
     pub fn new() -> App {
         App {
             snapshot: None,
-            rows: Vec::new(),
-            order: Vec::new(),
             selected: 0,
             sort: Sort::Policy,
             filter: String::new(),
@@ -129,21 +140,104 @@ impl App {
             unreachable: None,
             not_responding: None,
             color: true,
-            prev: HashMap::new(),
-            prev_uptime: None,
+            follow: None,
+            local: None,
+            charted: None,
         }
     }
 
-    /// Take a new snapshot: rates against the previous one, chart points, new events.
+    /// What to ask the daemon for next: the page around the selection.
+    pub fn query(&self) -> Query {
+        Query {
+            sort: self.sort,
+            filter: self.filter.clone(),
+            offset: self.selected.saturating_sub(PAGE / 2),
+            limit: PAGE,
+            detail: self.detail.clone(),
+            events_after: self
+                .events
+                .back()
+                .zip(self.snapshot.as_ref())
+                .map(|(e, s)| (e.seq, s.instance)),
+        }
+    }
+
+    /// The page on hand does not answer what is shown: another sort or filter, a detail view
+    /// it lacks, or a selection near its edge.
+    pub fn needs_fetch(&self) -> bool {
+        let Some(p) = self.page() else {
+            return false;
+        };
+        if p.sort != self.sort || p.filter != self.filter || p.detail != self.detail {
+            return true;
+        }
+        let want_from = self.selected.saturating_sub(MARGIN);
+        let want_to = (self.selected + MARGIN).min(p.matched);
+        want_from < p.offset || want_to > p.offset + p.rows.len()
+    }
+
+    pub fn page(&self) -> Option<&Page> {
+        self.snapshot.as_ref()?.table.as_ref()
+    }
+
+    /// The rows on hand, in display order; the first is at `page().offset`.
+    pub fn rows(&self) -> &[Row] {
+        self.page().map_or(&[], |p| p.rows.as_slice())
+    }
+
+    /// Rows that pass the filter, in the whole table.
+    pub fn matched(&self) -> usize {
+        self.page().map_or(0, |p| p.matched)
+    }
+
+    /// Take an answer: a page (or a whole snapshot, paged here), new chart points, new events.
     pub fn ingest(&mut self, s: Snapshot) {
-        let keep = self.selected_row().map(|r| r.name.clone());
+        let s = if s.table.is_some() {
+            self.local = None;
+            s
+        } else {
+            let mut server = self.local.take().map(|l| l.0).unwrap_or_default();
+            let page = server.serve(&s, &self.query());
+            self.local = Some((server, s));
+            page
+        };
         let uptime = s.daemon.uptime;
-        let dt = self.prev_uptime.map(|p| uptime - p).filter(|d| *d > 0.0);
-        self.rows = rows::build(&s, &self.prev, dt);
-        // Chart points from the rows' rates: one per named destination, from the second
-        // snapshot on.
-        for r in &self.rows {
-            let (Some(_), Some(attempts)) = (r.dest, r.attempts_per_s) else {
+        if self.charted.is_none_or(|t| uptime > t) {
+            self.chart(&s);
+            self.charted = Some(uptime);
+        }
+        let last = self.events.back().map_or(0, |e| e.seq);
+        // A restarted daemon numbers from 1 again: take its events whole.
+        let restarted = self
+            .snapshot
+            .as_ref()
+            .is_some_and(|old| old.instance != s.instance)
+            || s.events.last().is_some_and(|e| e.seq < last);
+        if restarted {
+            self.events.clear();
+        }
+        for e in s.events.iter().filter(|e| restarted || e.seq > last) {
+            if self.events.len() == EVENTS {
+                self.events.pop_front();
+            }
+            self.events.push_back(e.clone());
+        }
+        if self.follow.is_none() {
+            self.follow = self.selected_row().map(|r| r.name.clone());
+        }
+        self.snapshot = Some(s);
+        self.unreachable = None;
+        self.settle();
+    }
+
+    /// Chart points from the page's rates, one per named destination on it (and the one in
+    /// detail); destinations off the page lose theirs.
+    fn chart(&mut self, s: &Snapshot) {
+        let Some(page) = &s.table else {
+            return;
+        };
+        for r in &page.rows {
+            let (true, Some(attempts)) = (r.named(), r.attempts_per_s) else {
                 continue;
             };
             let point = Point {
@@ -158,78 +252,87 @@ impl App {
             }
             h.push_back(point);
         }
-        let names: std::collections::HashSet<String> =
-            s.destinations.iter().map(|d| d.label()).collect();
-        self.history.retain(|name, _| names.contains(name));
-        self.prev = s
-            .destinations
-            .iter()
-            .map(|d| (d.label(), rows::prev_of(&d.counts)))
-            .chain(
-                s.observed
-                    .iter()
-                    .map(|o| (o.address.clone(), rows::prev_of(&o.counts))),
-            )
-            .collect();
-        self.prev_uptime = Some(uptime);
-        let last = self.events.back().map_or(0, |e| e.seq);
-        // A restarted daemon numbers from 1 again: take its events whole.
-        let restarted = s.events.last().is_some_and(|e| e.seq < last);
-        if restarted {
-            self.events.clear();
-        }
-        for e in s.events.iter().filter(|e| restarted || e.seq > last) {
-            if self.events.len() == EVENTS {
-                self.events.pop_front();
-            }
-            self.events.push_back(e.clone());
-        }
-        self.snapshot = Some(s);
-        self.unreachable = None;
-        self.reorder(keep);
+        let detail = self.detail.as_deref();
+        self.history.retain(|name, _| {
+            Some(name.as_str()) == detail || page.rows.iter().any(|r| r.name == *name)
+        });
     }
 
-    /// Recompute the display order, keeping the selection on the same destination.
-    fn reorder(&mut self, keep: Option<String>) {
-        self.order = rows::view(&self.rows, self.sort, &self.filter);
-        if let Some(name) = keep {
-            if let Some(pos) = self.order.iter().position(|&i| self.rows[i].name == name) {
-                self.selected = pos;
-            }
+    /// Page a whole snapshot again after a key (nothing to wait for); a daemon's page waits
+    /// for the next fetch (`needs_fetch`).
+    fn repage(&mut self) {
+        if self.follow.is_none() {
+            self.follow = self.selected_row().map(|r| r.name.clone());
         }
-        self.selected = self.selected.min(self.order.len().saturating_sub(1));
+        let q = self.query();
+        let Some((server, whole)) = self.local.as_mut() else {
+            return;
+        };
+        let page = server.serve(whole, &q);
+        if let Some(s) = self.snapshot.as_mut() {
+            s.table = page.table;
+            s.destinations = page.destinations;
+        }
+        self.settle();
+    }
+
+    /// Put the selection back on the row it was on, if the page has it; keep it in range.
+    fn settle(&mut self) {
+        let (offset, found) = match self.page() {
+            Some(p) => (
+                p.offset,
+                self.follow
+                    .as_ref()
+                    .and_then(|name| p.rows.iter().position(|r| &r.name == name)),
+            ),
+            None => (0, None),
+        };
+        if let Some(i) = found {
+            self.selected = offset + i;
+        }
+        self.follow = None;
+        self.selected = self.selected.min(self.matched().saturating_sub(1));
     }
 
     pub fn selected_row(&self) -> Option<&Row> {
-        self.order.get(self.selected).map(|&i| &self.rows[i])
+        let p = self.page()?;
+        p.rows.get(self.selected.checked_sub(p.offset)?)
+    }
+
+    /// The detail view's destination status, if the last answer carried it.
+    pub fn detail_status(&self) -> Option<&crate::snapshot::DestinationStatus> {
+        let name = self.detail.as_deref()?;
+        self.snapshot
+            .as_ref()?
+            .destinations
+            .iter()
+            .find(|d| d.label() == name)
     }
 
     /// The destination keys act on: the detail view's, else the selected row's (if it has a
     /// policy: observed destinations have none to act on).
-    fn target(&self) -> Option<String> {
-        if let Some(d) = &self.detail {
-            return Some(d.clone());
+    fn target(&self) -> Option<Target> {
+        if let Some(d) = self.detail_status() {
+            return Some(Target {
+                name: d.name.clone(),
+                service: d.service.clone(),
+            });
         }
-        self.selected_row()
-            .filter(|r| r.dest.is_some())
-            .map(|r| r.name.clone())
+        let r = self.selected_row()?;
+        Some(Target {
+            name: r.destination.clone()?,
+            service: r.service.clone(),
+        })
     }
 
     fn move_by(&mut self, delta: isize) {
-        let max = self.order.len().saturating_sub(1) as isize;
+        let max = self.matched().saturating_sub(1) as isize;
         self.selected = (self.selected as isize + delta).clamp(0, max.max(0)) as usize;
+        self.repage();
     }
 
     fn needs_policy(&mut self) -> Option<Target> {
-        let label = self.target();
-        let t = label.and_then(|l| {
-            let s = self.snapshot.as_ref()?;
-            let d = s.destinations.iter().find(|d| d.label() == l)?;
-            Some(Target {
-                name: d.name.clone(),
-                service: d.service.clone(),
-            })
-        });
+        let t = self.target();
         if t.is_none() {
             self.message = Some(("select a destination with a policy first".into(), true));
         }
@@ -268,7 +371,6 @@ impl App {
                 };
             }
             Overlay::Filter => {
-                let keep = self.selected_row().map(|r| r.name.clone());
                 match k.code {
                     KeyCode::Enter => self.overlay = Overlay::None,
                     KeyCode::Esc => {
@@ -281,7 +383,7 @@ impl App {
                     KeyCode::Char(c) => self.filter.push(c),
                     _ => {}
                 }
-                self.reorder(keep);
+                self.repage();
                 return None;
             }
             Overlay::None => {}
@@ -290,11 +392,13 @@ impl App {
         match k.code {
             KeyCode::Char('q') => return Some(Action::Quit),
             KeyCode::Char('?') => self.overlay = Overlay::Help,
-            KeyCode::Esc | KeyCode::Backspace if self.detail.is_some() => self.detail = None,
+            KeyCode::Esc | KeyCode::Backspace if self.detail.is_some() => {
+                self.detail = None;
+                self.repage();
+            }
             KeyCode::Esc if !self.filter.is_empty() => {
-                let keep = self.selected_row().map(|r| r.name.clone());
                 self.filter.clear();
-                self.reorder(keep);
+                self.repage();
             }
             KeyCode::Char('R') => return Some(Action::Reload),
             KeyCode::Char('t') => {
@@ -310,11 +414,10 @@ impl App {
             KeyCode::Char('d') => {
                 // The override is the destination's, for all of its services.
                 let n = self.needs_policy()?.name;
-                let disabled = self.snapshot.as_ref().is_some_and(|s| {
-                    s.destinations.iter().any(|d| {
-                        d.name == n && d.override_mode == Some(crate::config::Mode::Disabled)
-                    })
-                });
+                let disabled = match self.detail_status() {
+                    Some(d) => d.override_mode == Some(crate::config::Mode::Disabled),
+                    None => self.selected_row().is_some_and(|r| r.operator_disabled),
+                };
                 // `d` toggles the operator's override; a destination the file disables stays so.
                 return Some(if disabled {
                     Action::Enable(n)
@@ -327,17 +430,20 @@ impl App {
             KeyCode::Up | KeyCode::Char('k') => self.move_by(-1),
             KeyCode::PageDown => self.move_by(20),
             KeyCode::PageUp => self.move_by(-20),
-            KeyCode::Home | KeyCode::Char('g') => self.selected = 0,
+            KeyCode::Home | KeyCode::Char('g') => {
+                self.selected = 0;
+                self.repage();
+            }
             KeyCode::End | KeyCode::Char('G') => self.move_by(isize::MAX / 2),
             KeyCode::Enter => {
                 if let Some(t) = self.needs_policy() {
                     self.detail = Some(t.to_string());
+                    self.repage();
                 }
             }
             KeyCode::Char('s') => {
-                let keep = self.selected_row().map(|r| r.name.clone());
                 self.sort = self.sort.next();
-                self.reorder(keep);
+                self.repage();
             }
             KeyCode::Char('/') => self.overlay = Overlay::Filter,
             _ => {}
@@ -424,19 +530,20 @@ mod tests {
         for c in "part".chars() {
             a.on_key(key(KeyCode::Char(c)));
         }
-        assert_eq!(a.order.len(), 1);
+        assert_eq!(a.matched(), 1);
         a.on_key(key(KeyCode::Enter));
         assert_eq!(a.overlay, Overlay::None);
         assert_eq!(a.filter, "part");
         a.on_key(key(KeyCode::Esc));
-        assert_eq!(a.order.len(), a.rows.len());
+        let all = crate::fixture::fixture();
+        assert_eq!(a.matched(), all.destinations.len() + all.observed.len());
     }
 
     #[test]
     fn observed_rows_cannot_be_tripped() {
         let mut a = app();
         a.on_key(key(KeyCode::End));
-        assert_eq!(a.selected_row().map(|r| r.dest), Some(None));
+        assert_eq!(a.selected_row().map(|r| r.named()), Some(false));
         assert_eq!(a.on_key(key(KeyCode::Char('t'))), None);
         assert_eq!(a.overlay, Overlay::None);
         assert!(a.message.as_ref().is_some_and(|m| m.1));

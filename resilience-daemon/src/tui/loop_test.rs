@@ -81,14 +81,14 @@ fn a_silent_daemon_shows_as_not_responding_and_q_still_quits_at_once() {
     // The loop asks for a snapshot; the "daemon" answers the first and then never again.
     assert!(matches!(
         h.work.recv_timeout(Duration::from_secs(5)),
-        Ok(Work::Fetch)
+        Ok(Work::Fetch(_))
     ));
     h.events
         .send(Event::Snapshot(Ok(Box::new(crate::fixture::fixture()))))
         .expect("send");
     assert!(matches!(
         h.work.recv_timeout(Duration::from_secs(5)),
-        Ok(Work::Fetch)
+        Ok(Work::Fetch(_))
     ));
     // No answer to this one. After a second and a half the header must say so.
     std::thread::sleep(Duration::from_millis(1500));
@@ -111,7 +111,7 @@ fn keys_become_work_for_the_daemon_and_answers_show() {
     let h = start(Arc::new(AtomicBool::new(true)));
     assert!(matches!(
         h.work.recv_timeout(Duration::from_secs(5)),
-        Ok(Work::Fetch)
+        Ok(Work::Fetch(_))
     ));
     h.events
         .send(Event::Snapshot(Ok(Box::new(crate::fixture::fixture()))))
@@ -126,7 +126,7 @@ fn keys_become_work_for_the_daemon_and_answers_show() {
                 acted = Some(a);
                 break;
             }
-            Ok(Work::Fetch) => h
+            Ok(Work::Fetch(_)) => h
                 .events
                 .send(Event::Snapshot(Ok(Box::new(crate::fixture::fixture()))))
                 .expect("send"),
@@ -150,7 +150,7 @@ fn a_lost_terminal_ends_the_loop_without_spinning() {
     let h = start(alive.clone());
     assert!(matches!(
         h.work.recv_timeout(Duration::from_secs(5)),
-        Ok(Work::Fetch)
+        Ok(Work::Fetch(_))
     ));
     alive.store(false, Ordering::Relaxed);
     let (exit, _, _) = h.done.join().expect("loop thread");

@@ -1,7 +1,7 @@
 //! The dashboard (`resilience top`, `resilience run --tui`): snapshots in, frames out.
 //!
-//! `app` holds the state and turns keys into actions, `rows` computes the table once per
-//! snapshot, `ui` draws a frame from `&App`, `source` talks to the daemon. The loop below never
+//! `app` holds the state and turns keys into actions, `ui` draws a frame from `&App`, `source`
+//! talks to the daemon, which answers with the page of the table on screen (`crate::table`). The loop below never
 //! blocks on the daemon or the terminal: terminal input arrives from a thread of its own,
 //! snapshots and actions go through a worker, everything comes back as an `Event`. So `q`
 //! answers at once whatever the daemon does, and the loop is tested in-process with ratatui's
@@ -9,7 +9,6 @@
 
 pub mod app;
 mod format;
-pub mod rows;
 pub mod source;
 pub mod ui;
 
@@ -51,7 +50,8 @@ pub enum Event {
 /// What the worker does for the loop.
 #[derive(Debug)]
 pub enum Work {
-    Fetch,
+    /// A page of the table, as the App asks for it.
+    Fetch(crate::table::Query),
     Act(Action),
 }
 
@@ -188,9 +188,9 @@ fn input(tx: Sender<Event>) {
 pub fn worker(mut source: Box<dyn Source + Send>, work: Receiver<Work>, tx: Sender<Event>) {
     for w in work {
         let ev = match w {
-            Work::Fetch => Event::Snapshot(
+            Work::Fetch(q) => Event::Snapshot(
                 source
-                    .snapshot()
+                    .snapshot(&q)
                     .map(Box::new)
                     .map_err(|e| format!("{e:#}")),
             ),
@@ -224,8 +224,9 @@ pub fn run_loop<B: Backend>(
             return Ok(Exit::TerminalLost("the terminal hung up".into()));
         }
         let now = Instant::now();
-        if !fetching && now >= next_fetch {
-            if work.send(Work::Fetch).is_err() {
+        // A key that needs rows the page lacks (or another order) fetches at once.
+        if !fetching && (now >= next_fetch || app.needs_fetch()) {
+            if work.send(Work::Fetch(app.query())).is_err() {
                 anyhow::bail!("the fetch worker stopped");
             }
             fetching = true;

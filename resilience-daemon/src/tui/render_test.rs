@@ -43,10 +43,8 @@ fn colour_of(b: &Buffer, word: &str) -> Option<Color> {
     None
 }
 
-fn app() -> App {
-    let mut a = App::new();
-    a.ingest(fixture());
-    // A second snapshot two seconds later, so rates and charts have values.
+/// The fixture two seconds later, so that rates and charts have values.
+fn later() -> crate::snapshot::Snapshot {
     let mut s = fixture();
     s.daemon.uptime += 2.0;
     for (i, d) in s.destinations.iter_mut().enumerate() {
@@ -54,7 +52,13 @@ fn app() -> App {
         d.counts.failures.refused += i as u64 % 3;
         d.counts.rejected.breaker += u64::from(d.state == crate::engine::State::Open) * 6;
     }
-    a.ingest(s);
+    s
+}
+
+fn app() -> App {
+    let mut a = App::new();
+    a.ingest(fixture());
+    a.ingest(later());
     a
 }
 
@@ -85,6 +89,8 @@ fn table_200x50_shows_every_column() {
 fn detail_80x24_and_200x50() {
     let mut a = app();
     a.detail = Some("postgres".into());
+    // The answer to the page that asks for it (no new chart point: same uptime).
+    a.ingest(later());
     insta::assert_snapshot!("detail_80x24", text(&render(&a, 80, 24)));
     insta::assert_snapshot!("detail_200x50", text(&render(&a, 200, 50)));
 }
@@ -132,6 +138,8 @@ fn tiny_terminals_do_not_panic() {
     for (w, h) in [(1, 1), (10, 3), (30, 8), (80, 5)] {
         render(&a, w, h);
         a.detail = Some("postgres".into());
+        render(&a, w, h);
+        a.ingest(later());
         render(&a, w, h);
         a.overlay = Overlay::Help;
         render(&a, w, h);

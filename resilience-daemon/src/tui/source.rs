@@ -10,51 +10,33 @@ use crate::{
     client::{Client, DEFAULT_TIMEOUT},
     protocol::Request,
     snapshot::Snapshot,
+    table::Query,
 };
 
 pub trait Source {
-    fn snapshot(&mut self) -> Result<Snapshot>;
+    /// A page of the table and what goes with it (see `crate::table`).
+    fn snapshot(&mut self, q: &Query) -> Result<Snapshot>;
     /// Ask the daemon to act; its answer, to show the operator.
     fn act(&mut self, action: &Action) -> Result<String>;
 }
 
 /// The running daemon, over one control-socket connection (made again after an error), every
-/// call with a timeout. After the first snapshot it asks only for what changed, and keeps the
-/// whole picture itself.
+/// call with a timeout: it asks for the page on screen (`table`).
 pub struct SocketSource {
     client: Client,
-    picture: Option<Snapshot>,
 }
 
 impl SocketSource {
     pub fn new(path: PathBuf) -> SocketSource {
         SocketSource {
             client: Client::new(path, DEFAULT_TIMEOUT),
-            picture: None,
         }
     }
 }
 
 impl Source for SocketSource {
-    fn snapshot(&mut self) -> Result<Snapshot> {
-        let since = self.picture.as_ref().map(|p| (p.seq, p.instance));
-        let got = match self.client.snapshot(since) {
-            Ok(s) => s,
-            Err(e) => {
-                // Start whole again: the daemon may have restarted.
-                self.picture = None;
-                return Err(e);
-            }
-        };
-        let picture = match self.picture.take() {
-            Some(mut p) if got.delta => {
-                p.apply(got);
-                p
-            }
-            _ => got,
-        };
-        self.picture = Some(picture.clone());
-        Ok(picture)
+    fn snapshot(&mut self, q: &Query) -> Result<Snapshot> {
+        self.client.table(q)
     }
 
     fn act(&mut self, action: &Action) -> Result<String> {

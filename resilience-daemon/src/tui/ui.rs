@@ -12,9 +12,11 @@ use ratatui::{
 use super::{
     app::{App, Overlay, Point},
     format,
-    rows::{Row, Tag},
 };
-use crate::snapshot::{DestinationStatus, EventRecord};
+use crate::{
+    snapshot::{DestinationStatus, EventRecord},
+    table::{Row, Tag},
+};
 
 pub fn draw(f: &mut Frame, app: &App) {
     draw_all(f, app);
@@ -53,8 +55,13 @@ fn draw_all(f: &mut Frame, app: &App) {
                 body,
             );
         }
-        (Some(s), Some(name)) => match s.destinations.iter().find(|d| &d.label() == name) {
+        (Some(_), Some(name)) => match app.detail_status() {
             Some(d) => detail(f, body, app, d),
+            // Asked for, not answered yet.
+            None if app.page().is_some_and(|p| p.detail.as_ref() != Some(name)) => f.render_widget(
+                Paragraph::new(format!("Loading {name}...")).block(Block::bordered()),
+                body,
+            ),
             None => f.render_widget(
                 Paragraph::new(format!("{name} is no longer in the policy. Esc goes back."))
                     .block(Block::bordered()),
@@ -123,18 +130,16 @@ fn header(app: &App) -> Line<'static> {
         ));
     }
     if let Some(s) = &app.snapshot {
-        let count = |t: Tag| app.rows.iter().filter(|r| r.tag == t).count();
+        let tally = app.page().map(|p| p.tally).unwrap_or_default();
         spans.push(Span::raw(format!(
             " {} named {} observed │ ",
-            s.destinations.len(),
-            s.observed.len()
+            tally.named, tally.observed
         )));
-        for (t, label) in [
-            (Tag::Open, "open"),
-            (Tag::HalfOpen, "half"),
-            (Tag::ForcedOpen, "forced"),
+        for (t, n, label) in [
+            (Tag::Open, tally.open, "open"),
+            (Tag::HalfOpen, tally.half_open, "half"),
+            (Tag::ForcedOpen, tally.forced_open, "forced"),
         ] {
-            let n = count(t);
             let style = if n > 0 {
                 tag_style(t)
             } else {
@@ -374,9 +379,12 @@ fn cell(c: Col, r: &Row) -> Cell<'static> {
 fn table(f: &mut Frame, area: Rect, app: &App) {
     let block = Block::default()
         .borders(Borders::TOP)
-        .title(format!(" Destinations ({}) ", app.order.len()));
-    if app.order.is_empty() {
-        let text = if app.rows.is_empty() {
+        .title(format!(" Destinations ({}) ", app.matched()));
+    if app.matched() == 0 {
+        let text = if app
+            .page()
+            .is_none_or(|p| p.tally.named + p.tally.observed == 0)
+        {
             "No destinations yet: the policy names none and no outbound connect has been seen."
         } else {
             "Nothing matches the filter. Esc clears it."
@@ -394,13 +402,15 @@ fn table(f: &mut Frame, area: Rect, app: &App) {
     // Rows that fit under the border and the column titles.
     let visible = area.height.saturating_sub(2).max(1) as usize;
     let offset = app.selected.saturating_sub(visible - 1);
+    // The page holds rows from `first` on; what of the screen it lacks comes with the next.
+    let first = app.page().map_or(0, |p| p.offset);
     let shown: Vec<(usize, &Row)> = app
-        .order
+        .rows()
         .iter()
         .enumerate()
-        .skip(offset)
+        .map(|(i, r)| (first + i, r))
+        .skip_while(|(pos, _)| *pos < offset)
         .take(visible)
-        .map(|(pos, &i)| (pos, &app.rows[i]))
         .collect();
     // The name column is as wide as the longest name on screen, within what is left.
     let others: u16 = cols
@@ -492,7 +502,7 @@ fn detail(f: &mut Frame, area: Rect, app: &App, d: &DestinationStatus) {
     ])
     .areas(area);
     let label = d.label();
-    let row = app.rows.iter().find(|r| r.name == label);
+    let row = app.rows().iter().find(|r| r.name == label);
     f.render_widget(summary(d, row), top);
     let [charts_area, info] =
         Layout::horizontal([Constraint::Percentage(55), Constraint::Percentage(45)]).areas(middle);

@@ -55,13 +55,15 @@ fn addr(i: u32, port: u16) -> SocketAddr {
     .expect("address")
 }
 
-/// Sum of every destination's `attempts`, as the daemon reports them.
+/// Sum of every destination's `attempts`, as the daemon reports them: the tally of a
+/// one-row `table` page (a whole status would itself cost the daemon a pass over everything).
 fn attempts(d: &Daemon) -> u64 {
-    let s = d.status();
-    s["destinations"]
-        .as_array()
-        .map(|a| a.iter().filter_map(|x| x["attempts"].as_u64()).sum())
-        .unwrap_or(0)
+    let v = d
+        .request(&serde_json::json!({"cmd": "table", "limit": 1}))
+        .expect("table request");
+    v["snapshot"]["table"]["tally"]["attempts"]
+        .as_u64()
+        .expect("a tally of attempts")
 }
 
 /// The pid of the `resilience top` running in the tmux session's pane: the pane's shell
