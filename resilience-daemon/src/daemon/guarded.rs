@@ -31,8 +31,9 @@ pub struct Dest {
     pub window: Option<crate::engine::WindowArm>,
     /// What its DNS names resolved to.
     pub resolved: Vec<Endpoint>,
-    /// The definition as `check --json` prints it (computed once, shared by snapshots).
-    pub policy_json: std::sync::Arc<serde_json::Value>,
+    /// The pending-age bucket boundary at the last look at its pending connects, if that
+    /// look found none slow: until the boundary moves none can be (see `daemon::on_tick`).
+    pub pending_mark: Option<u64>,
     /// What a snapshot last showed of it (a hash), and the snapshot `seq` that changed it.
     pub shown: u64,
     pub rev: u64,
@@ -43,6 +44,8 @@ pub struct Guarded {
     pub dests: Vec<Dest>,
     by_slot: HashMap<u32, usize>,
     by_name: HashMap<String, usize>,
+    /// The services the destinations are scoped to, each once.
+    services: Vec<String>,
 }
 
 impl Guarded {
@@ -53,11 +56,20 @@ impl Guarded {
             .enumerate()
             .map(|(i, d)| (d.def.slot_key(), i))
             .collect();
+        let mut services: Vec<String> = dests.iter().filter_map(|d| d.def.service.clone()).collect();
+        services.sort();
+        services.dedup();
         Guarded {
             dests,
             by_slot,
             by_name,
+            services,
         }
+    }
+
+    /// The services the destinations are scoped to, each once.
+    pub fn services(&self) -> impl Iterator<Item = &str> {
+        self.services.iter().map(String::as_str)
     }
 
     pub fn by_slot(&self, slot: u32) -> Option<usize> {

@@ -367,7 +367,6 @@ fn commit(
         let prev = old.remove(&p.def.slot_key()).filter(|o| o.slot == p.slot);
         let (breaker, transitions, samples, kept) = carry(&p, prev, arrays, journal, first, now_ns);
         let mut d = Dest {
-            policy_json: std::sync::Arc::new(crate::config::destination_json(&p.def)),
             shown: 0,
             rev: 0,
             def: p.def,
@@ -380,6 +379,7 @@ fn commit(
             transitions,
             trip_after: 0,
             window: None,
+            pending_mark: None,
             resolved: p.resolved,
         };
         if !kept {

@@ -419,7 +419,7 @@ fn recording_header(d: &Daemon, config: Option<&Path>) -> crate::recording::Head
             .map(|x| crate::recording::DestHeader {
                 destination: x.def.name.clone(),
                 service: x.def.service.clone(),
-                policy: (*x.policy_json).clone(),
+                policy: crate::config::destination_json(&x.def),
                 counts: tap::counts(x, arrays),
             })
             .collect(),
@@ -643,7 +643,7 @@ fn watch_services(d: &mut Daemon, journal: &mut Journal) {
     };
     let active = d.tables.arrays.active_set();
     let levels = plan::service_levels(
-        d.guarded.dests.iter().map(|x| x.def.service.as_deref()),
+        d.guarded.services().map(Some),
         services,
         &d.cgroups,
     );
@@ -665,10 +665,21 @@ fn on_tick(d: &mut Daemon, journal: &mut Journal, jitter: &mut impl Jitter) {
             publish::transition(&arrays, journal, dest, &t);
         }
         // The kernel counts pending connects by age with the slow threshold it was given.
+        // Which of its buckets are old enough changes only when `mark` does, and connects
+        // only ever join the youngest: a look that found none slow holds until then.
         let slow_ns = crate::apply::slow_ns(&dest.def);
-        let pending_slow = arrays.pending_slow(dest.slot, slow_ns, now);
-        if let Some(t) = dest.breaker.on_pending(now, pending_slow, jitter) {
-            publish::transition(&arrays, journal, dest, &t);
+        let width = resilience_common::dest::PendingAges::width(slow_ns);
+        let mark = now.saturating_sub(slow_ns).checked_div(width);
+        // (Only a closed breaker judges pending connects.)
+        if dest.breaker.state() == crate::engine::State::Closed
+            && mark.is_some()
+            && mark != dest.pending_mark
+        {
+            let pending_slow = arrays.pending_slow(dest.slot, slow_ns, now);
+            dest.pending_mark = mark.filter(|_| pending_slow == 0);
+            if let Some(t) = dest.breaker.on_pending(now, pending_slow, jitter) {
+                publish::transition(&arrays, journal, dest, &t);
+            }
         }
         if matches!(dest.def.breaker.window, config::Window::Time(_)) {
             if let Err(e) = publish::refresh_fuse(&arrays, dest) {

@@ -161,7 +161,8 @@ pub fn destination(
             .then(|| arrays.probes(d.slot)),
         transitions: d.transitions,
         window,
-        policy: whole.then(|| d.policy_json.clone()),
+        // Built when asked for: kept per destination it was most of the daemon's heap.
+        policy: whole.then(|| std::sync::Arc::new(crate::config::destination_json(def))),
         retry_budget: def
             .retry_budget
             .map(|_| arrays.retry_window(d.slot, now_ns)),
