@@ -56,7 +56,8 @@ impl Guarded {
             .enumerate()
             .map(|(i, d)| (d.def.slot_key(), i))
             .collect();
-        let mut services: Vec<String> = dests.iter().filter_map(|d| d.def.service.clone()).collect();
+        let mut services: Vec<String> =
+            dests.iter().filter_map(|d| d.def.service.clone()).collect();
         services.sort();
         services.dedup();
         Guarded {

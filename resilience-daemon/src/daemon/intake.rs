@@ -65,9 +65,8 @@ pub fn feed(
     jitter: &mut impl Jitter,
     counts: &mut Intake,
 ) {
-    // Destinations that got records, each once, in the order first seen.
-    let mut touched = Vec::new();
-    let mut seen = std::collections::HashSet::new();
+    // Destinations that got records (each once after the sort below: no hashing per record).
+    let mut touched = Vec::with_capacity(records.len());
     for ev in records {
         counts.records += 1;
         let Some(i) = guarded.by_slot(ev.slot) else {
@@ -79,9 +78,7 @@ pub fn feed(
             counts.stale += 1;
             continue;
         }
-        if seen.insert(i) {
-            touched.push(i);
-        }
+        touched.push(i);
         journal.tap.outcome(d, ev);
         let o = outcome(ev, d.def.breaker.failures);
         let judged = matches!(
@@ -117,6 +114,8 @@ pub fn feed(
             publish::transition(arrays, journal, d, &t);
         }
     }
+    touched.sort_unstable();
+    touched.dedup();
     for i in touched {
         if let Err(e) = publish::refresh_fuse(arrays, &mut guarded.dests[i]) {
             tracing::error!(error = %format!("{e:#}"), "cannot move a trip fuse");

@@ -642,11 +642,7 @@ fn watch_services(d: &mut Daemon, journal: &mut Journal) {
         return;
     };
     let active = d.tables.arrays.active_set();
-    let levels = plan::service_levels(
-        d.guarded.services().map(Some),
-        services,
-        &d.cgroups,
-    );
+    let levels = plan::service_levels(d.guarded.services().map(Some), services, &d.cgroups);
     if keys.keys(active).levels != levels {
         keys.set_levels(active, levels);
         let _ = d

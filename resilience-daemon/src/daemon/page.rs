@@ -61,8 +61,6 @@ pub fn table(
     let arrays = daemon.tables.arrays.clone();
     let dests = &mut daemon.guarded.dests;
 
-    // The counters every row needs, read once.
-    let counters: Vec<_> = dests.iter().map(|d| arrays.counters(d.slot)).collect();
     let observed = daemon.tables.observed();
     // None: keep the last span's rates. Some(0): a first look, no rates yet.
     let span = now.saturating_sub(book.at_ns);
@@ -74,11 +72,15 @@ pub fn table(
     if dt.is_some() {
         book.at_ns = now;
     }
+    if dt.is_some_and(|d| d > 0.0) {
+        // Once a span: what the last pages and outcome batches freed goes back to the kernel.
+        super::lifecycle::give_back_memory();
+    }
+    // The counters every row needs, read once (from the mapped array, no copy of it all).
     let named_now: Vec<((u32, u32), Prev)> = dests
         .iter()
-        .zip(&counters)
-        .map(|(d, c)| {
-            let mut p = table::prev_of_kernel(c);
+        .map(|d| {
+            let mut p = table::prev_of_kernel(&arrays.counters(d.slot));
             p.rejected[3] = arrays.retry_rejections(d.slot).0;
             ((d.slot, d.generation), p)
         })
@@ -151,7 +153,7 @@ pub fn table(
         page_rows.push(r);
     }
     let mut tally = Tally::of(&rows);
-    tally.attempts = counters.iter().map(|c| c.attempts).sum();
+    tally.attempts = named_now.iter().map(|(_, p)| p.attempts).sum();
 
     let mut s = view::header(daemon, info, instance)?;
     if let Some(label) = &q.detail {
