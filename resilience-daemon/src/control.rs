@@ -10,6 +10,7 @@
 //! | `version` | | `version` |
 //! | `snapshot` | `since`: a `seq`, optional | `snapshot`: a `Snapshot` (with `since`: only what changed) |
 //! | `status` | | `status`: the same `Snapshot` (kept from the first release) |
+//! | `table` | `sort`, `filter`, `offset`, `limit`, `detail`, `events_after`, `instance`: all optional | `snapshot`: a `Snapshot` whose `table` is one page of the dashboard's rows (`crate::table`) |
 //! | `events` | `follow`: bool, optional | `events`: the last 1000; with `follow`, then one line per new event, `{"v": 1, "event": {...}}`, and `{"v": 1, "lagged": N}` if this client fell N events behind |
 //! | `trip`, `reset`, `disable`, `enable` | `name`: a destination | `message` |
 //! | `reload` | | `message` |
