@@ -98,14 +98,6 @@ impl Client {
         result
     }
 
-    /// The whole picture, or (`since` a seq of the daemon `instance`) what changed since.
-    pub fn snapshot(&mut self, since: Option<(u64, u64)>) -> Result<Snapshot> {
-        let (since, instance) = (since.map(|s| s.0), since.map(|s| s.1));
-        let mut v = self.call(&Request::Snapshot { since, instance })?;
-        serde_json::from_value(v["snapshot"].take())
-            .context("the daemon sent an unexpected snapshot")
-    }
-
     /// A page of the dashboard's table (see `crate::table`).
     pub fn table(&mut self, q: &crate::table::Query) -> Result<Snapshot> {
         let mut v = self.call(&Request::Table {

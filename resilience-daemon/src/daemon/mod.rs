@@ -328,14 +328,7 @@ pub async fn run(mut opts: RunOptions) -> Result<()> {
                         };
                         let records = drain(events.get_mut());
                         feed(&records, &mut d, &mut journal, &mut jitter);
-                        let info = view::Info {
-                            started,
-                            lease: settings.lease,
-                            config_path: config_path.as_deref(),
-                            cgroup: attachment.cgroup(),
-                            attached: attachment.attached(),
-                            reject_errno: features.retval,
-                        };
+                        let info = view::Info::new(started, settings.lease, config_path.as_deref(), &attachment, features.retval);
                         let r = match view::snapshot(&mut d, &mut revisions, &journal, &info, since, instance) {
                             Ok(s) => Reply::Snapshot { field, snapshot: Box::new(s) },
                             Err(e) => Reply::Error(format!("{e:#}")),
@@ -345,14 +338,7 @@ pub async fn run(mut opts: RunOptions) -> Result<()> {
                     Request::Table { sort, filter, offset, limit, detail, events_after, instance } => {
                         let records = drain(events.get_mut());
                         feed(&records, &mut d, &mut journal, &mut jitter);
-                        let info = view::Info {
-                            started,
-                            lease: settings.lease,
-                            config_path: config_path.as_deref(),
-                            cgroup: attachment.cgroup(),
-                            attached: attachment.attached(),
-                            reject_errno: features.retval,
-                        };
+                        let info = view::Info::new(started, settings.lease, config_path.as_deref(), &attachment, features.retval);
                         let q = crate::table::Query {
                             sort,
                             filter,

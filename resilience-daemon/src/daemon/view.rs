@@ -40,6 +40,25 @@ pub struct Info<'a> {
     pub reject_errno: bool,
 }
 
+impl<'a> Info<'a> {
+    pub fn new(
+        started: Instant,
+        lease: Duration,
+        config_path: Option<&'a std::path::Path>,
+        attachment: &'a crate::kernel::attach::Attachment,
+        reject_errno: bool,
+    ) -> Info<'a> {
+        Info {
+            started,
+            lease,
+            config_path,
+            cgroup: attachment.cgroup(),
+            attached: attachment.attached(),
+            reject_errno,
+        }
+    }
+}
+
 /// The bookkeeping deltas need.
 pub struct Revisions {
     pub instance: u64,

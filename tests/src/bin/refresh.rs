@@ -61,6 +61,8 @@ enum Mode {
     Idle,
     Full,
     Delta,
+    /// What `resilience top` asks for: a `table` page of 200 rows.
+    Page,
 }
 
 /// One window: (daemon CPU seconds, refreshes, bytes received, worst reply latency).
@@ -96,6 +98,7 @@ fn window(socket: &Path, pid: u32, mode: Mode, secs: u64) -> (f64, u32, u64, Dur
                     (Mode::Delta, Some((s, i))) => {
                         format!("{{\"cmd\":\"snapshot\",\"since\":{s},\"instance\":{i}}}\n")
                     }
+                    (Mode::Page, _) => "{\"cmd\":\"table\",\"limit\":200}\n".to_string(),
                     _ => "{\"cmd\":\"snapshot\"}\n".to_string(),
                 };
                 let asked = Instant::now();
@@ -173,22 +176,27 @@ fn scenario(args: &Args, name: &str, traffic: Option<u32>) -> (String, f64) {
         bytes: vec![],
         worst_ms: 0.0,
     };
+    let mut page = Row {
+        cpu_ms: vec![],
+        bytes: vec![],
+        worst_ms: 0.0,
+    };
     for r in 0..args.rounds {
-        let order = if r % 2 == 0 {
-            [Mode::Idle, Mode::Full, Mode::Delta]
-        } else {
-            [Mode::Idle, Mode::Delta, Mode::Full]
+        let order = match r % 3 {
+            0 => [Mode::Idle, Mode::Full, Mode::Delta, Mode::Page],
+            1 => [Mode::Idle, Mode::Delta, Mode::Page, Mode::Full],
+            _ => [Mode::Idle, Mode::Page, Mode::Full, Mode::Delta],
         };
         let mut idle = 0.0;
         for m in order {
             let (c, n, b, worst) = window(&d.socket, pid, m, args.window);
             match m {
                 Mode::Idle => idle = c,
-                Mode::Full | Mode::Delta => {
-                    let row = if m == Mode::Full {
-                        &mut full
-                    } else {
-                        &mut delta
+                Mode::Full | Mode::Delta | Mode::Page => {
+                    let row = match m {
+                        Mode::Full => &mut full,
+                        Mode::Delta => &mut delta,
+                        _ => &mut page,
                     };
                     row.cpu_ms
                         .push((c - idle).max(0.0) * 1000.0 / f64::from(n.max(1)));
@@ -203,13 +211,17 @@ fn scenario(args: &Args, name: &str, traffic: Option<u32>) -> (String, f64) {
         l.kill();
     }
     let text = format!(
-        "| {name} | whole | {:.1} | {:.0} | {:.1} |\n| {name} | delta | {:.1} | {:.0} | {:.1} |\n",
+        "| {name} | whole | {:.1} | {:.0} | {:.1} |\n| {name} | delta | {:.1} | {:.0} | {:.1} |\n\
+         | {name} | table page (200 rows) | {:.1} | {:.0} | {:.1} |\n",
         median(full.cpu_ms),
         median(full.bytes),
         full.worst_ms,
         median(delta.cpu_ms),
         median(delta.bytes),
         delta.worst_ms,
+        median(page.cpu_ms),
+        median(page.bytes),
+        page.worst_ms,
     );
     (text, rss)
 }
@@ -250,7 +262,7 @@ fn main() {
     let (rows, rss) = table(&args);
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let text = format!(
-        "# Dashboard refresh cost\n\nMeasured by `cargo xtask bench` (tests/src/bin/refresh.rs), kernel {}, 2 CPUs. The real daemon with {} named destinations; one client refreshing at 1 Hz, asking for whole snapshots or for deltas (`since`, after one whole snapshot, as the dashboard does). Windows of {} s interleaved with no-client windows, {} rounds; daemon CPU per refresh = CPU in the window minus CPU in the no-client window, divided by the refreshes (medians; the kernel counts CPU in 10 ms ticks). Traffic: refused connects from one process cycling through the first N destinations, so that their counters change between refreshes (refusals are not counted as breaker failures: nothing trips).\n\n{header}{rows}\nDaemon RSS at the end: {rss:.1} MiB.\n{}",
+        "# Dashboard refresh cost\n\nMeasured by `cargo xtask bench` (tests/src/bin/refresh.rs), kernel {}, 2 CPUs. The real daemon with {} named destinations; one client refreshing at 1 Hz, asking for whole snapshots, for deltas (`since`, after one whole snapshot), or for a `table` page of 200 rows (what `resilience top` asks for). Windows of {} s interleaved with no-client windows, {} rounds; daemon CPU per refresh = CPU in the window minus CPU in the no-client window, divided by the refreshes (medians; the kernel counts CPU in 10 ms ticks). Traffic: refused connects from one process cycling through the first N destinations, so that their counters change between refreshes (refusals are not counted as breaker failures: nothing trips).\n\n{header}{rows}\nDaemon RSS at the end: {rss:.1} MiB.\n{}",
         kernel.trim(),
         args.destinations,
         args.window,
