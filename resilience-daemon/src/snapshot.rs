@@ -302,15 +302,14 @@ pub struct WindowView {
 impl WindowView {
     pub fn new(c: &crate::engine::WindowContents, streak: u32) -> WindowView {
         let t = c.totals;
-        let rate = |n: u32| (t.calls > 0).then(|| f64::from(n) * 100.0 / f64::from(t.calls));
         WindowView {
             kind: c.kind.to_string(),
             size: c.size,
             calls: t.calls,
             failures: t.failures,
             slow: t.slow,
-            failure_rate: rate(t.failures),
-            slow_rate: rate(t.slow),
+            failure_rate: t.pct(t.failures),
+            slow_rate: t.pct(t.slow),
             consecutive_failures: streak,
             recent: c.calls.clone(),
             seconds: c

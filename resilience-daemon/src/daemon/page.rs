@@ -12,7 +12,6 @@ use resilience_common::Endpoint;
 use super::{journal::Journal, view, Daemon};
 use crate::{
     config::Mode,
-    engine::State,
     kernel::monotonic_ns,
     snapshot::{self, ObservedStatus, Snapshot},
     table::{self, Page, Prev, Query, Rates, Row, Sort, Tally},
@@ -96,14 +95,8 @@ pub fn table(
     let mut rows: Vec<Row> = Vec::with_capacity(dests.len() + observed.len());
     for d in dests.iter_mut() {
         let def = &d.def;
-        // What applications see: a forced-open destination is open whatever its breaker says.
-        let state = match def.mode {
-            Mode::ForcedOpen => State::Open,
-            _ => d.breaker.state(),
-        };
-        let (tag, state) = table::state_of(def.mode, state);
+        let (tag, state) = table::state_of(def.mode, view::shown_state(d));
         let t = d.breaker.window_totals(now);
-        let pct = |n: u32| (t.calls > 0).then(|| f64::from(n) * 100.0 / f64::from(t.calls));
         let r = book.named.get(&(d.slot, d.generation)).and_then(|e| e.1);
         rows.push(Row {
             name: def.label(),
@@ -112,8 +105,8 @@ pub fn table(
             state,
             attempts_per_s: r.map(|r| r.attempts),
             failures_per_s: r.map(|r| r.failures),
-            fail_pct: pct(t.failures),
-            slow_pct: pct(t.slow),
+            fail_pct: t.pct(t.failures),
+            slow_pct: t.pct(t.slow),
             rejected_per_s: r.map(|r| r.rejected),
             tokens: view::tokens(d, &arrays, now).zip(def.rate_limit.map(|r| r.burst)),
             active: arrays.active(d.slot),

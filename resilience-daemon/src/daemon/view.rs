@@ -149,11 +149,7 @@ pub fn destination(
 ) -> DestinationStatus {
     let window = WindowView::new(&d.breaker.window_contents(now_ns), d.breaker.streak());
     let def = &d.def;
-    // What applications see: a forced-open destination is open whatever its breaker says.
-    let state = match def.mode {
-        Mode::ForcedOpen => State::Open,
-        _ => d.breaker.state(),
-    };
+    let state = shown_state(d);
     DestinationStatus {
         name: def.name.clone(),
         service: def.service.clone(),
@@ -191,6 +187,14 @@ pub fn destination(
             arrays.active(d.slot),
             arrays.retry_rejections(d.slot),
         ),
+    }
+}
+
+/// The state applications see: a forced-open destination is open whatever its breaker says.
+pub fn shown_state(d: &Dest) -> State {
+    match d.def.mode {
+        Mode::ForcedOpen => State::Open,
+        _ => d.breaker.state(),
     }
 }
 

@@ -49,6 +49,11 @@ pub enum CallWindow {
 }
 
 impl Totals {
+    /// `n` of the calls as a percentage; None without calls.
+    pub fn pct(&self, n: u32) -> Option<f64> {
+        (self.calls > 0).then(|| f64::from(n) * 100.0 / f64::from(self.calls))
+    }
+
     fn add(&mut self, c: Call) {
         self.calls += 1;
         self.failures += u32::from(c.failure);
