@@ -41,12 +41,15 @@ pub const WATCH: &str = "WATCH";
 pub const PATH_SCRATCH: &str = "PATH_SCRATCH";
 /// Endpoint no policy names -> counters (LRU).
 pub const OBSERVED: &str = "OBSERVED";
-/// Socket cookie -> connection to a named destination in flight or established. A plain hash:
-/// an entry is never evicted, so a place it holds is never lost.
+/// Socket cookie -> connection in flight or established. A plain hash: an entry is never
+/// evicted, so a place it holds is never lost. Connections to observed destinations hold at
+/// most half of it (`GLOBAL_OBS_CAP`, counted in `OBS_LIVE`).
 pub const CONNS: &str = "CONNS";
-/// Socket cookie -> connection to an observed destination (LRU: a flood of unnamed connects
-/// evicts only its own kind and never touches CONNS).
+/// Socket cookie -> connection to an observed destination, as builds before CONNS held them
+/// (LRU). Still read for sockets such a build armed, and emptied at start.
 pub const OBS_CONNS: &str = "OBS_CONNS";
+/// [0] -> entries of CONNS held by connections to observed destinations.
+pub const OBS_LIVE: &str = "OBS_LIVE";
 /// Outcome records.
 pub const EVENTS: &str = "EVENTS";
 /// [0] -> lease and active set.
@@ -100,6 +103,10 @@ pub const GLOBAL_KERNFS_ID_OFFSET: &str = "KERNFS_ID_OFFSET";
 pub const GLOBAL_CGROUP_ROOT_OFFSET: &str = "CGROUP_ROOT_OFFSET";
 pub const GLOBAL_HIERARCHY_ID_OFFSET: &str = "HIERARCHY_ID_OFFSET";
 
+/// Read-only global in the object: how many entries of CONNS connections to observed
+/// destinations may hold (the daemon sets half of `max_connections`).
+pub const GLOBAL_OBS_CAP: &str = "OBS_CAP";
+
 /// Read-only global in the object: the kernel's HZ (jiffies per second), for the initial SYN
 /// retransmission timeout of a connect with a deadline.
 pub const GLOBAL_HZ: &str = "HZ";
@@ -129,6 +136,7 @@ pub const LAYOUT: &[(&str, usize, usize)] = &[
     (OBSERVED, size_of::<Endpoint>(), size_of::<DestCounters>()),
     (CONNS, size_of::<u64>(), size_of::<ConnTrack>()),
     (OBS_CONNS, size_of::<u64>(), size_of::<ConnTrack>()),
+    (OBS_LIVE, size_of::<u32>(), size_of::<u64>()),
     (CONTROL, size_of::<u32>(), size_of::<Control>()),
     (STATS, size_of::<u32>(), size_of::<Stats>()),
 ];
@@ -145,5 +153,6 @@ pub const MMAPPED: &[(&str, u32)] = &[
     (SAVED, MAX_SLOTS),
     (PENDING, MAX_SLOTS),
     (RETRY, MAX_SLOTS),
+    (OBS_LIVE, 1),
     (CONTROL, 1),
 ];

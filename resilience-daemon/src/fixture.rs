@@ -219,6 +219,7 @@ pub fn fixture() -> Snapshot {
             hook_errors: 0,
             outcome_records: 8419,
             stale: 0,
+            observed_tracked: 0,
         },
         daemon: DaemonStats {
             uptime: 3725.0,

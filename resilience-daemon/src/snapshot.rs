@@ -442,6 +442,10 @@ pub struct KernelStats {
     /// dropped by the kernel.
     #[serde(default)]
     pub stale: u64,
+    /// Connections to observed destinations tracked now (entries of the connection table they
+    /// hold; at most half of `max_connections`, past which they are counted but not tracked).
+    #[serde(default)]
+    pub observed_tracked: u64,
 }
 
 /// A quantile of the kernel's log2 latency histogram, for destinations the daemon keeps no
@@ -514,7 +518,7 @@ impl Counts {
     }
 }
 
-pub fn kernel_stats(s: &Stats, outcome_records: u64) -> KernelStats {
+pub fn kernel_stats(s: &Stats, outcome_records: u64, observed_tracked: u64) -> KernelStats {
     KernelStats {
         fail_open: s.fail_open,
         ringbuf_lost: s.ringbuf_lost,
@@ -522,6 +526,7 @@ pub fn kernel_stats(s: &Stats, outcome_records: u64) -> KernelStats {
         hook_errors: s.hook_errors,
         outcome_records,
         stale: s.stale,
+        observed_tracked,
     }
 }
 

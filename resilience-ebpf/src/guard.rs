@@ -12,7 +12,7 @@ use aya_ebpf::{
 use resilience_common::{
     conn::{
         CONN_CONNECTING, OUTCOME_LOCAL, PENDING_SHIFT, SLOT_OBSERVED, TRACK_DEADLINE, TRACK_HELD,
-        TRACK_PENDING, TRACK_PROBE, TRACK_RETRY,
+        TRACK_PENDING, TRACK_PROBE, TRACK_RETRY, TRACK_ROOM,
     },
     control::{LOOKUP_CIDR_ANY, LOOKUP_CIDR_PORT, LOOKUP_EXACT},
     dest::{
@@ -31,10 +31,10 @@ use crate::{
     atomic::{add, add32, cas_update, fetch_add, MINUS_ONE},
     deadline::{set_user_timeout, user_timeout},
     maps::{
-        have_retval, policy, stats, ACTIVE, BUCKETS, CIDR, CONNS, CONTROL, COUNTERS, EXACT,
-        OBSERVED, OBS_CONNS, PENDING, PROBES, RETRY, ROUTES, SERVICES, STREAKS,
+        have_retval, obs_cap, policy, stats, ACTIVE, BUCKETS, CIDR, CONNS, CONTROL, COUNTERS,
+        EXACT, OBSERVED, OBS_LIVE, PENDING, PROBES, RETRY, ROUTES, SERVICES, STREAKS,
     },
-    outcome::{settle, unpend},
+    outcome::{give_obs_room, settle, unpend},
     ALLOW,
 };
 
@@ -408,9 +408,11 @@ fn observe(ctx: &SockAddrContext, ep: &Endpoint, now: u64) {
     track(ctx, ep, SLOT_OBSERVED, None, 0, now, 0);
 }
 
-/// Remember the allowed connect so that the outcome trackers can count it and give its place
-/// back. Named destinations go to CONNS (never evicted), observed ones to OBS_CONNS. A named
-/// destination's connect also gets its deadline and is counted as pending.
+/// Remember the allowed connect in CONNS (never evicted) so that the outcome trackers can count
+/// it and give its place back. A named destination's connect also gets its deadline and is
+/// counted as pending. An observed one takes room from the share observed connects may hold
+/// (`OBS_CAP`): past it, it is not tracked (never rejected), and a flood of them can never
+/// leave a named destination's connects untracked.
 #[inline(always)]
 fn track(
     ctx: &SockAddrContext,
@@ -460,18 +462,24 @@ fn track(
             }
         }
     }
-    let (tracked, restore) = if slot == SLOT_OBSERVED {
-        track_in(&OBS_CONNS, &CONNS, cookie, &mut conn, now, set)
-    } else {
-        track_in(&CONNS, &OBS_CONNS, cookie, &mut conn, now, set)
-    };
+    if slot == SLOT_OBSERVED {
+        if !take_obs_room() {
+            return;
+        }
+        conn.flags |= TRACK_ROOM;
+    }
+    let (tracked, restore) = track_in(cookie, &mut conn, now, set);
     if tracked && conn.flags & TRACK_DEADLINE != 0 {
         set_user_timeout(ctx.as_ptr(), u32::from(conn.deadline_ms));
     } else if let Some(app) = restore {
         // An earlier attempt on this socket set a deadline this one does not have.
         set_user_timeout(ctx.as_ptr(), app);
     }
-    if tracked || slot == SLOT_OBSERVED {
+    if tracked {
+        return;
+    }
+    if slot == SLOT_OBSERVED {
+        give_obs_room();
         return;
     }
     // Untracked: nobody would see its outcome, give its place back or end its pending count.
@@ -485,33 +493,39 @@ fn track(
     }
 }
 
-/// Insert `conn` into `mine`. The socket may be connecting again: its earlier attempt failed
-/// before its SYN (no route, no local port), and that attempt ends here, once, in whichever
-/// map holds it. If that attempt had a deadline, the application's own user timeout is the
-/// one it had then (carried into `conn`, or returned to be put back).
+/// Insert `conn` into CONNS. The socket may be connecting again: its earlier attempt failed
+/// before its SYN (no route, no local port), and that attempt ends here, once. If that attempt
+/// had a deadline, the application's own user timeout is the one it had then (carried into
+/// `conn`, or returned to be put back).
 #[inline(always)]
-fn track_in(
-    mine: &impl Tracking,
-    other: &impl Tracking,
-    cookie: u64,
-    conn: &mut ConnTrack,
-    now: u64,
-    set: u32,
-) -> (bool, Option<u32>) {
-    let mut restore = None;
-    if let Some(old) = other.settle_stale(cookie, now, set) {
-        restore = inherit(conn, &old);
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "by value, the entry would be copied onto the BPF stack once more"
+)]
+fn track_in(cookie: u64, conn: &mut ConnTrack, now: u64, set: u32) -> (bool, Option<u32>) {
+    if CONNS.insert(cookie, &*conn, BPF_NOEXIST).is_ok() {
+        return (true, None);
     }
-    if mine.insert(cookie, conn, BPF_NOEXIST) {
-        return (true, restore);
-    }
-    match mine.settle_stale(cookie, now, set) {
+    match settle_stale(cookie, now, set) {
         Some(old) => {
-            restore = inherit(conn, &old).or(restore);
-            (mine.insert(cookie, conn, BPF_ANY), restore)
+            let restore = inherit(conn, &old);
+            (CONNS.insert(cookie, &*conn, BPF_ANY).is_ok(), restore)
         }
-        None => (false, restore),
+        None => (false, None),
     }
+}
+
+/// One more observed connect tracked, if the share of CONNS they may hold has room.
+#[inline(always)]
+fn take_obs_room() -> bool {
+    let Some(live) = OBS_LIVE.get_ptr_mut(0) else {
+        return false;
+    };
+    if fetch_add(live, 1) >= u64::from(obs_cap()) {
+        add(live, MINUS_ONE);
+        return false;
+    }
+    true
 }
 
 #[inline(always)]
@@ -523,41 +537,22 @@ fn inherit(conn: &mut ConnTrack, old: &ConnTrack) -> Option<u32> {
     Some(old.app_user_timeout_ms)
 }
 
-/// CONNS and OBS_CONNS, one way.
-trait Tracking {
-    fn insert(&self, cookie: u64, conn: &ConnTrack, flags: u64) -> bool;
-    /// If the socket has an entry, end it as a failure before its SYN; the entry if there was
-    /// one.
-    fn settle_stale(&self, cookie: u64, now: u64, set: u32) -> Option<ConnTrack>;
+/// If the socket has an entry in CONNS, end it as a failure before its SYN; the entry if there
+/// was one.
+#[inline(always)]
+fn settle_stale(cookie: u64, now: u64, set: u32) -> Option<ConnTrack> {
+    let old = CONNS.get_ptr(cookie)?;
+    // SAFETY: pointer into a hash map value; copied before the entry goes away.
+    let old: ConnTrack = unsafe { *old };
+    // Whoever deletes the entry counts its outcome, so it is counted once.
+    if CONNS.remove(cookie).is_ok() {
+        // connect() runs the hook again only on a socket whose last attempt never got a SYN
+        // out (the kernel refuses it on a connecting socket; an attempt whose SYN went out
+        // ended in the state callback, which deleted its entry).
+        settle(&old, OUTCOME_LOCAL, 0, now, set);
+    }
+    Some(old)
 }
-
-macro_rules! tracking {
-    ($t:ty) => {
-        impl Tracking for $t {
-            #[inline(always)]
-            fn insert(&self, cookie: u64, conn: &ConnTrack, flags: u64) -> bool {
-                <$t>::insert(self, cookie, conn, flags).is_ok()
-            }
-
-            #[inline(always)]
-            fn settle_stale(&self, cookie: u64, now: u64, set: u32) -> Option<ConnTrack> {
-                let old = self.get_ptr(cookie)?;
-                // SAFETY: pointer into a hash map value; copied before the entry goes away.
-                let old: ConnTrack = unsafe { *old };
-                // Whoever deletes the entry counts its outcome, so it is counted once.
-                if <$t>::remove(self, cookie).is_ok() {
-                    // connect() runs the hook again only on a socket whose last attempt
-                    // never got a SYN out (the kernel refuses it on a connecting socket).
-                    settle(&old, OUTCOME_LOCAL, 0, now, set);
-                }
-                Some(old)
-            }
-        }
-    };
-}
-
-tracking!(aya_ebpf::maps::HashMap<u64, ConnTrack>);
-tracking!(aya_ebpf::maps::LruHashMap<u64, ConnTrack>);
 
 #[inline(always)]
 fn count_hook_error() {

@@ -57,13 +57,17 @@ pub static PATH_SCRATCH: PerCpuArray<CgroupPath> = PerCpuArray::with_max_entries
 // LRU, one list for all CPUs: a destination seen once ages out instead of filling the map.
 #[map]
 pub static OBSERVED: LruHashMap<Endpoint, DestCounters> = LruHashMap::pinned(MAX_OBSERVED, 0);
-// Named destinations: a plain hash, never evicting (a full map leaves a connect untracked,
-// counted, with its place given back). Its size may be set at load.
+// Connections: a plain hash, never evicting (a full map leaves a connect untracked, counted,
+// with its place given back). Its size may be set at load. Observed destinations' connections
+// hold at most OBS_CAP of it, counted in OBS_LIVE.
 #[map]
 pub static CONNS: HashMap<u64, ConnTrack> = HashMap::pinned(MAX_CONNS, 0);
-// Observed destinations hold no places: an LRU, so that nobody can fill CONNS with them.
+// Observed destinations' connections as an earlier build tracked them (they are in CONNS
+// now): read for the sockets such a build armed, emptied by the daemon at start.
 #[map]
 pub static OBS_CONNS: LruHashMap<u64, ConnTrack> = LruHashMap::pinned(MAX_OBS_CONNS, 0);
+#[map]
+pub static OBS_LIVE: Array<u64> = Array::pinned(1, BPF_F_MMAPABLE);
 #[map]
 pub static CONTROL: Array<Control> = Array::pinned(1, BPF_F_MMAPABLE);
 #[map]
@@ -95,6 +99,17 @@ pub static KERNFS_ID_OFFSET: u32 = 0;
 pub static CGROUP_ROOT_OFFSET: u32 = 0;
 #[unsafe(no_mangle)]
 pub static HIERARCHY_ID_OFFSET: u32 = 0;
+
+/// How many entries of CONNS connections to observed destinations may hold, set by the daemon
+/// (half of its size).
+#[unsafe(no_mangle)]
+pub static OBS_CAP: u32 = MAX_CONNS / 2;
+
+#[inline(always)]
+pub fn obs_cap() -> u32 {
+    // SAFETY: a read of a global the loader sets once.
+    unsafe { core::ptr::read_volatile(&OBS_CAP) }
+}
 
 /// The kernel's HZ, set by the daemon (the initial SYN timeout is given in jiffies).
 #[unsafe(no_mangle)]

@@ -6,7 +6,8 @@ use resilience_common::{
     conn::{
         CONN_CONNECTING, OUTCOME_ABANDONED, OUTCOME_CLOSED, OUTCOME_LOCAL, OUTCOME_REFUSED,
         OUTCOME_RESET, OUTCOME_SUCCESS, OUTCOME_TIMEOUT, OUTCOME_UNREACHABLE, PENDING_BUCKET_MASK,
-        PENDING_SHIFT, SLOT_OBSERVED, TRACK_HELD, TRACK_PENDING, TRACK_PROBE, TRACK_SLOW,
+        PENDING_SHIFT, SLOT_OBSERVED, TRACK_HELD, TRACK_PENDING, TRACK_PROBE, TRACK_ROOM,
+        TRACK_SLOW,
     },
     dest::{
         latency_bucket, FLAG_COUNT_LOCAL, FLAG_COUNT_REFUSED, FLAG_COUNT_TIMEOUT,
@@ -17,7 +18,10 @@ use resilience_common::{
 
 use crate::{
     atomic::{add, add32, fetch_add, MINUS_ONE},
-    maps::{policy, stats, ACTIVE, COUNTERS, EVENTS, OBSERVED, PENDING, RETRY, STREAKS, WINDOWS},
+    maps::{
+        policy, stats, ACTIVE, COUNTERS, EVENTS, OBSERVED, OBS_LIVE, PENDING, RETRY, STREAKS,
+        WINDOWS,
+    },
 };
 
 /// The slot's policy if the connection still belongs to its owner; counts a stale outcome
@@ -154,6 +158,9 @@ pub fn settle(c: &ConnTrack, outcome: u32, err: u32, now: u64, set: u32) {
     let elapsed = now.wrapping_sub(c.start_ns);
     unpend(c);
     if c.slot == SLOT_OBSERVED {
+        if c.flags & TRACK_ROOM != 0 {
+            give_obs_room();
+        }
         if let Some(counters) = OBSERVED.get_ptr_mut(c.endpoint) {
             count_end(counters, outcome);
         }
@@ -210,6 +217,14 @@ pub fn settle(c: &ConnTrack, outcome: u32, err: u32, now: u64, set: u32) {
                 add(streak, 1);
             }
         }
+    }
+}
+
+/// An observed connect's entry left CONNS: its room goes back.
+#[inline(always)]
+pub fn give_obs_room() {
+    if let Some(live) = OBS_LIVE.get_ptr_mut(0) {
+        add(live, MINUS_ONE);
     }
 }
 

@@ -16,8 +16,8 @@ use aya_ebpf::{
 use resilience_common::{
     conn::{
         CONN_CONNECTING, CONN_ESTABLISHED, OUTCOME_ABANDONED, OUTCOME_CLOSED, OUTCOME_LOCAL,
-        OUTCOME_REFUSED, OUTCOME_RESET, OUTCOME_TIMEOUT, OUTCOME_UNREACHABLE, TRACK_ARMED,
-        TRACK_DEADLINE,
+        OUTCOME_REFUSED, OUTCOME_RESET, OUTCOME_TIMEOUT, OUTCOME_UNREACHABLE, SLOT_OBSERVED,
+        TRACK_ARMED, TRACK_DEADLINE,
     },
     ConnTrack,
 };
@@ -28,8 +28,8 @@ use crate::{
     outcome::{settle, succeed},
 };
 
-/// Set on the sockets whose connection is in CONNS (a named destination), so that their later
-/// callbacks look in one map only. A flag the socket carries anyway: the RTO callback it also
+/// Set on the sockets whose connection is to a named destination, so that their later
+/// callbacks never look in OBS_CONNS (where an earlier build tracked observed ones). A flag the socket carries anyway: the RTO callback it also
 /// asks for runs only when a retransmission timer fires, and returns at once.
 const NAMED_MARK: u32 = BPF_SOCK_OPS_RTO_CB_FLAG;
 /// Set on the sockets whose connect has a deadline, so that the initial SYN timeout callback
@@ -53,19 +53,20 @@ const EPIPE: u32 = 32;
 pub fn on_sock_ops(ctx: &SockOpsContext) {
     match ctx.op() {
         // The SYN is about to go out: follow the state changes of a socket the hook let
-        // through from now on, and remember in the socket which map holds it.
+        // through from now on, and remember in the socket whether its destination is named.
         BPF_SOCK_OPS_TCP_CONNECT_CB => {
             // SAFETY: the context is a valid bpf_sock_ops for this program type.
             let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-            let mark = if let Some(deadline) = arm(&CONNS, cookie) {
-                NAMED_MARK | if deadline { DEADLINE_MARK } else { 0 }
-            } else if arm(&OBS_CONNS, cookie).is_some() {
-                0
+            let mark = if let Some((deadline, named)) = arm(&CONNS, cookie) {
+                (if named { NAMED_MARK } else { 0 }) | (if deadline { DEADLINE_MARK } else { 0 })
             } else {
                 // Not ours (untracked): nothing to follow.
                 return;
             };
-            let flags = ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG | mark;
+            // A mark left by the socket's earlier attempt goes.
+            let flags = (ctx.cb_flags() & !(NAMED_MARK | DEADLINE_MARK))
+                | BPF_SOCK_OPS_STATE_CB_FLAG
+                | mark;
             let _ = ctx.set_cb_flags(flags as i32);
         }
         // Runs right after TCP_CONNECT_CB, for every connect: a deadline below the kernel's
@@ -89,25 +90,29 @@ pub fn on_sock_ops(ctx: &SockOpsContext) {
             let named = ctx.cb_flags() & NAMED_MARK != 0;
             if new == TCP_ESTABLISHED {
                 let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-                // A socket armed by an earlier build has no mark: both maps, as then.
-                if named || established(&OBS_CONNS, cookie).is_none() {
-                    if let Some(c) = established(&CONNS, cookie) {
-                        if c.flags & TRACK_DEADLINE != 0 {
-                            end_deadline(ctx, &c);
-                        }
+                match established(&CONNS, cookie) {
+                    Some(c) if c.flags & TRACK_DEADLINE != 0 => end_deadline(ctx, &c),
+                    Some(_) => {}
+                    // A socket armed by an earlier build has no mark and may be in OBS_CONNS.
+                    None if !named => {
+                        let _ = established(&OBS_CONNS, cookie);
                     }
+                    None => {}
                 }
             } else if new == TCP_CLOSE {
                 let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
                 let err = sk_err(ctx);
-                if named || closed(&OBS_CONNS, cookie, err).is_none() {
-                    if let Some(c) = closed(&CONNS, cookie, err) {
-                        // A failed connect: the socket may connect again, with what the
-                        // application had set.
-                        if c.flags & TRACK_DEADLINE != 0 && c.state == CONN_CONNECTING {
-                            end_deadline(ctx, &c);
-                        }
+                match closed(&CONNS, cookie, err) {
+                    // A failed connect: the socket may connect again, with what the
+                    // application had set.
+                    Some(c) if c.flags & TRACK_DEADLINE != 0 && c.state == CONN_CONNECTING => {
+                        end_deadline(ctx, &c)
                     }
+                    Some(_) => {}
+                    None if !named => {
+                        let _ = closed(&OBS_CONNS, cookie, err);
+                    }
+                    None => {}
                 }
             }
         }
@@ -131,9 +136,7 @@ pub fn on_release(ctx: &SockContext) {
         return;
     }
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    if !release(&CONNS, cookie, state) {
-        release(&OBS_CONNS, cookie, state);
-    }
+    release(&CONNS, cookie, state);
 }
 
 /// CONNS and OBS_CONNS, as the trackers use them.
@@ -161,15 +164,18 @@ macro_rules! conns {
 conns!(aya_ebpf::maps::HashMap<u64, ConnTrack>);
 conns!(aya_ebpf::maps::LruHashMap<u64, ConnTrack>);
 
-/// Marks the entry armed; `Some(has a deadline)` if there is one.
+/// Marks the entry armed; `Some((has a deadline, named))` if there is one.
 #[inline(always)]
-fn arm(map: &impl Conns, cookie: u64) -> Option<bool> {
+fn arm(map: &impl Conns, cookie: u64) -> Option<(bool, bool)> {
     let conn = map.entry(cookie)?;
     // SAFETY: pointer into a hash map value; only this socket's own callbacks (under its lock)
     // write it.
     unsafe {
         (*conn).flags |= TRACK_ARMED;
-        Some((*conn).flags & TRACK_DEADLINE != 0)
+        Some((
+            (*conn).flags & TRACK_DEADLINE != 0,
+            (*conn).slot != SLOT_OBSERVED,
+        ))
     }
 }
 
@@ -226,15 +232,15 @@ fn closed(map: &impl Conns, cookie: u64, err: u32) -> Option<ConnTrack> {
 }
 
 #[inline(always)]
-fn release(map: &impl Conns, cookie: u64, state: u32) -> bool {
+fn release(map: &impl Conns, cookie: u64, state: u32) {
     let Some(conn) = map.entry(cookie) else {
-        return false;
+        return;
     };
     // SAFETY: copied before the entry goes away.
     let c: ConnTrack = unsafe { *conn };
     if c.flags & TRACK_ARMED != 0 && state != TCP_CLOSE {
         // The state callback reports it when the close completes.
-        return true;
+        return;
     }
     if map.delete(cookie) {
         let now = unsafe { bpf_ktime_get_ns() };
@@ -247,7 +253,6 @@ fn release(map: &impl Conns, cookie: u64, state: u32) -> bool {
         };
         settle(&c, outcome, 0, now, active_set());
     }
-    true
 }
 
 /// The socket's pending error, read at the offset the daemon found in BTF.

@@ -25,3 +25,46 @@ pub fn vm_mib(pid: u32, field: &str) -> f64 {
 pub fn rss_mib(pid: u32) -> f64 {
     vm_mib(pid, "VmRSS:")
 }
+
+/// Resident memory of `pid` in MiB by kind of mapping, from /proc/PID/smaps: memory-mapped BPF
+/// maps, the heap and other anonymous memory (glibc's arenas, stacks), and file-backed pages
+/// (the binary and libraries).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RssParts {
+    pub bpf_maps: f64,
+    pub anon: f64,
+    pub file: f64,
+}
+
+pub fn rss_parts(pid: u32) -> RssParts {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let mut parts = RssParts::default();
+    let mut kind = 0;
+    for line in s.lines() {
+        let mut words = line.split_whitespace();
+        let Some(first) = words.next() else { continue };
+        if first == "Rss:" {
+            let kib = words
+                .next()
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0);
+            let mib = kib / 1024.0;
+            match kind {
+                1 => parts.bpf_maps += mib,
+                2 => parts.file += mib,
+                _ => parts.anon += mib,
+            }
+        } else if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+            // A mapping's header: "start-end perms offset dev inode [name]".
+            let name = line.split_whitespace().nth(5).unwrap_or("");
+            kind = if name.starts_with("anon_inode:bpf-map") {
+                1
+            } else if name.starts_with('/') {
+                2
+            } else {
+                0
+            };
+        }
+    }
+    parts
+}

@@ -252,3 +252,78 @@ fn places_never_leak_beyond_the_tracking_capacity() {
     assert_eq!(v["active"], 0, "{v:#}");
     assert_eq!(v["closed"], 1024, "{v:#}");
 }
+
+/// Connections to observed destinations share the tracking map but hold at most half of it:
+/// past that they are let through with their attempt counted but not their outcome, the named
+/// destinations' connections keep their room, and the room comes back when they close.
+#[test]
+fn observed_connections_hold_at_most_half_of_the_tracking_map() {
+    if !privileged("observed_share") {
+        return;
+    }
+    let named = Server::start("127.0.0.222:0");
+    let seen = Server::start("127.0.0.223:0");
+    let policy = format!(
+        "[daemon]\nmax_connections = 1024\n\n[[destination]]\nname = \"db\"\nmatch = [\"{}\"]\n[destination.bulkhead]\nmax_concurrent = 100000\n",
+        named.addr
+    );
+    let cg = Cgroup::new("observed-share");
+    let pins = PinDir::new("observed-share");
+    let d = Daemon::start("observed-share", cg.path(), &pins, &policy, "2s");
+    let hold = |ms: u64| Opts {
+        hold: Some(Duration::from_millis(ms)),
+        timeout: Some(5 * SECOND),
+        ..Opts::default()
+    };
+    let observed_of = |d: &Daemon| {
+        let s = d.status();
+        let entry = s["observed"]
+            .as_array()
+            .and_then(|a| {
+                a.iter()
+                    .find(|o| o["address"] == seen.addr.to_string())
+                    .cloned()
+            })
+            .unwrap_or(serde_json::Value::Null);
+        (s["kernel"]["observed_tracked"].clone(), entry)
+    };
+    // 700 connections to an address no policy names, held open.
+    let watchers: Vec<_> = (0..7)
+        .map(|_| spawn(cg.path(), &[seen.addr], 100, &hold(4000)))
+        .collect();
+    let deadline = Instant::now() + 10 * SECOND;
+    let (tracked, entry) = loop {
+        let (tracked, entry) = observed_of(&d);
+        if entry["attempts"] == 700 && entry["successes"] == 512 || Instant::now() > deadline {
+            break (tracked, entry);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(entry["attempts"], 700, "every attempt counted: {entry:#}");
+    assert_eq!(entry["successes"], 512, "half the map tracked: {entry:#}");
+    assert_eq!(tracked, 512, "observed_tracked");
+    // Named connections still find the other half while the observed ones hold theirs.
+    let clients: Vec<_> = (0..5)
+        .map(|_| spawn(cg.path(), &[named.addr], 100, &hold(1000)))
+        .collect();
+    let v = d.wait_dest_for("db", 10 * SECOND, |v| v["active"] == 500);
+    assert_eq!(v["active"], 500, "{v:#}");
+    assert_eq!(v["untracked"], 0, "{v:#}");
+    assert_eq!(d.status()["kernel"]["untracked"], 0);
+    for c in clients.into_iter().chain(watchers) {
+        assert!(c.wait().iter().all(|o| o.ok));
+    }
+    // Every entry given back: the same share is there for the next ones.
+    let deadline = Instant::now() + 10 * SECOND;
+    let (tracked, entry) = loop {
+        let (tracked, entry) = observed_of(&d);
+        if tracked == 0 && entry["closed"] == 512 || Instant::now() > deadline {
+            break (tracked, entry);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(tracked, 0, "room given back: {entry:#}");
+    assert_eq!(entry["closed"], 512, "{entry:#}");
+    let v = d.wait_dest("db", |v| v["active"] == 0);
+    assert_eq!(v["closed"], 500, "{v:#}");
+}

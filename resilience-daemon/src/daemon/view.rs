@@ -311,7 +311,11 @@ pub fn header(daemon: &Daemon, info: &Info<'_>, instance: u64) -> Result<Snapsho
         removed_observed: Vec::new(),
         destinations: Vec::new(),
         observed: Vec::new(),
-        kernel: snapshot::kernel_stats(&daemon.tables.stats()?, daemon.intake.records),
+        kernel: snapshot::kernel_stats(
+            &daemon.tables.stats()?,
+            daemon.intake.records,
+            daemon.tables.arrays.obs_live.get(0).unwrap_or(0),
+        ),
         daemon: DaemonStats {
             uptime: info.started.elapsed().as_secs_f64(),
             reloads: daemon.life.reloads,

@@ -57,8 +57,9 @@ fn mapped_arrays_are_mmapable_with_the_entries_the_daemon_maps() {
             "{name}: mapped values are 8-byte multiples"
         );
     }
-    // Named destinations' connections are in a plain hash (never evicting); observed ones in
-    // an LRU, so that an unnamed flood can never evict an entry that holds a place.
+    // Connections are in a plain hash (never evicting), so that nothing can evict an entry that
+    // holds a place; OBS_CONNS (an earlier build's observed connections) keeps its type, so
+    // that the pins such a build left still load.
     assert_eq!(
         obj.maps[maps::CONNS].map_type(),
         1,

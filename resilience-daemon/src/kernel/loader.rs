@@ -82,6 +82,7 @@ impl Kernel {
             .override_global(maps::GLOBAL_SK_ERR_OFFSET, &sk_err, true)
             .override_global(maps::GLOBAL_HAVE_RETVAL, &u32::from(features.retval), true)
             .override_global(maps::GLOBAL_HZ, &hz, true)
+            .override_global(maps::GLOBAL_OBS_CAP, &(opts.max_connections / 2), true)
             .override_global(maps::GLOBAL_CGROUP_KN_OFFSET, &kn, true)
             .override_global(maps::GLOBAL_KERNFS_ID_OFFSET, &kn_id, true)
             .override_global(maps::GLOBAL_CGROUP_ROOT_OFFSET, &root, true)

@@ -8,8 +8,8 @@ use anyhow::{Context, Result};
 use aya::maps::{HashMap, MapData};
 use resilience_common::{
     conn::{
-        CONN_CONNECTING, CONN_ESTABLISHED, PENDING_BUCKET_MASK, PENDING_SHIFT, TRACK_HELD,
-        TRACK_PENDING,
+        CONN_CONNECTING, CONN_ESTABLISHED, PENDING_BUCKET_MASK, PENDING_SHIFT, SLOT_OBSERVED,
+        TRACK_HELD, TRACK_PENDING, TRACK_ROOM,
     },
     maps, ConnTrack,
 };
@@ -32,7 +32,7 @@ pub struct Reconciled {
 pub fn reconcile(pin_dir: &Path, arrays: &Arrays, before_ns: u64) -> Result<Reconciled> {
     let live = sockdiag::live_cookies()?;
     let mut r = Reconciled::default();
-    for (name, named) in [(maps::CONNS, true), (maps::OBS_CONNS, false)] {
+    for name in [maps::CONNS, maps::OBS_CONNS] {
         let path = pin_dir.join(name);
         let data = MapData::from_pin(&path)
             .with_context(|| format!("opening pinned map {}", path.display()))?;
@@ -50,6 +50,13 @@ pub fn reconcile(pin_dir: &Path, arrays: &Arrays, before_ns: u64) -> Result<Reco
                 continue;
             }
             r.removed += 1;
+            let named = c.slot != SLOT_OBSERVED;
+            if !named && c.flags & TRACK_ROOM != 0 {
+                if let Some(live) = arrays.obs_live.atomic(0) {
+                    let _ = live
+                        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| v.checked_sub(1));
+                }
+            }
             if named && c.state == CONN_CONNECTING && c.flags & TRACK_PENDING != 0 {
                 arrays.unpend(
                     c.slot,

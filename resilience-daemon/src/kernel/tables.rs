@@ -41,6 +41,9 @@ pub struct Arrays {
     pub pending: MmapArray<PendingAges>,
     /// Retry budgets: bounds written here, counts by the programs.
     pub retry: MmapArray<RetryBudget>,
+    /// [0]: entries of CONNS held by connections to observed destinations (the programs add
+    /// and take back; reconciliation takes back the entries it removes).
+    pub obs_live: MmapArray<u64>,
     pub control: MmapArray<Control>,
 }
 
@@ -98,6 +101,7 @@ impl Tables {
             saved: mapped(src, maps::SAVED, MAX_SLOTS)?,
             pending: mapped(src, maps::PENDING, MAX_SLOTS)?,
             retry: mapped(src, maps::RETRY, MAX_SLOTS)?,
+            obs_live: mapped(src, maps::OBS_LIVE, 1)?,
             control: mapped(src, maps::CONTROL, 1)?,
         };
         let mut keys = KeySets::load(

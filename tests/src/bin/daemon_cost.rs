@@ -20,7 +20,7 @@ use resilience_tests::{
     client::{spawn, Opts},
     daemon::{Daemon, PinDir},
     listener::Server,
-    procfs::{cpu_seconds as cpu, vm_mib},
+    procfs::{cpu_seconds as cpu, rss_parts, vm_mib},
     tmux::{self, Session},
 };
 
@@ -145,6 +145,7 @@ fn main() {
     std::thread::sleep(Duration::from_secs(args.window));
     let (c1, t1, a1, wall) = (cpu(pid), cpu(top), attempts(&d), start.elapsed());
     let (rss, hwm) = (vm_mib(pid, "VmRSS:"), vm_mib(pid, "VmHWM:"));
+    let parts = rss_parts(pid);
     let top_rss = vm_mib(top, "VmRSS:");
     for c in clients {
         c.wait_summary();
@@ -170,6 +171,9 @@ fn main() {
          | connects/s counted | daemon CPU, % of one core | daemon RSS MiB (end) | daemon peak RSS MiB | dashboard CPU % | dashboard RSS MiB |\n\
          |---:|---:|---:|---:|---:|---:|\n\
          | {:.0} | {:.2} | {:.1} | {:.1} | {:.2} | {:.1} |\n\n\
+         The daemon's resident memory at the end, by kind of mapping (/proc/PID/smaps): \
+         memory-mapped BPF maps {:.1} MiB, heap and other anonymous memory {:.1} MiB, \
+         the binary and libraries {:.1} MiB.\n\n\
          Targets (issue 10): at most 2% of one core: {}; at most 40 MiB RSS: {} (peak {}).\n",
         kernel.trim(),
         std::thread::available_parallelism().map_or(0, |n| n.get()),
@@ -184,6 +188,9 @@ fn main() {
         hwm,
         top_pct,
         top_rss,
+        parts.bpf_maps,
+        parts.anon,
+        parts.file,
         verdict(daemon_pct <= 2.0),
         verdict(rss <= 40.0),
         verdict(hwm <= 40.0),

@@ -285,6 +285,80 @@ fn hook_costs(active: &Active, run: impl FnOnce()) -> HookCost {
     out
 }
 
+/// Per cell, each program's runs and ns per connect over `batch` connects, with
+/// `kernel.bpf_stats_enabled` on for the pass.
+fn program_costs(setups: &[Setup], cells: &[(usize, Cond)], batch: u32) -> Vec<HookCost> {
+    eprintln!("bench: per-program statistics ...");
+    let stats_path = "/proc/sys/kernel/bpf_stats_enabled";
+    let was = std::fs::read_to_string(stats_path).unwrap_or_else(|_| "0".into());
+    std::fs::write(stats_path, "1").expect("enabling kernel.bpf_stats_enabled");
+    let mut costs: Vec<HookCost> = Vec::new();
+    for &(p, cond) in cells {
+        let s = &setups[p];
+        if !cond.has_programs() {
+            costs.push(Vec::new());
+            continue;
+        }
+        let active = s.start(cond);
+        let _ = raw_loop(s.cg.path(), s.server.addr, batch / 4);
+        let c = hook_costs(&active, || {
+            let _ = raw_loop(s.cg.path(), s.server.addr, batch);
+        });
+        drop(active);
+        costs.push(
+            c.into_iter()
+                .map(|(h, runs, ns)| (h, runs / f64::from(batch), ns / f64::from(batch)))
+                .collect(),
+        );
+    }
+    let _ = std::fs::write(stats_path, was.trim());
+    costs
+}
+
+/// The conditions with programs, every placement, and their per-program statistics only (no
+/// timed rounds): a quick look at what a change to the programs did.
+pub fn stats_only(batch: u32, before: Option<PathBuf>) -> String {
+    let mut conds = vec![
+        Cond::Floor,
+        Cond::FloorState,
+        Cond::Observed,
+        Cond::Named,
+        Cond::Limits,
+    ];
+    if before.is_some() {
+        conds.extend([Cond::ObservedBefore, Cond::NamedBefore]);
+    }
+    let setups = [
+        Setup::new(Placement::ClientOnly, before.clone()),
+        Setup::new(Placement::Both, before),
+    ];
+    let cells: Vec<(usize, Cond)> = (0..setups.len())
+        .flat_map(|p| conds.iter().map(move |&c| (p, c)))
+        .collect();
+    let costs = program_costs(&setups, &cells, batch);
+    let mut out = format!("Per-program statistics, {batch} connects per condition\n\n| placement | condition | connect: runs, ns | sock_ops: runs, ns | sock_release: runs, ns | total ns |\n|---|---|---:|---:|---:|---:|\n");
+    for (i, &(p, cond)) in cells.iter().enumerate() {
+        let cell = |hook: &str| {
+            costs[i]
+                .iter()
+                .find(|(h, _, _)| *h == hook)
+                .map_or("-".to_string(), |(_, runs, ns)| {
+                    format!("{runs:.1}, {ns:.0}")
+                })
+        };
+        let total: f64 = costs[i].iter().map(|(_, _, ns)| ns).sum();
+        out.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {total:.0} |\n",
+            setups[p].placement.label(),
+            cond.label(),
+            cell("connect"),
+            cell("sock_ops"),
+            cell("sock_release"),
+        ));
+    }
+    out
+}
+
 /// Runs the comparison; returns the markdown section.
 pub fn run(batch: u32, rounds: u32, before: Option<PathBuf>) -> String {
     let mut conds = vec![
@@ -331,29 +405,7 @@ pub fn run(batch: u32, rounds: u32, before: Option<PathBuf>) -> String {
 
     // The kernel's own accounting, apart from the timed rounds (it costs two clock reads per
     // program run).
-    eprintln!("bench: per-program statistics ...");
-    let stats_path = "/proc/sys/kernel/bpf_stats_enabled";
-    let was = std::fs::read_to_string(stats_path).unwrap_or_else(|_| "0".into());
-    std::fs::write(stats_path, "1").expect("enabling kernel.bpf_stats_enabled");
-    let mut costs: Vec<HookCost> = Vec::new();
-    for &(p, cond) in &cells {
-        let s = &setups[p];
-        if !cond.has_programs() {
-            costs.push(Vec::new());
-            continue;
-        }
-        let active = s.start(cond);
-        let c = hook_costs(&active, || {
-            let _ = raw_loop(s.cg.path(), s.server.addr, batch);
-        });
-        drop(active);
-        costs.push(
-            c.into_iter()
-                .map(|(h, runs, ns)| (h, runs / f64::from(batch), ns / f64::from(batch)))
-                .collect(),
-        );
-    }
-    let _ = std::fs::write(stats_path, was.trim());
+    let costs = program_costs(&setups, &cells, batch);
 
     let mut out = format!(
         "## Datapath cost\n\nOne iteration = blocking `socket()` + `connect()` to a loopback server + `close()` (SO_LINGER 0), timed in the client, pinned to CPU 0; the server accepts and closes on another thread. {rounds} rounds of {batch} per condition, every condition of both placements interleaved in rotating order. Spread = lowest to highest round median. Per-program figures come from a separate pass of {batch} connects with `kernel.bpf_stats_enabled=1` (`run_cnt`, `run_time_ns` of each program): runs and ns per connect, for connect4 (\"connect\"), sock_ops and sock_release. nftables rules sit on the output hook and match the server's address and port only.\n\n"

@@ -31,6 +31,10 @@ struct Args {
     /// Only the datapath comparison, printed.
     #[arg(long)]
     datapath_only: bool,
+    /// Only the kernel's per-program statistics of each datapath condition (no timed rounds):
+    /// a quick check of a change to the programs.
+    #[arg(long)]
+    stats_only: bool,
 }
 
 /// (rounds) x (ms of connects at 5k/s): how many connects reach a refusing destination after
@@ -207,6 +211,10 @@ fn main() {
         return;
     }
     let before = std::env::var_os("RESILIENCE_BENCH_BEFORE").map(PathBuf::from);
+    if args.stats_only {
+        print!("{}", datapath::stats_only(args.batch, before));
+        return;
+    }
     let mut report = String::new();
     report.push_str("# Benchmark results\n\n");
     report.push_str(&format!(
