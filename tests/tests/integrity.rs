@@ -628,3 +628,80 @@ fn zero_or_tiny_durations_are_refused_everywhere() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The daemon maps the kernel's per-slot arrays only as far as slots are in use, and maps more
+/// as reloads hand out more: a destination past the first step keeps its slot and counters
+/// across a reload that grows the mapping and across a restart, which finds the slots in use
+/// from the pinned policy. Its resident memory shows only what is mapped.
+#[test]
+fn slots_past_the_first_mapped_step_keep_their_counters() {
+    if !privileged("slots_past_the_first_step") {
+        return;
+    }
+    let server = Server::start("127.0.0.224:0");
+    let late = Server::start("127.0.0.225:0");
+    // Destinations that nobody connects to, each on its own address.
+    let filler = |from: usize, to: usize| -> String {
+        (from..to)
+            .map(|i| {
+                let addr: SocketAddr = format!("127.1.{}.{}:1", i / 250, i % 250 + 1)
+                    .parse()
+                    .expect("addr");
+                dest(&format!("d-{i}"), addr, "")
+            })
+            .collect()
+    };
+    let first = format!("{}{}", filler(0, 1029), dest("far", server.addr, ""));
+    let cg = Cgroup::new("mapped-step");
+    let pins = PinDir::new("mapped-step");
+    let mut d = Daemon::start("mapped-step", cg.path(), &pins, &first, "2s");
+    let got = connect_from(cg.path(), &[server.addr], 3, SECOND);
+    assert!(got.iter().all(|o| o.ok), "{got:?}");
+    let v = d.wait_dest("far", |v| v["successes"] == 3);
+    assert_eq!(
+        (v["attempts"].clone(), v["successes"].clone()),
+        (3.into(), 3.into()),
+        "{v:#}"
+    );
+
+    // 1100 more, then one more past them: the mapping grows under a running daemon.
+    let second = format!(
+        "{first}{}{}",
+        filler(1029, 2129),
+        dest("later", late.addr, "")
+    );
+    let (ok, out, err) = reload(&d, &second);
+    assert!(ok, "reload: {out}{err}");
+    assert!(connect_from(cg.path(), &[server.addr], 2, SECOND)
+        .iter()
+        .all(|o| o.ok));
+    assert!(connect_from(cg.path(), &[late.addr], 1, SECOND)
+        .iter()
+        .all(|o| o.ok));
+    let v = d.wait_dest("far", |v| v["successes"] == 5);
+    assert_eq!(v["attempts"], 5, "the same slot, its counts kept: {v:#}");
+    let v = d.wait_dest("later", |v| v["successes"] == 1);
+    assert_eq!(v["attempts"], 1, "{v:#}");
+    let pid = d.pid().expect("pid");
+    let mapped = resilience_tests::procfs::rss_parts(pid).bpf_maps;
+    assert!(
+        mapped < 16.0,
+        "2131 slots in use map a fraction of the 32768-slot arrays, got {mapped:.1} MiB"
+    );
+
+    // A restart maps what the pinned policy has in use before anything reads it.
+    d.restart();
+    let v = d.dest("far");
+    assert_eq!(
+        (v["attempts"].clone(), v["successes"].clone()),
+        (5.into(), 5.into()),
+        "{v:#}"
+    );
+    let v = d.dest("later");
+    assert_eq!(v["attempts"], 1, "{v:#}");
+    assert!(connect_from(cg.path(), &[late.addr], 1, SECOND)
+        .iter()
+        .all(|o| o.ok));
+    let v = d.wait_dest("later", |v| v["successes"] == 2);
+    assert_eq!(v["attempts"], 2, "{v:#}");
+}

@@ -136,6 +136,16 @@ pub fn prepare(
             .is_none_or(|at| now.saturating_duration_since(*at) >= GRACE)
     };
     let plan = slots::plan(&taken, &names, MAX_SLOTS, available).map_err(Refusal::Wait)?;
+    // The slots handed out are mapped before anything reads or writes them.
+    let highest = plan
+        .slots
+        .iter()
+        .chain(&plan.fresh)
+        .max()
+        .map_or(0, |s| s + 1);
+    arrays
+        .grow(highest)
+        .map_err(|e| Refusal::Wait(format!("{e:#}")))?;
 
     let mut keys = SetKeys::default();
     let mut dests = Vec::with_capacity(wanted.len());

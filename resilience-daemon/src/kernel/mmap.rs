@@ -6,18 +6,32 @@
 use std::{
     os::fd::{AsFd, AsRawFd},
     ptr::NonNull,
-    sync::atomic::{AtomicU32, AtomicU64},
+    sync::{
+        atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering},
+        Mutex,
+    },
 };
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use aya::maps::MapData;
 
+/// A mapped array of `sets` runs of `per_set` entries each (POLICY holds one run per policy set;
+/// the other arrays one). The whole array's address range is reserved up front, but only the
+/// first `mapped` entries of each run are mapped: the kernel maps an array's pages all at
+/// once, and mapping 32,768 slots when a policy uses a few would put megabytes of pages in the
+/// daemon's resident memory for nothing. `grow` maps more in place, so pointers handed out
+/// stay valid.
 pub struct MmapArray<T> {
     base: NonNull<T>,
     len: u32,
-    bytes: usize,
+    per_set: u32,
+    /// Bytes mapped at the start of each run (a whole number of pages).
+    mapped_bytes: AtomicUsize,
+    reserved: usize,
+    page: usize,
+    grow_lock: Mutex<()>,
     /// The mapping outlives a closed fd, but keeping the map handle makes ownership plain.
-    _map: MapData,
+    map: MapData,
 }
 
 // SAFETY: the mapping is plain shared memory. Every access goes through volatile or atomic
@@ -27,8 +41,15 @@ unsafe impl<T: Send> Send for MmapArray<T> {}
 unsafe impl<T: Sync> Sync for MmapArray<T> {}
 
 impl<T: Copy> MmapArray<T> {
-    /// Map all `len` entries of `map`, whose value type is `T`.
-    pub fn new(map: MapData, name: &str, len: u32) -> Result<MmapArray<T>> {
+    /// Reserve all `len` entries of `map` (whose value type is `T`), laid out as runs of
+    /// `per_set`, and map the first `initial` of each run.
+    pub fn new(
+        map: MapData,
+        name: &str,
+        len: u32,
+        per_set: u32,
+        initial: u32,
+    ) -> Result<MmapArray<T>> {
         let size = std::mem::size_of::<T>();
         // The kernel lays an mmapable array's values out 8-byte aligned and rounded up to 8;
         // every type mapped here is a multiple of 8, so entry `i` is at `i * size`.
@@ -45,35 +66,49 @@ impl<T: Copy> MmapArray<T> {
         }
         // SAFETY: sysconf has no preconditions.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
-        let bytes = (size * len as usize).div_ceil(page) * page;
-        // SAFETY: a fresh shared mapping of the map's fd; the kernel checks the size and that
-        // the map was created with BPF_F_MMAPABLE.
+        let per_set = per_set.clamp(1, len.max(1));
+        if !len.is_multiple_of(per_set)
+            || (len != per_set && !(per_set as usize * size).is_multiple_of(page))
+        {
+            bail!("map {name}: runs of {per_set} entries do not start on a page");
+        }
+        let reserved = (size * len as usize).div_ceil(page) * page;
+        // SAFETY: a fresh private reservation, no access allowed: entries are mapped over it.
         let addr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                bytes,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                map.fd().as_fd().as_raw_fd(),
+                reserved,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
                 0,
             )
         };
         if addr == libc::MAP_FAILED {
             bail!(
-                "memory-mapping map {name}: {}",
+                "reserving room for map {name}: {}",
                 std::io::Error::last_os_error()
             );
         }
         let base = NonNull::new(addr.cast::<T>())
             .ok_or_else(|| anyhow::anyhow!("mmap of map {name} returned null"))?;
-        Ok(MmapArray {
+        let array = MmapArray {
             base,
             len,
-            bytes,
-            _map: map,
-        })
+            per_set,
+            mapped_bytes: AtomicUsize::new(0),
+            reserved,
+            page,
+            grow_lock: Mutex::new(()),
+            map,
+        };
+        array
+            .grow(initial)
+            .with_context(|| format!("memory-mapping map {name}"))?;
+        Ok(array)
     }
 
+    /// Entries of the map, mapped or not.
     pub fn len(&self) -> u32 {
         self.len
     }
@@ -82,10 +117,59 @@ impl<T: Copy> MmapArray<T> {
         self.len == 0
     }
 
-    /// Pointer to entry `i`, if in range.
+    /// The map's descriptor (for a mapping of its own).
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        self.map.fd().as_fd().as_raw_fd()
+    }
+
+    /// Entries mapped at the start of each run.
+    pub fn mapped(&self) -> u32 {
+        let bytes = self.mapped_bytes.load(Ordering::Acquire);
+        ((bytes / std::mem::size_of::<T>()) as u32).min(self.per_set)
+    }
+
+    /// Map at least the first `n` entries of each run (no-op if they are).
+    pub fn grow(&self, n: u32) -> Result<()> {
+        let size = std::mem::size_of::<T>();
+        let run_bytes = (size * self.per_set as usize).div_ceil(self.page) * self.page;
+        let want = (size * n.min(self.per_set) as usize).div_ceil(self.page) * self.page;
+        let _held = self.grow_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let have = self.mapped_bytes.load(Ordering::Acquire);
+        let want = want.min(run_bytes);
+        if want <= have {
+            return Ok(());
+        }
+        let runs = self.len / self.per_set;
+        for run in 0..runs as usize {
+            let start = run * self.per_set as usize * size + have;
+            // SAFETY: inside our own reservation, over pages nobody can have a pointer into
+            // (they were never mapped: `ptr` refuses them); a shared mapping of the map's fd at
+            // the same offset, which the kernel checks against the map's size.
+            let addr = unsafe {
+                libc::mmap(
+                    self.base.as_ptr().cast::<u8>().add(start).cast(),
+                    want - have,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_SHARED | libc::MAP_FIXED,
+                    self.map.fd().as_fd().as_raw_fd(),
+                    start as libc::off_t,
+                )
+            };
+            if addr == libc::MAP_FAILED {
+                bail!("{}", std::io::Error::last_os_error());
+            }
+        }
+        self.mapped_bytes.store(want, Ordering::Release);
+        Ok(())
+    }
+
+    /// Pointer to entry `i`, if it is mapped.
     pub fn ptr(&self, i: u32) -> Option<*mut T> {
+        if i >= self.len || i % self.per_set >= self.mapped() {
+            return None;
+        }
         // SAFETY: in range of the mapping.
-        (i < self.len).then(|| unsafe { self.base.as_ptr().add(i as usize) })
+        Some(unsafe { self.base.as_ptr().add(i as usize) })
     }
 
     /// A copy of entry `i` (fields the kernel updates concurrently may be mid-update, each
@@ -114,6 +198,13 @@ impl<T: Copy> MmapArray<T> {
     }
 }
 
+impl<T> Drop for MmapArray<T> {
+    fn drop(&mut self) {
+        // SAFETY: our own reservation, mapped or not; nothing uses it past the drop.
+        unsafe { libc::munmap(self.base.as_ptr().cast(), self.reserved) };
+    }
+}
+
 impl MmapArray<u64> {
     /// Entry `i` as an atomic, for values the kernel programs change with atomic instructions.
     pub fn atomic(&self, i: u32) -> Option<&AtomicU64> {
@@ -138,11 +229,4 @@ pub unsafe fn atomic_u64<'a>(p: *mut u64) -> &'a AtomicU64 {
 pub unsafe fn atomic_u32<'a>(p: *mut u32) -> &'a AtomicU32 {
     // SAFETY: the caller's contract.
     unsafe { AtomicU32::from_ptr(p) }
-}
-
-impl<T> Drop for MmapArray<T> {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in `new`, unmapped once.
-        unsafe { libc::munmap(self.base.as_ptr().cast(), self.bytes) };
-    }
 }

@@ -47,6 +47,43 @@ pub struct Arrays {
     pub control: MmapArray<Control>,
 }
 
+/// Slots are mapped in steps of this many (the largest array, COUNTERS, takes about 350 KiB a
+/// step).
+pub const GROW_STEP: u32 = 1024;
+
+/// One past the highest slot either policy set has an owner or a generation for (0 when none):
+/// read through a temporary mapping of the whole array, which the daemon keeps only in part.
+fn slots_in_use(policy: &MmapArray<DestPolicy>) -> Result<u32> {
+    let size = std::mem::size_of::<DestPolicy>();
+    let bytes = size * POLICY_ENTRIES as usize;
+    // SAFETY: a fresh read-only shared mapping of the map's whole value area, unmapped below.
+    let addr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            bytes,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            policy.raw_fd(),
+            0,
+        )
+    };
+    if addr == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    let all = addr.cast::<DestPolicy>();
+    let mut used = 0;
+    for i in 0..POLICY_ENTRIES {
+        // SAFETY: in range of the mapping, aligned; plain data read once.
+        let p = unsafe { std::ptr::read_volatile(all.add(i as usize)) };
+        if p.name_id != 0 || p.generation != 0 {
+            used = used.max(i % MAX_SLOTS + 1);
+        }
+    }
+    // SAFETY: the mapping made above.
+    unsafe { libc::munmap(addr, bytes) };
+    Ok(used)
+}
+
 pub struct Tables {
     pub arrays: Arc<Arrays>,
     /// EXACT and CIDR, lent to the worker that builds a policy set (None while it has them).
@@ -87,23 +124,34 @@ impl Tables {
             src: &mut aya::Ebpf,
             name: &'static str,
             n: u32,
+            per_set: u32,
+            initial: u32,
         ) -> Result<MmapArray<T>> {
-            MmapArray::new(map_data(take(src, name)?, name)?, name, n)
+            MmapArray::new(map_data(take(src, name)?, name)?, name, n, per_set, initial)
+        }
+        let policy: MmapArray<DestPolicy> =
+            mapped(src, maps::POLICY, POLICY_ENTRIES, MAX_SLOTS, 0)?;
+        // Slots a previous daemon left in use (or retired) are mapped from the start; the rest
+        // as plans hand them out (`Arrays::grow`).
+        let used = slots_in_use(&policy).context("reading map POLICY")?;
+        fn slots<T: Copy>(name: &'static str, src: &mut aya::Ebpf) -> Result<MmapArray<T>> {
+            mapped(src, name, MAX_SLOTS, MAX_SLOTS, 0)
         }
         let arrays = Arrays {
-            policy: mapped(src, maps::POLICY, POLICY_ENTRIES)?,
-            counters: mapped(src, maps::COUNTERS, MAX_SLOTS)?,
-            active: mapped(src, maps::ACTIVE, MAX_SLOTS)?,
-            probes: mapped(src, maps::PROBES, MAX_SLOTS)?,
-            buckets: mapped(src, maps::BUCKETS, MAX_SLOTS)?,
-            streaks: mapped(src, maps::STREAKS, MAX_SLOTS)?,
-            windows: mapped(src, maps::WINDOWS, MAX_SLOTS)?,
-            saved: mapped(src, maps::SAVED, MAX_SLOTS)?,
-            pending: mapped(src, maps::PENDING, MAX_SLOTS)?,
-            retry: mapped(src, maps::RETRY, MAX_SLOTS)?,
-            obs_live: mapped(src, maps::OBS_LIVE, 1)?,
-            control: mapped(src, maps::CONTROL, 1)?,
+            counters: slots(maps::COUNTERS, src)?,
+            active: slots(maps::ACTIVE, src)?,
+            probes: slots(maps::PROBES, src)?,
+            buckets: slots(maps::BUCKETS, src)?,
+            streaks: slots(maps::STREAKS, src)?,
+            windows: slots(maps::WINDOWS, src)?,
+            saved: slots(maps::SAVED, src)?,
+            pending: slots(maps::PENDING, src)?,
+            retry: slots(maps::RETRY, src)?,
+            policy,
+            obs_live: mapped(src, maps::OBS_LIVE, 1, 1, 1)?,
+            control: mapped(src, maps::CONTROL, 1, 1, 1)?,
         };
+        arrays.grow(used)?;
         let mut keys = KeySets::load(
             typed(src, maps::EXACT)?,
             typed(src, maps::CIDR)?,
@@ -262,6 +310,53 @@ impl Arrays {
             mmap::atomic_u64(&raw mut (*p).slow).store(0, Ordering::Release);
             mmap::atomic_u64(&raw mut (*p).epoch).store(u64::from(epoch), Ordering::Release);
         }
+    }
+
+    /// Map every slot-indexed array up to at least slot `n - 1` (in steps of `GROW_STEP`
+    /// slots). Slots mapped for the first time were never used by this daemon: their window
+    /// counts go, as at start.
+    pub fn grow(&self, n: u32) -> Result<()> {
+        let n = n
+            .div_ceil(GROW_STEP)
+            .saturating_mul(GROW_STEP)
+            .min(MAX_SLOTS);
+        let before = self.windows.mapped();
+        if n <= before && n <= self.policy.mapped() {
+            return Ok(());
+        }
+        self.policy.grow(n).context("mapping map POLICY")?;
+        self.counters.grow(n).context("mapping map COUNTERS")?;
+        self.active.grow(n).context("mapping map ACTIVE")?;
+        self.probes.grow(n).context("mapping map PROBES")?;
+        self.buckets.grow(n).context("mapping map BUCKETS")?;
+        self.streaks.grow(n).context("mapping map STREAKS")?;
+        self.windows.grow(n).context("mapping map WINDOWS")?;
+        self.saved.grow(n).context("mapping map SAVED")?;
+        self.pending.grow(n).context("mapping map PENDING")?;
+        self.retry.grow(n).context("mapping map RETRY")?;
+        for slot in before..self.windows.mapped() {
+            self.windows.set(slot, WindowCounts::default());
+        }
+        Ok(())
+    }
+
+    /// Slots mapped in every slot-indexed array.
+    pub fn slots_mapped(&self) -> u32 {
+        [
+            self.policy.mapped(),
+            self.counters.mapped(),
+            self.active.mapped(),
+            self.probes.mapped(),
+            self.buckets.mapped(),
+            self.streaks.mapped(),
+            self.windows.mapped(),
+            self.saved.mapped(),
+            self.pending.mapped(),
+            self.retry.mapped(),
+        ]
+        .into_iter()
+        .min()
+        .unwrap_or(0)
     }
 
     /// No window counts survive a daemon: its breakers start new windows.
