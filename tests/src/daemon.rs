@@ -124,7 +124,13 @@ impl Daemon {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if self.try_status().is_some() {
+            // Ready when it answers on its socket: a one-row page, not a whole snapshot (with
+            // 10k destinations that is tens of MB the daemon would build just for this).
+            let page = serde_json::json!({"cmd": "table", "limit": 1});
+            if self
+                .request(&page)
+                .is_some_and(|v| v["snapshot"]["table"].is_object())
+            {
                 return;
             }
             if let Some(c) = self.child.as_mut() {

@@ -568,6 +568,19 @@ fn carry(
     (b, transitions, Samples::default(), true)
 }
 
+/// One malloc arena for every thread. glibc gives each thread that allocates its own arena;
+/// the runtime's workers serialize snapshots and pages, and what they free stays in their
+/// arenas, never given back (measured: 30 MiB of a 93 MiB daemon at 20k connects/s over 10k
+/// destinations; 64 MiB with one arena). The daemon's threads rarely allocate at once, so the
+/// shared arena's lock costs nothing measurable. Call before any thread starts.
+pub fn one_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only changes allocator parameters; called before other threads exist.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
 /// Hand the heap a build freed (the parsed file, the plan, the keys: tens of MB with 10k
 /// destinations, on the worker's arena too) back to the kernel; glibc keeps it otherwise.
 pub fn give_back_memory() {
