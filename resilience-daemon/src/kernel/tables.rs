@@ -340,25 +340,6 @@ impl Arrays {
         Ok(())
     }
 
-    /// Slots mapped in every slot-indexed array.
-    pub fn slots_mapped(&self) -> u32 {
-        [
-            self.policy.mapped(),
-            self.counters.mapped(),
-            self.active.mapped(),
-            self.probes.mapped(),
-            self.buckets.mapped(),
-            self.streaks.mapped(),
-            self.windows.mapped(),
-            self.saved.mapped(),
-            self.pending.mapped(),
-            self.retry.mapped(),
-        ]
-        .into_iter()
-        .min()
-        .unwrap_or(0)
-    }
-
     /// No window counts survive a daemon: its breakers start new windows.
     pub fn clear_windows(&self) {
         for slot in 0..MAX_SLOTS {
