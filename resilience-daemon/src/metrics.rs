@@ -116,9 +116,11 @@ async fn exchange(mut stream: TcpStream, tx: mpsc::Sender<Command>) {
         ("GET" | "HEAD", "/metrics") => {
             match control::ask(
                 &tx,
+                // The policies are not metrics: no need to build them.
                 Request::Snapshot {
                     since: None,
                     instance: None,
+                    policy: Some(false),
                 },
             )
             .await

@@ -22,6 +22,10 @@ pub enum Request {
         /// The `instance` of the snapshot `since` came from; another daemon's gets a full one.
         #[serde(skip_serializing_if = "Option::is_none")]
         instance: Option<u64>,
+        /// `false`: leave out each destination's `policy` (what the metrics endpoint asks for:
+        /// with 10k destinations they are a third of a snapshot). Absent: included.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        policy: Option<bool>,
     },
     /// The same snapshot under "status" (kept from the first release).
     Status,
@@ -149,9 +153,20 @@ pub fn parse(line: &[u8]) -> Result<Request, String> {
                     kind(other)
                 )),
             };
+            let policy = match get("policy") {
+                None | Some(Value::Null) => None,
+                Some(Value::Bool(b)) => Some(*b),
+                Some(other) => {
+                    return Err(format!(
+                        "snapshot: \"policy\" must be true or false, not {}",
+                        kind(other)
+                    ))
+                }
+            };
             Ok(Request::Snapshot {
                 since: number("since")?,
                 instance: number("instance")?,
+                policy,
             })
         }
         "status" => Ok(Request::Status),
@@ -327,9 +342,19 @@ mod tests {
             parse(br#"{"cmd":"snapshot","since":42}"#),
             Ok(Request::Snapshot {
                 since: Some(42),
-                instance: None
+                instance: None,
+                policy: None,
             })
         );
+        assert_eq!(
+            parse(br#"{"cmd":"snapshot","policy":false}"#),
+            Ok(Request::Snapshot {
+                since: None,
+                instance: None,
+                policy: Some(false),
+            })
+        );
+        assert!(parse(br#"{"cmd":"snapshot","policy":"no"}"#).is_err());
         assert_eq!(
             parse(br#"{"cmd":"table","limit":5000}"#),
             Ok(Request::Table {
@@ -394,10 +419,12 @@ mod tests {
             Request::Snapshot {
                 since: None,
                 instance: None,
+                policy: None,
             },
             Request::Snapshot {
                 since: Some(7),
                 instance: Some(99),
+                policy: Some(false),
             },
             Request::Status,
             Request::Events { follow: true },

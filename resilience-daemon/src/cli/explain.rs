@@ -262,6 +262,7 @@ pub fn explain(
                 .call(&Request::Snapshot {
                     since: None,
                     instance: None,
+                    policy: None,
                 })
                 .with_context(|| {
                     format!(

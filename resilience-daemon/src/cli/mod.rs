@@ -238,6 +238,7 @@ fn client(command: Cmd) -> Result<ExitCode> {
             let mut reply = c.call(&Request::Snapshot {
                 since: None,
                 instance: None,
+                policy: None,
             })?;
             let snapshot = reply["snapshot"].take();
             if json {

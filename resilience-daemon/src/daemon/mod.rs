@@ -322,14 +322,14 @@ pub async fn run(mut opts: RunOptions) -> Result<()> {
                 let Command { req, reply } = cmd;
                 match req {
                     Request::Snapshot { .. } | Request::Status => {
-                        let (field, since, instance) = match req {
-                            Request::Snapshot { since, instance } => ("snapshot", since, instance),
-                            _ => ("status", None, None),
+                        let (field, since, instance, policy) = match req {
+                            Request::Snapshot { since, instance, policy } => ("snapshot", since, instance, policy.unwrap_or(true)),
+                            _ => ("status", None, None, true),
                         };
                         let records = drain(events.get_mut());
                         feed(&records, &mut d, &mut journal, &mut jitter);
                         let info = view::Info::new(started, settings.lease, config_path.as_deref(), &attachment, features.retval);
-                        let r = match view::snapshot(&mut d, &mut revisions, &journal, &info, since, instance) {
+                        let r = match view::snapshot(&mut d, &mut revisions, &journal, &info, since, instance, policy) {
                             Ok(s) => Reply::Snapshot { field, snapshot: Box::new(s) },
                             Err(e) => Reply::Error(format!("{e:#}")),
                         };

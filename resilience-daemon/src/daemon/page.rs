@@ -158,7 +158,7 @@ pub fn table(
         {
             let c = arrays.counters(d.slot);
             s.destinations
-                .push(view::destination(d, &arrays, &c, now, true));
+                .push(view::destination(d, &arrays, &c, now, true, true));
         }
     }
     let recent = journal.last(view::SNAPSHOT_EVENTS);

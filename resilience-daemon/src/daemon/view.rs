@@ -139,13 +139,15 @@ fn shown(d: &Dest, arrays: &Arrays, c: &DestCounters, now_ns: u64) -> u64 {
     .fold(counters_hash(c), mix)
 }
 
-/// A destination's entry; without its static parts (`match`, `policy`) unless `whole`.
+/// A destination's entry; without its static parts (`match`, `policy`) unless `whole`, and
+/// without `policy` unless `with_policy` too.
 pub fn destination(
     d: &mut Dest,
     arrays: &Arrays,
     c: &DestCounters,
     now_ns: u64,
     whole: bool,
+    with_policy: bool,
 ) -> DestinationStatus {
     let window = WindowView::new(&d.breaker.window_contents(now_ns), d.breaker.streak());
     let def = &d.def;
@@ -177,7 +179,8 @@ pub fn destination(
         transitions: d.transitions,
         window,
         // Built when asked for: kept per destination it was most of the daemon's heap.
-        policy: whole.then(|| std::sync::Arc::new(crate::config::destination_json(def))),
+        policy: (whole && with_policy)
+            .then(|| std::sync::Arc::new(crate::config::destination_json(def))),
         retry_budget: def
             .retry_budget
             .map(|_| arrays.retry_window(d.slot, now_ns)),
@@ -206,6 +209,7 @@ pub fn snapshot(
     info: &Info<'_>,
     since: Option<u64>,
     instance: Option<u64>,
+    with_policy: bool,
 ) -> Result<Snapshot> {
     let now = monotonic_ns();
     revs.seq += 1;
@@ -232,7 +236,14 @@ pub fn snapshot(
             d.rev = seq;
         }
         if changed(d.rev) {
-            destinations.push(destination(d, &arrays, &c, now, since.is_none()));
+            destinations.push(destination(
+                d,
+                &arrays,
+                &c,
+                now,
+                since.is_none(),
+                with_policy,
+            ));
         }
     }
 
