@@ -34,6 +34,10 @@ pub struct Dest {
     /// The pending-age bucket boundary at the last look at its pending connects, if that
     /// look found none slow: until the boundary moves none can be (see `daemon::on_tick`).
     pub pending_mark: Option<u64>,
+    /// CLOCK_MONOTONIC ns before which the tick has nothing to do for this destination (its
+    /// breaker's next timer, the next boundary of its pending connects' ages); 0: look at the
+    /// next tick. A transition or a new policy sets it back to 0.
+    pub tick_due_ns: u64,
     /// What a snapshot last showed of it (a hash), and the snapshot `seq` that changed it.
     pub shown: u64,
     pub rev: u64,
@@ -49,7 +53,11 @@ pub struct Guarded {
 }
 
 impl Guarded {
-    pub fn new(dests: Vec<Dest>) -> Guarded {
+    pub fn new(mut dests: Vec<Dest>) -> Guarded {
+        // A new policy may change any timer: every destination is looked at the next tick.
+        for d in &mut dests {
+            d.tick_due_ns = 0;
+        }
         let by_slot = dests.iter().enumerate().map(|(i, d)| (d.slot, i)).collect();
         let by_name = dests
             .iter()

@@ -381,6 +381,7 @@ fn commit(
             trip_after: 0,
             window: None,
             pending_mark: None,
+            tick_due_ns: 0,
             resolved: p.resolved,
         };
         if !kept {

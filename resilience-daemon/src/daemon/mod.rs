@@ -643,6 +643,12 @@ fn on_tick(d: &mut Daemon, journal: &mut Journal, jitter: &mut impl Jitter) {
     let now = monotonic_ns();
     let arrays = d.tables.arrays.clone();
     for dest in &mut d.guarded.dests {
+        // Most destinations have nothing due: a closed breaker with no slow connects
+        // pending. Skipping them keeps the tick's cost with what is due, not with how many
+        // destinations there are.
+        if now < dest.tick_due_ns {
+            continue;
+        }
         if let Some(t) = dest.breaker.on_tick(now, jitter) {
             publish::transition(&arrays, journal, dest, &t);
         }
@@ -663,11 +669,28 @@ fn on_tick(d: &mut Daemon, journal: &mut Journal, jitter: &mut impl Jitter) {
                 publish::transition(&arrays, journal, dest, &t);
             }
         }
-        if matches!(dest.def.breaker.window, config::Window::Time(_)) {
+        let time_window = matches!(dest.def.breaker.window, config::Window::Time(_));
+        if time_window {
             if let Err(e) = publish::refresh_fuse(&arrays, dest) {
                 tracing::error!(error = %format!("{e:#}"), "cannot move a trip fuse");
             }
         }
+        // When to look next: a time window's fuse moves with the clock (every tick); pending
+        // connects when their ages cross the next boundary, or every tick while some are slow;
+        // the breaker at its next timer.
+        let pending_due = match (mark, width) {
+            _ if dest.breaker.state() != crate::engine::State::Closed => u64::MAX,
+            (Some(m), w) if dest.pending_mark.is_some() => {
+                (m + 1).saturating_mul(w).saturating_add(slow_ns)
+            }
+            (Some(_), _) => 0,
+            (None, _) => u64::MAX,
+        };
+        dest.tick_due_ns = if time_window {
+            0
+        } else {
+            pending_due.min(dest.breaker.next_timer_ns().unwrap_or(u64::MAX))
+        };
     }
     journal.tap.counts(now, &d.guarded.dests, &arrays);
 }

@@ -87,6 +87,8 @@ fn publish_window(arrays: &Arrays, slot: u32, p: *mut DestPolicy, kv: &KernelVer
 /// cleared (else one connect slips through); one that closes must have its streak cleared
 /// before the fuse is armed (else an old streak trips it).
 pub fn transition(arrays: &Arrays, journal: &mut Journal, d: &mut Dest, t: &Transition) {
+    // The new state has its own timers: the tick looks again.
+    d.tick_due_ns = 0;
     let name = d.def.label();
     let result = if t.to == State::Closed {
         arrays.reset_streak(d.slot);

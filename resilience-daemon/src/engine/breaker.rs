@@ -341,6 +341,21 @@ impl Breaker {
         self.state == State::HalfOpen && admitted_ns >= self.since_ns
     }
 
+    /// When `on_tick` may next act: the end of the open time, or of a half-open round's
+    /// `max_half_open_duration`; None while closed (or half-open without a limit). Whatever the
+    /// mode: a mode that does not run only makes `on_tick` do nothing then.
+    pub fn next_timer_ns(&self) -> Option<u64> {
+        let limit = self.cfg.max_half_open_duration;
+        match self.state {
+            State::Open => Some(self.open_until_ns),
+            State::HalfOpen if !limit.is_zero() => Some(
+                self.since_ns
+                    .saturating_add(u64::try_from(limit.as_nanos()).unwrap_or(u64::MAX)),
+            ),
+            _ => None,
+        }
+    }
+
     pub fn open_until_ns(&self) -> Option<u64> {
         (self.state == State::Open).then_some(self.open_until_ns)
     }
@@ -1157,8 +1172,12 @@ mod tests {
         let mut c = cfg();
         c.max_half_open_duration = Duration::from_secs(10);
         let mut b = Breaker::new(c.clone(), Mode::Enforce, 0);
+        assert_eq!(b.next_timer_ns(), None, "closed: no timer");
         feed(&mut b, 0, &[refused(); 5]);
+        let open_until = b.next_timer_ns().expect("open: its end");
+        assert!(b.on_tick(open_until - 1, &mut Fixed(0.5)).is_none());
         assert!(b.on_tick(31 * S, &mut Fixed(0.5)).is_some());
+        assert_eq!(b.next_timer_ns(), Some(41 * S), "half-open: its limit");
         assert!(b.on_tick(41 * S - 1, &mut Fixed(0.5)).is_none());
         let t = b.on_tick(41 * S, &mut Fixed(0.5)).expect("reopen");
         assert_eq!(t.to, State::Open);
@@ -1173,6 +1192,7 @@ mod tests {
         let mut b = Breaker::new(c, Mode::Enforce, 0);
         feed(&mut b, 0, &[refused(); 5]);
         b.on_tick(31 * S, &mut Fixed(0.5));
+        assert_eq!(b.next_timer_ns(), None, "half-open without a limit");
         assert!(b.on_tick(10_000 * S, &mut Fixed(0.5)).is_none());
         assert_eq!(b.state(), State::HalfOpen);
     }
