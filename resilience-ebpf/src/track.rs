@@ -29,8 +29,9 @@ use crate::{
 };
 
 /// Set on the sockets whose connection is to a named destination, so that their later
-/// callbacks never look in OBS_CONNS (where an earlier build tracked observed ones). A flag the socket carries anyway: the RTO callback it also
-/// asks for runs only when a retransmission timer fires, and returns at once.
+/// callbacks never look in OBS_CONNS (where an earlier build tracked observed ones). A flag the
+/// socket carries anyway: the RTO callback it also asks for runs only when a retransmission
+/// timer fires, and returns at once.
 const NAMED_MARK: u32 = BPF_SOCK_OPS_RTO_CB_FLAG;
 /// Set on the sockets whose connect has a deadline, so that the initial SYN timeout callback
 /// (which every socket runs) looks nothing up for the others. Its own callback runs only on a

@@ -678,13 +678,13 @@ fn on_tick(d: &mut Daemon, journal: &mut Journal, jitter: &mut impl Jitter) {
         // When to look next: a time window's fuse moves with the clock (every tick); pending
         // connects when their ages cross the next boundary, or every tick while some are slow;
         // the breaker at its next timer.
-        let pending_due = match (mark, width) {
+        let pending_due = match mark {
             _ if dest.breaker.state() != crate::engine::State::Closed => u64::MAX,
-            (Some(m), w) if dest.pending_mark.is_some() => {
-                (m + 1).saturating_mul(w).saturating_add(slow_ns)
+            Some(m) if dest.pending_mark.is_some() => {
+                (m + 1).saturating_mul(width).saturating_add(slow_ns)
             }
-            (Some(_), _) => 0,
-            (None, _) => u64::MAX,
+            Some(_) => 0,
+            None => u64::MAX,
         };
         dest.tick_due_ns = if time_window {
             0

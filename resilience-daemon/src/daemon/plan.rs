@@ -137,12 +137,8 @@ pub fn prepare(
     };
     let plan = slots::plan(&taken, &names, MAX_SLOTS, available).map_err(Refusal::Wait)?;
     // The slots handed out are mapped before anything reads or writes them.
-    let highest = plan
-        .slots
-        .iter()
-        .chain(&plan.fresh)
-        .max()
-        .map_or(0, |s| s + 1);
+    // (Fresh slots are among `slots`.)
+    let highest = plan.slots.iter().max().map_or(0, |s| s + 1);
     arrays
         .grow(highest)
         .map_err(|e| Refusal::Wait(format!("{e:#}")))?;

@@ -315,16 +315,12 @@ fn program_costs(setups: &[Setup], cells: &[(usize, Cond)], batch: u32) -> Vec<H
     costs
 }
 
-/// The conditions with programs, every placement, and their per-program statistics only (no
-/// timed rounds): a quick look at what a change to the programs did.
-pub fn stats_only(batch: u32, before: Option<PathBuf>) -> String {
-    let mut conds = vec![
-        Cond::Floor,
-        Cond::FloorState,
-        Cond::Observed,
-        Cond::Named,
-        Cond::Limits,
-    ];
+/// `conds` (with the previous build's beside them when there is one), both placements, and
+/// every (placement, condition) cell.
+fn layout(
+    mut conds: Vec<Cond>,
+    before: Option<PathBuf>,
+) -> (Vec<Cond>, [Setup; 2], Vec<(usize, Cond)>) {
     if before.is_some() {
         conds.extend([Cond::ObservedBefore, Cond::NamedBefore]);
     }
@@ -332,20 +328,39 @@ pub fn stats_only(batch: u32, before: Option<PathBuf>) -> String {
         Setup::new(Placement::ClientOnly, before.clone()),
         Setup::new(Placement::Both, before),
     ];
-    let cells: Vec<(usize, Cond)> = (0..setups.len())
+    let cells = (0..setups.len())
         .flat_map(|p| conds.iter().map(move |&c| (p, c)))
         .collect();
+    (conds, setups, cells)
+}
+
+/// "runs, ns" of one hook in a cell's costs, or "-".
+fn cost_cell(costs: &HookCost, hook: &str) -> String {
+    costs
+        .iter()
+        .find(|(h, _, _)| *h == hook)
+        .map_or("-".to_string(), |(_, runs, ns)| {
+            format!("{runs:.1}, {ns:.0}")
+        })
+}
+
+/// The conditions with programs, every placement, and their per-program statistics only (no
+/// timed rounds): a quick look at what a change to the programs did.
+pub fn stats_only(batch: u32, before: Option<PathBuf>) -> String {
+    let (_, setups, cells) = layout(
+        vec![
+            Cond::Floor,
+            Cond::FloorState,
+            Cond::Observed,
+            Cond::Named,
+            Cond::Limits,
+        ],
+        before,
+    );
     let costs = program_costs(&setups, &cells, batch);
     let mut out = format!("Per-program statistics, {batch} connects per condition\n\n| placement | condition | connect: runs, ns | sock_ops: runs, ns | sock_release: runs, ns | total ns |\n|---|---|---:|---:|---:|---:|\n");
     for (i, &(p, cond)) in cells.iter().enumerate() {
-        let cell = |hook: &str| {
-            costs[i]
-                .iter()
-                .find(|(h, _, _)| *h == hook)
-                .map_or("-".to_string(), |(_, runs, ns)| {
-                    format!("{runs:.1}, {ns:.0}")
-                })
-        };
+        let cell = |hook: &str| cost_cell(&costs[i], hook);
         let total: f64 = costs[i].iter().map(|(_, _, ns)| ns).sum();
         out.push_str(&format!(
             "| {} | {} | {} | {} | {} | {total:.0} |\n",
@@ -361,27 +376,20 @@ pub fn stats_only(batch: u32, before: Option<PathBuf>) -> String {
 
 /// Runs the comparison; returns the markdown section.
 pub fn run(batch: u32, rounds: u32, before: Option<PathBuf>) -> String {
-    let mut conds = vec![
-        Cond::None,
-        Cond::Floor,
-        Cond::FloorState,
-        Cond::Observed,
-        Cond::Named,
-        Cond::Limits,
-        Cond::NftMeter,
-        Cond::NftCount,
-    ];
-    if before.is_some() {
-        conds.extend([Cond::ObservedBefore, Cond::NamedBefore]);
-    }
-    let setups = [
-        Setup::new(Placement::ClientOnly, before.clone()),
-        Setup::new(Placement::Both, before.clone()),
-    ];
     // Every (placement, condition), interleaved round by round in rotating order.
-    let cells: Vec<(usize, Cond)> = (0..setups.len())
-        .flat_map(|p| conds.iter().map(move |&c| (p, c)))
-        .collect();
+    let (conds, setups, cells) = layout(
+        vec![
+            Cond::None,
+            Cond::Floor,
+            Cond::FloorState,
+            Cond::Observed,
+            Cond::Named,
+            Cond::Limits,
+            Cond::NftMeter,
+            Cond::NftCount,
+        ],
+        before,
+    );
     let mut series: Vec<Series> = (0..cells.len()).map(|_| Series::default()).collect();
     for s in &setups {
         let _ = raw_loop(s.cg.path(), s.server.addr, batch / 4);
@@ -423,14 +431,7 @@ pub fn run(batch: u32, rounds: u32, before: Option<PathBuf>) -> String {
             let m = med(c).unwrap_or(0.0);
             let mut rm = series[i].round_medians.clone();
             rm.sort_unstable();
-            let cost = |hook: &str| {
-                costs[i]
-                    .iter()
-                    .find(|(h, _, _)| *h == hook)
-                    .map_or("-".to_string(), |(_, runs, ns)| {
-                        format!("{runs:.1}, {ns:.0}")
-                    })
-            };
+            let cost = |hook: &str| cost_cell(&costs[i], hook);
             out.push_str(&format!(
                 "| {} | {:.2} | {:.2}–{:.2} | {:+.1}% | {} | {} | {} |\n",
                 c.label(),
