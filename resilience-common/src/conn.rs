@@ -15,7 +15,8 @@ pub const CONN_ESTABLISHED: u16 = 1;
 pub struct ConnTrack {
     /// bpf_ktime_get_ns() when the hook saw the connect.
     pub start_ns: u64,
-    /// When it reached ESTABLISHED (the time of its success record); 0 before.
+    /// When it reached ESTABLISHED (the time of its success record), or for a success counted
+    /// without a record its `dest::quiet_stamp`; 0 before.
     pub established_ns: u64,
     pub endpoint: Endpoint,
     /// Destination slot, or `SLOT_OBSERVED`.
@@ -56,6 +57,11 @@ pub const TRACK_RETRY: u32 = 1 << 6;
 /// connects may hold (`OBS_LIVE`), given back with the entry.
 pub const TRACK_ROOM: u32 = 1 << 7;
 pub const PENDING_SHIFT: u32 = 8;
+/// (Records only) a success picked at random, one in `SAMPLE_ONE_IN`: its latency is one of
+/// the destination's latency samples.
+pub const TRACK_SAMPLE: u32 = 1 << 16;
+/// One success in this many is a latency sample (a power of two).
+pub const SAMPLE_ONE_IN: u32 = 4;
 pub const PENDING_BUCKET_MASK: u32 = 0xff;
 
 pub const OUTCOME_SUCCESS: u32 = 0;
@@ -91,8 +97,12 @@ pub struct OutcomeEvent {
     pub generation: u32,
     /// The breaker window's epoch when the outcome was counted (`DestPolicy::window_epoch`).
     pub epoch: u32,
+    /// The slot's successes counted without a record in `epoch` (`QuietCount::successes`)
+    /// when this record was written: those up to here came before it. 0 when the kernel's
+    /// count was of another epoch. (Was padding: records of earlier builds read 0.)
+    pub quiet: u32,
     /// A reset of an established connection: when it was established, i.e. the time of its
-    /// success record, so that the daemon can turn that call into a failure (one connect is
-    /// one call). 0 otherwise.
+    /// success record (or the `dest::quiet_stamp` of a success counted without one), so that
+    /// the daemon can turn that call into a failure (one connect is one call). 0 otherwise.
     pub established_ns: u64,
 }

@@ -13,7 +13,9 @@ pub struct Control {
     /// POLICY holds one array of slots per set. The daemon builds the other set where no
     /// connect can see it, then flips this word: a reload takes effect all at once.
     pub active_set: u32,
-    pub _pad: u32,
+    /// Non-zero while someone records (`resilience record`): every success gets a record.
+    /// (Was padding: earlier builds wrote 0.)
+    pub record_all: u32,
     /// `LOOKUP_*` per set: which kinds of policy keys exist, so the hook skips lookups that
     /// cannot match.
     pub lookup_flags: [u32; 2],

@@ -20,6 +20,9 @@ pub const FLAG_COUNT_UNREACHABLE: u32 = 1 << 5;
 pub const FLAG_COUNT_LOCAL: u32 = 1 << 6;
 /// Apply the retry budget (`RETRY[slot]`).
 pub const FLAG_RETRY_BUDGET: u32 = 1 << 7;
+/// Every success gets a record: a time window's seconds need each call's time (a count
+/// window takes successes counted in `QUIET` in their place).
+pub const FLAG_RECORD_SUCCESSES: u32 = 1 << 8;
 
 /// Index of a rejection reason in `DestCounters::rejected`.
 pub const REJECT_BREAKER: usize = 0;
@@ -111,6 +114,29 @@ impl WindowCounts {
     pub fn marked(word: u64) -> u64 {
         word >> 32
     }
+}
+
+/// Successes of one slot the kernel counted without a record (plain ones: no probe, not slow,
+/// no trip), in the window epoch the daemon last set up. Records carry the count as it was
+/// when they were written, so that the daemon puts these successes back in order.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct QuietCount {
+    /// `DestPolicy::window_epoch` these successes belong to; the daemon resets the count
+    /// (with `WindowCounts`) when it publishes a new one. A success in another epoch gets a
+    /// record.
+    pub epoch: u64,
+    pub successes: u64,
+}
+
+/// `ConnTrack::established_ns` of a connection whose success was counted in `QUIET` (bit 63,
+/// never set in a real time): the epoch and the success's number in it, so that a reset of
+/// that connection finds its call in the daemon's window.
+pub const QUIET_STAMP: u64 = 1 << 63;
+
+#[inline(always)]
+pub fn quiet_stamp(epoch: u32, n: u32) -> u64 {
+    QUIET_STAMP | (u64::from(epoch & 0x7fff_ffff) << 32) | u64::from(n)
 }
 
 /// Token bucket state: GCRA, the token bucket kept as one timestamp.

@@ -16,7 +16,7 @@ pub mod service;
 
 pub use conn::{ConnTrack, OutcomeEvent};
 pub use control::{Control, Stats};
-pub use dest::{Bucket, DestCounters, DestPolicy, PendingAges, WindowCounts};
+pub use dest::{Bucket, DestCounters, DestPolicy, PendingAges, QuietCount, WindowCounts};
 pub use endpoint::{CidrData, Endpoint};
 pub use retry::RetryBudget;
 pub use saved::SavedBreaker;
@@ -36,6 +36,7 @@ mod pod {
     unsafe impl aya::Pod for super::Stats {}
     unsafe impl aya::Pod for super::SavedBreaker {}
     unsafe impl aya::Pod for super::WindowCounts {}
+    unsafe impl aya::Pod for super::QuietCount {}
     unsafe impl aya::Pod for super::PendingAges {}
     unsafe impl aya::Pod for super::RetryBudget {}
     unsafe impl aya::Pod for super::ServiceRoute {}

@@ -4,7 +4,7 @@ use core::mem::size_of;
 
 use crate::{
     Bucket, CgroupPath, CidrData, ConnTrack, Control, DestCounters, DestPolicy, Endpoint,
-    PendingAges, RetryBudget, SavedBreaker, ServiceRoute, Stats, WindowCounts,
+    PendingAges, QuietCount, RetryBudget, SavedBreaker, ServiceRoute, Stats, WindowCounts,
 };
 
 /// (set, ip:port) or (set, ip with port 0) -> destination slot.
@@ -25,6 +25,8 @@ pub const BUCKETS: &str = "BUCKETS";
 pub const STREAKS: &str = "STREAKS";
 /// slot -> the breaker window's counts since its last state change (the kernel's own judgement).
 pub const WINDOWS: &str = "WINDOWS";
+/// slot -> successes counted without a record (`QuietCount`).
+pub const QUIET: &str = "QUIET";
 /// slot -> connects whose SYN has no answer yet, by age (`PendingAges`).
 pub const PENDING: &str = "PENDING";
 /// slot -> retry budget: bounds (daemon) and window counts (kernel).
@@ -126,6 +128,7 @@ pub const LAYOUT: &[(&str, usize, usize)] = &[
     (BUCKETS, size_of::<u32>(), size_of::<Bucket>()),
     (STREAKS, size_of::<u32>(), size_of::<u64>()),
     (WINDOWS, size_of::<u32>(), size_of::<WindowCounts>()),
+    (QUIET, size_of::<u32>(), size_of::<QuietCount>()),
     (SAVED, size_of::<u32>(), size_of::<SavedBreaker>()),
     (PENDING, size_of::<u32>(), size_of::<PendingAges>()),
     (RETRY, size_of::<u32>(), size_of::<RetryBudget>()),
@@ -150,6 +153,7 @@ pub const MMAPPED: &[(&str, u32)] = &[
     (BUCKETS, MAX_SLOTS),
     (STREAKS, MAX_SLOTS),
     (WINDOWS, MAX_SLOTS),
+    (QUIET, MAX_SLOTS),
     (SAVED, MAX_SLOTS),
     (PENDING, MAX_SLOTS),
     (RETRY, MAX_SLOTS),

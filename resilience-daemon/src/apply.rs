@@ -5,7 +5,8 @@ use std::net::SocketAddr;
 use resilience_common::{
     dest::{
         FLAG_BULKHEAD, FLAG_COUNT_LOCAL, FLAG_COUNT_REFUSED, FLAG_COUNT_TIMEOUT,
-        FLAG_COUNT_UNREACHABLE, FLAG_DRY_RUN, FLAG_RATE_LIMIT, FLAG_RETRY_BUDGET,
+        FLAG_COUNT_UNREACHABLE, FLAG_DRY_RUN, FLAG_RATE_LIMIT, FLAG_RECORD_SUCCESSES,
+        FLAG_RETRY_BUDGET,
     },
     Bucket, DestPolicy, Endpoint,
 };
@@ -46,6 +47,10 @@ pub fn kernel_policy(dest: &Destination, kv: KernelVerdict, generation: u32) -> 
     };
     if dest.retry_budget.is_some() {
         flags |= FLAG_RETRY_BUDGET;
+    }
+    // A time window files each call under its second: successes cannot be counted in bulk.
+    if matches!(dest.breaker.window, crate::config::Window::Time(_)) {
+        flags |= FLAG_RECORD_SUCCESSES;
     }
     let max_concurrent = match dest.bulkhead {
         Some(b) => {

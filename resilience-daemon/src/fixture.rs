@@ -220,6 +220,7 @@ pub fn fixture() -> Snapshot {
             outcome_records: 8419,
             stale: 0,
             observed_tracked: 0,
+            quiet_successes: 25_310,
         },
         daemon: DaemonStats {
             uptime: 3725.0,

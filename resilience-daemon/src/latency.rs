@@ -2,16 +2,17 @@
 
 use std::collections::VecDeque;
 
-/// The last `CAPACITY` successful connect latencies.
+/// The latencies of the last `CAPACITY` successful connects the kernel picked as samples (one
+/// in `conn::SAMPLE_ONE_IN`, at random): a random quarter of about the last 1024.
 #[derive(Debug, Default, Clone)]
 pub struct Samples {
     /// Microseconds, saturated at u32::MAX (71 minutes): half the memory of nanoseconds, and
-    /// finer than the two decimals of milliseconds anything shows. With 1024 per destination,
-    /// this ring is most of what a busy destination costs the daemon.
+    /// finer than the two decimals of milliseconds anything shows. This ring is most of what a
+    /// busy destination costs the daemon: 1 KiB.
     us: VecDeque<u32>,
 }
 
-const CAPACITY: usize = 1024;
+const CAPACITY: usize = 256;
 
 impl Samples {
     pub fn push(&mut self, latency_ns: u64) {
@@ -20,6 +21,13 @@ impl Samples {
         }
         self.us
             .push_back(u32::try_from(latency_ns / 1000).unwrap_or(u32::MAX));
+    }
+
+    /// The quantile of the samples, or before the first of them an estimate from the kernel's
+    /// latency histogram (`histogram`, see `snapshot::histogram_quantile_ms`).
+    pub fn quantile_or_ms(&self, q: f64, histogram: &[u64]) -> Option<f64> {
+        self.quantile_ms(q)
+            .or_else(|| crate::snapshot::histogram_quantile_ms(histogram, q))
     }
 
     /// Nearest-rank quantile in milliseconds (a selection, not a sort: linear in the samples).

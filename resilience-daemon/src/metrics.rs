@@ -417,6 +417,12 @@ pub fn render(s: &Snapshot) -> String {
             k.outcome_records,
         ),
         (
+            "resilience_quiet_successes_total",
+            "counter",
+            "Successes the kernel counted without a record, fed to the breakers in bulk.",
+            k.quiet_successes,
+        ),
+        (
             "resilience_reloads_total",
             "counter",
             "Policy reloads that took effect.",

@@ -407,6 +407,8 @@ fn simulate(def: &Destination, lines: &[&OutcomeLine], active: &[(u64, u64)], t0
             flags: if probe[i] { conn::TRACK_PROBE } else { 0 },
             generation: 0,
             epoch: 0,
+            // A recording has a record of every success.
+            quiet: 0,
             established_ns: o.established_ns.unwrap_or(0),
         };
         let out = intake::outcome(&ev, def.breaker.failures);

@@ -446,6 +446,10 @@ pub struct KernelStats {
     /// hold; at most half of `max_connections`, past which they are counted but not tracked).
     #[serde(default)]
     pub observed_tracked: u64,
+    /// Successes of named destinations the kernel counted without a record (plain ones: no
+    /// probe, not slow), fed to the breakers in bulk. With `outcome_records`, every outcome.
+    #[serde(default)]
+    pub quiet_successes: u64,
 }
 
 /// A quantile of the kernel's log2 latency histogram, for destinations the daemon keeps no
@@ -503,11 +507,11 @@ impl Counts {
             abandoned: c.abandoned,
             latency_ms: Latency {
                 p50: match samples {
-                    Some(s) => s.quantile_ms(0.50),
+                    Some(s) => s.quantile_or_ms(0.50, &c.latency_log2_us),
                     None => histogram_quantile_ms(&c.latency_log2_us, 0.50),
                 },
                 p99: match samples {
-                    Some(s) => s.quantile_ms(0.99),
+                    Some(s) => s.quantile_or_ms(0.99, &c.latency_log2_us),
                     None => histogram_quantile_ms(&c.latency_log2_us, 0.99),
                 },
                 mean: (c.successes > 0).then(|| c.latency_sum_ns as f64 / c.successes as f64 / 1e6),
@@ -518,7 +522,12 @@ impl Counts {
     }
 }
 
-pub fn kernel_stats(s: &Stats, outcome_records: u64, observed_tracked: u64) -> KernelStats {
+pub fn kernel_stats(
+    s: &Stats,
+    outcome_records: u64,
+    observed_tracked: u64,
+    quiet_successes: u64,
+) -> KernelStats {
     KernelStats {
         fail_open: s.fail_open,
         ringbuf_lost: s.ringbuf_lost,
@@ -527,6 +536,7 @@ pub fn kernel_stats(s: &Stats, outcome_records: u64, observed_tracked: u64) -> K
         outcome_records,
         stale: s.stale,
         observed_tracked,
+        quiet_successes,
     }
 }
 

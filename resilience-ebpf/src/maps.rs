@@ -11,7 +11,7 @@ use resilience_common::{
         MAX_OBSERVED, MAX_OBS_CONNS, MAX_ROUTES, MAX_SERVICE_CGROUPS, MAX_SLOTS, POLICY_ENTRIES,
     },
     Bucket, CgroupPath, CidrData, ConnTrack, Control, DestCounters, DestPolicy, Endpoint,
-    PendingAges, RetryBudget, SavedBreaker, ServiceRoute, Stats, WindowCounts,
+    PendingAges, QuietCount, RetryBudget, SavedBreaker, ServiceRoute, Stats, WindowCounts,
 };
 
 // Pinned (by name, under the daemon's pin directory): a restarted daemon finds the same
@@ -37,6 +37,8 @@ pub static BUCKETS: Array<Bucket> = Array::pinned(MAX_SLOTS, BPF_F_MMAPABLE);
 pub static STREAKS: Array<u64> = Array::pinned(MAX_SLOTS, BPF_F_MMAPABLE);
 #[map]
 pub static WINDOWS: Array<WindowCounts> = Array::pinned(MAX_SLOTS, BPF_F_MMAPABLE);
+#[map]
+pub static QUIET: Array<QuietCount> = Array::pinned(MAX_SLOTS, BPF_F_MMAPABLE);
 #[map]
 pub static RETRY: Array<RetryBudget> = Array::pinned(MAX_SLOTS, BPF_F_MMAPABLE);
 #[map]
@@ -139,6 +141,12 @@ pub fn policy(set: u32, slot: u32) -> Option<&'static DestPolicy> {
         return None;
     }
     POLICY.get((set & 1) * MAX_SLOTS + slot)
+}
+
+/// Someone records every outcome (`Control::record_all`).
+#[inline(always)]
+pub fn record_all() -> bool {
+    CONTROL.get(0).is_some_and(|c| c.record_all != 0)
 }
 
 /// The policy set the hooks read now.

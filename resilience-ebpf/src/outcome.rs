@@ -6,12 +6,13 @@ use resilience_common::{
     conn::{
         CONN_CONNECTING, OUTCOME_ABANDONED, OUTCOME_CLOSED, OUTCOME_LOCAL, OUTCOME_REFUSED,
         OUTCOME_RESET, OUTCOME_SUCCESS, OUTCOME_TIMEOUT, OUTCOME_UNREACHABLE, PENDING_BUCKET_MASK,
-        PENDING_SHIFT, SLOT_OBSERVED, TRACK_HELD, TRACK_PENDING, TRACK_PROBE, TRACK_ROOM,
-        TRACK_SLOW,
+        PENDING_SHIFT, SAMPLE_ONE_IN, SLOT_OBSERVED, TRACK_HELD, TRACK_PENDING, TRACK_PROBE,
+        TRACK_ROOM, TRACK_SAMPLE, TRACK_SLOW,
     },
     dest::{
-        latency_bucket, FLAG_COUNT_LOCAL, FLAG_COUNT_REFUSED, FLAG_COUNT_TIMEOUT,
-        FLAG_COUNT_UNREACHABLE, FLAG_RETRY_BUDGET, PENDING_BUCKETS, TRIPPED,
+        latency_bucket, quiet_stamp, FLAG_COUNT_LOCAL, FLAG_COUNT_REFUSED, FLAG_COUNT_TIMEOUT,
+        FLAG_COUNT_UNREACHABLE, FLAG_RECORD_SUCCESSES, FLAG_RETRY_BUDGET, PENDING_BUCKETS,
+        TRIPPED,
     },
     ConnTrack, DestCounters, DestPolicy, OutcomeEvent, WindowCounts,
 };
@@ -19,10 +20,11 @@ use resilience_common::{
 use crate::{
     atomic::{add, add32, fetch_add, MINUS_ONE},
     maps::{
-        policy, stats, ACTIVE, COUNTERS, EVENTS, OBSERVED, OBS_LIVE, PENDING, RETRY, STREAKS,
-        WINDOWS,
+        policy, record_all, stats, ACTIVE, COUNTERS, EVENTS, OBSERVED, OBS_LIVE, PENDING, QUIET,
+        RETRY, STREAKS, WINDOWS,
     },
 };
+use aya_ebpf::helpers::bpf_get_prandom_u32;
 
 /// The slot's policy if the connection still belongs to its owner; counts a stale outcome
 /// otherwise.
@@ -57,17 +59,20 @@ pub fn unpend(c: &ConnTrack) {
 }
 
 /// SYN_SENT -> ESTABLISHED (an active or a simultaneous open). `c` stays tracked until close.
+/// A plain success of a named destination (no probe, not slow, no trip) is counted in
+/// `QUIET` without a record, unless it is a latency sample or every success must have one:
+/// then its `quiet_stamp` is returned, for the entry's `established_ns`.
 #[inline(always)]
-pub fn succeed(c: &ConnTrack, now: u64, set: u32) {
+pub fn succeed(c: &ConnTrack, now: u64, set: u32) -> Option<u64> {
     let elapsed = now.wrapping_sub(c.start_ns);
     unpend(c);
     if c.slot == SLOT_OBSERVED {
         if let Some(counters) = OBSERVED.get_ptr_mut(c.endpoint) {
             count_success(counters, elapsed, false);
         }
-        return;
+        return None;
     }
-    let Some(p) = owner(c, set) else { return };
+    let p = owner(c, set)?;
     let mut flags = c.flags & TRACK_PROBE;
     let slow = p.slow_ns != 0 && elapsed >= p.slow_ns;
     if slow {
@@ -90,6 +95,24 @@ pub fn succeed(c: &ConnTrack, now: u64, set: u32) {
     if let Some(counters) = COUNTERS.get_ptr_mut(c.slot) {
         count_success(counters, elapsed, slow);
     }
+    // SAFETY: a helper without arguments.
+    if unsafe { bpf_get_prandom_u32() } & (SAMPLE_ONE_IN - 1) == 0 {
+        flags |= TRACK_SAMPLE;
+    }
+    let plain = flags == 0 && !tripped && p.flags & FLAG_RECORD_SUCCESSES == 0 && !record_all();
+    let mut quiet = 0;
+    if let Some(q) = QUIET.get_ptr_mut(c.slot) {
+        // SAFETY: pointer into an array map value, valid for the program's run.
+        unsafe {
+            if core::ptr::read_volatile(&raw const (*q).epoch) == u64::from(p.window_epoch) {
+                if plain {
+                    let n = fetch_add(&raw mut (*q).successes, 1).wrapping_add(1);
+                    return Some(quiet_stamp(p.window_epoch, n as u32));
+                }
+                quiet = core::ptr::read_volatile(&raw const (*q).successes) as u32;
+            }
+        }
+    }
     // The breaker acts on probes, slow calls and trips: wake the daemon for them.
     emit(
         now,
@@ -98,9 +121,11 @@ pub fn succeed(c: &ConnTrack, now: u64, set: u32) {
         OUTCOME_SUCCESS,
         0,
         flags,
-        flags != 0 || tripped,
+        flags & !TRACK_SAMPLE != 0 || tripped,
         p.window_epoch,
+        quiet,
     );
+    None
 }
 
 /// Count a call in the slot's window, as the kernel keeps it since the breaker's last state
@@ -205,7 +230,8 @@ pub fn settle(c: &ConnTrack, outcome: u32, err: u32, now: u64, set: u32) {
     // failure of a named destination may trip its breaker: wake the daemon at once.
     if outcome != OUTCOME_CLOSED {
         let flags = (c.flags & TRACK_PROBE) | if slow { TRACK_SLOW } else { 0 };
-        emit(now, elapsed, c, outcome, err, flags, true, p.window_epoch);
+        let quiet = quiet_now(c.slot, p.window_epoch);
+        emit(now, elapsed, c, outcome, err, flags, true, p.window_epoch, quiet);
     }
     // After the record: a daemon that sees the streak has the record too.
     if counted {
@@ -217,6 +243,21 @@ pub fn settle(c: &ConnTrack, outcome: u32, err: u32, now: u64, set: u32) {
                 add(streak, 1);
             }
         }
+    }
+}
+
+/// The slot's successes counted without a record in `epoch` so far (0 in another epoch).
+#[inline(always)]
+fn quiet_now(slot: u32, epoch: u32) -> u32 {
+    let Some(q) = QUIET.get_ptr_mut(slot) else {
+        return 0;
+    };
+    // SAFETY: pointer into an array map value, valid for the program's run.
+    unsafe {
+        if core::ptr::read_volatile(&raw const (*q).epoch) != u64::from(epoch) {
+            return 0;
+        }
+        core::ptr::read_volatile(&raw const (*q).successes) as u32
     }
 }
 
@@ -266,6 +307,7 @@ fn emit(
     flags: u32,
     urgent: bool,
     epoch: u32,
+    quiet: u32,
 ) {
     match EVENTS.reserve::<OutcomeEvent>(0) {
         Some(mut entry) => {
@@ -279,6 +321,7 @@ fn emit(
                 flags,
                 generation: c.generation,
                 epoch,
+                quiet,
                 established_ns: if outcome == OUTCOME_RESET {
                     c.established_ns
                 } else {

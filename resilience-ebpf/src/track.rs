@@ -200,9 +200,8 @@ fn established(map: &impl Conns, cookie: u64) -> Option<ConnTrack> {
     if c.state == CONN_CONNECTING {
         unsafe {
             (*conn).state = CONN_ESTABLISHED;
-            (*conn).established_ns = now;
+            (*conn).established_ns = succeed(&c, now, active_set()).unwrap_or(now);
         }
-        succeed(&c, now, active_set());
     }
     Some(c)
 }

@@ -230,8 +230,13 @@ fn outcome_counters_are_exact() {
     assert_eq!(ok.wait_accepted(20), 20);
     let k = &d.status()["kernel"];
     assert_eq!(k["ringbuf_lost"], 0);
-    // One record per connect outcome: 20 successes + 7 refused + 3 timeouts.
-    assert_eq!(k["outcome_records"], 30, "{k:#}");
+    // Every connect outcome once: 7 refused and 3 timeouts with a record each; of the 20
+    // successes, those the kernel picked as latency samples (one in four, at random) with a
+    // record, the rest counted in the kernel without one and fed to the breaker in bulk.
+    let records = k["outcome_records"].as_u64().unwrap_or(0);
+    let quiet = k["quiet_successes"].as_u64().unwrap_or(0);
+    assert_eq!(records + quiet, 30, "{k:#}");
+    assert!(quiet > 0 && records >= 10, "{k:#}");
 }
 
 #[test]

@@ -122,8 +122,9 @@ pub fn status(s: &Snapshot) -> String {
     let k = &s.kernel;
     let _ = writeln!(
         out,
-        "kernel: fail_open={} ringbuf_lost={} untracked={} hook_errors={} outcome_records={}",
-        k.fail_open, k.ringbuf_lost, k.untracked, k.hook_errors, k.outcome_records
+        "kernel: fail_open={} ringbuf_lost={} untracked={} hook_errors={} outcome_records={} \
+         quiet_successes={}",
+        k.fail_open, k.ringbuf_lost, k.untracked, k.hook_errors, k.outcome_records, k.quiet_successes
     );
     let d = &s.daemon;
     let _ = writeln!(

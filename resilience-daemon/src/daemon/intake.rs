@@ -3,7 +3,12 @@
 
 use resilience_common::{conn, OutcomeEvent};
 
-use super::{guarded::Guarded, journal::Journal, publish};
+use super::{
+    guarded::Guarded,
+    journal::Journal,
+    publish,
+    quiet::{self, QuietBook},
+};
 use crate::{
     config::FailureClass,
     engine::{Jitter, Outcome},
@@ -56,10 +61,13 @@ pub fn outcome(ev: &OutcomeEvent, failures: crate::config::FailureClasses) -> Op
     })
 }
 
-/// Feed `records` to the breakers; publish what changed.
+/// Feed `records` to the breakers, each after the successes the kernel counted without a
+/// record before it; publish what changed.
+#[allow(clippy::too_many_arguments)]
 pub fn feed(
     records: &[OutcomeEvent],
     guarded: &mut Guarded,
+    book: &mut QuietBook,
     arrays: &Arrays,
     journal: &mut Journal,
     jitter: &mut impl Jitter,
@@ -79,6 +87,18 @@ pub fn feed(
             continue;
         }
         touched.push(i);
+        quiet::fold(
+            book,
+            guarded,
+            i,
+            ev.epoch,
+            ev.quiet,
+            ev.ts_ns,
+            arrays,
+            journal,
+            jitter,
+        );
+        let d = &mut guarded.dests[i];
         journal.tap.outcome(d, ev);
         let o = outcome(ev, d.def.breaker.failures);
         let judged = matches!(
@@ -97,8 +117,11 @@ pub fn feed(
         let Some(o) = o else {
             continue;
         };
+        // One success in `SAMPLE_ONE_IN`, picked by the kernel whatever else it is.
         if let Outcome::Success { latency_ns, .. } = o {
-            d.samples.push(latency_ns);
+            if ev.flags & conn::TRACK_SAMPLE != 0 {
+                d.samples.push(latency_ns);
+            }
         }
         // A closed breaker's window takes the outcomes of its own epoch only, so that it
         // holds exactly what the kernel judges (outcomes that ended before the window was

@@ -20,6 +20,7 @@ pub mod lifecycle;
 pub mod page;
 pub mod plan;
 pub mod publish;
+pub mod quiet;
 pub mod resolver;
 pub mod tap;
 pub mod view;
@@ -70,6 +71,8 @@ pub struct RunOptions {
 
 /// How often breakers are checked for open -> half-open, and records drained.
 const TICK: Duration = Duration::from_millis(50);
+/// How long every success gets a record after a recorder asked, before it listens.
+const RECORD_GRACE_NS: u64 = 5_000_000_000;
 /// How often the policy file is checked for changes.
 const WATCH_EVERY: Duration = Duration::from_secs(1);
 /// How long reading the policy file may take.
@@ -87,6 +90,11 @@ pub struct Daemon {
     pub cgroups: Cgroups,
     /// When the kernel's SERVICES and WATCH were last made to agree with `cgroups`.
     pub services_synced: Option<Instant>,
+    /// The successes counted without a record already fed to the breakers.
+    pub quiet: quiet::QuietBook,
+    /// Until when every success gets a record though nobody may listen yet (a recorder
+    /// that asked for a recording and is about to subscribe).
+    pub record_until_ns: u64,
 }
 
 /// A policy file read off the loop.
@@ -174,6 +182,8 @@ pub async fn run(mut opts: RunOptions) -> Result<()> {
             cgroup.clone(),
         ),
         services_synced: None,
+        quiet: quiet::QuietBook::default(),
+        record_until_ns: 0,
     };
     resolve_all(&d.life.wanted.file, &mut resolver);
 
@@ -328,6 +338,7 @@ pub async fn run(mut opts: RunOptions) -> Result<()> {
                         };
                         let records = drain(events.get_mut());
                         feed(&records, &mut d, &mut journal, &mut jitter);
+                        sweep_quiet(&mut d, &mut journal, &mut jitter);
                         let info = view::Info::new(started, settings.lease, config_path.as_deref(), &attachment, features.retval);
                         let r = match view::snapshot(&mut d, &mut revisions, &journal, &info, since, instance, policy) {
                             Ok(s) => Reply::Snapshot { field, snapshot: Box::new(s) },
@@ -338,6 +349,7 @@ pub async fn run(mut opts: RunOptions) -> Result<()> {
                     Request::Table { sort, filter, offset, limit, detail, events_after, instance } => {
                         let records = drain(events.get_mut());
                         feed(&records, &mut d, &mut journal, &mut jitter);
+                        sweep_quiet(&mut d, &mut journal, &mut jitter);
                         let info = view::Info::new(started, settings.lease, config_path.as_deref(), &attachment, features.retval);
                         let q = crate::table::Query {
                             sort,
@@ -357,6 +369,11 @@ pub async fn run(mut opts: RunOptions) -> Result<()> {
                         let _ = reply.send(Reply::Events(journal.all()));
                     }
                     Request::Record => {
+                        // Every success gets a record from now: the recorder subscribes next.
+                        d.record_until_ns = monotonic_ns().saturating_add(RECORD_GRACE_NS);
+                        if let Err(e) = d.tables.arrays.set_record_all(true) {
+                            journal.fault("cannot ask the kernel for every success", &e);
+                        }
                         let h = recording_header(&d, config_path.as_deref());
                         let _ = reply.send(Reply::Recording(Box::new(h)));
                     }
@@ -556,10 +573,24 @@ fn feed(records: &[OutcomeEvent], d: &mut Daemon, journal: &mut Journal, jitter:
     intake::feed(
         records,
         &mut d.guarded,
+        &mut d.quiet,
         &arrays,
         journal,
         jitter,
         &mut d.intake,
+    );
+}
+
+/// The successes the kernel counted without a record, into the breakers (see `quiet`).
+fn sweep_quiet(d: &mut Daemon, journal: &mut Journal, jitter: &mut impl Jitter) {
+    let arrays = d.tables.arrays.clone();
+    quiet::sweep(
+        &mut d.quiet,
+        &mut d.guarded,
+        monotonic_ns(),
+        &arrays,
+        journal,
+        jitter,
     );
 }
 
@@ -640,8 +671,16 @@ fn watch_services(d: &mut Daemon, journal: &mut Journal) {
 
 fn on_tick(d: &mut Daemon, journal: &mut Journal, jitter: &mut impl Jitter) {
     watch_services(d, journal);
+    // Before anything is judged: the windows hold every success, as if each had a record.
+    sweep_quiet(d, journal, jitter);
     let now = monotonic_ns();
     let arrays = d.tables.arrays.clone();
+    let record_all = journal.tap.active() || now < d.record_until_ns;
+    if record_all != (arrays.control().record_all != 0) {
+        if let Err(e) = arrays.set_record_all(record_all) {
+            journal.fault("cannot ask the kernel for every success", &e);
+        }
+    }
     for dest in &mut d.guarded.dests {
         // Most destinations have nothing due: a closed breaker with no slow connects
         // pending. Skipping them keeps the tick's cost with what is due, not with how many

@@ -113,8 +113,8 @@ pub fn table(
             max_active: def.bulkhead.map(|b| b.max_concurrent),
             // Percentiles cost a selection over the samples: the page's rows only, unless
             // they are what the rows are sorted by.
-            p50_ms: latency.then(|| d.samples.quantile_ms(0.5)).flatten(),
-            p99_ms: latency.then(|| d.samples.quantile_ms(0.99)).flatten(),
+            p50_ms: latency.then(|| percentile(d, &arrays, 0.5)).flatten(),
+            p99_ms: latency.then(|| percentile(d, &arrays, 0.99)).flatten(),
             since: Some(now.saturating_sub(d.breaker.since_ns()) as f64 / 1e9),
             destination: Some(def.name.clone()),
             operator_disabled: d.override_mode == Some(Mode::Disabled),
@@ -140,8 +140,8 @@ pub fn table(
     for &i in &order[range] {
         let mut r = rows[i].clone();
         if let Some(d) = dests.get(i).filter(|_| !latency) {
-            r.p50_ms = d.samples.quantile_ms(0.5);
-            r.p99_ms = d.samples.quantile_ms(0.99);
+            r.p50_ms = percentile(d, &arrays, 0.5);
+            r.p99_ms = percentile(d, &arrays, 0.99);
         }
         page_rows.push(r);
     }
@@ -178,4 +178,12 @@ pub fn table(
         rows: page_rows,
     });
     Ok(s)
+}
+
+/// A named destination's latency quantile: its samples', or before the first of them the
+/// kernel histogram's.
+fn percentile(d: &super::guarded::Dest, arrays: &crate::kernel::Arrays, q: f64) -> Option<f64> {
+    d.samples
+        .quantile_ms(q)
+        .or_else(|| snapshot::histogram_quantile_ms(&arrays.counters(d.slot).latency_log2_us, q))
 }

@@ -326,6 +326,7 @@ pub fn header(daemon: &Daemon, info: &Info<'_>, instance: u64) -> Result<Snapsho
             &daemon.tables.stats()?,
             daemon.intake.records,
             daemon.tables.arrays.obs_live.get(0).unwrap_or(0),
+            daemon.quiet.fed,
         ),
         daemon: DaemonStats {
             uptime: info.started.elapsed().as_secs_f64(),

@@ -429,6 +429,41 @@ impl Breaker {
         }
     }
 
+    /// `n` plain successes the kernel counted without records (`QuietCount`): numbers
+    /// `first..first + n` of window epoch `epoch`, in that order. Each is a call of a closed
+    /// breaker's window, stamped with its `quiet_stamp` (a reset of its connection finds it by
+    /// that), judged as a success with its own record would be: as successes only lower the
+    /// window's rates, only the one that brings the window to its minimum can trip it.
+    pub fn on_quiet(
+        &mut self,
+        now_ns: u64,
+        epoch: u32,
+        first: u32,
+        n: u32,
+        jitter: &mut impl Jitter,
+    ) -> Option<Transition> {
+        if n == 0 || self.state != State::Closed || epoch != self.epoch || !self.mode_runs() {
+            return None;
+        }
+        let minimum = self.window.minimum(self.cfg.minimum_calls);
+        let success = Call {
+            failure: false,
+            slow: false,
+        };
+        self.changes += 1;
+        self.streak = 0;
+        for k in 0..n {
+            let stamp = resilience_common::dest::quiet_stamp(epoch, first.wrapping_add(k));
+            self.window.record_stamped(now_ns, stamp, success);
+            if self.window.totals(now_ns).calls == minimum {
+                if let Some(t) = self.judge(now_ns, jitter) {
+                    return Some(t);
+                }
+            }
+        }
+        None
+    }
+
     fn probe_ended(
         &mut self,
         now_ns: u64,
@@ -793,6 +828,46 @@ mod tests {
         // Disabled: no judgement at all.
         let mut off = Breaker::new(cfg(), Mode::Disabled, 0);
         assert!(off.on_pending(0, 100, &mut j).is_none());
+    }
+
+    #[test]
+    fn successes_counted_without_records_are_calls_in_order_and_judged_as_each_would_be() {
+        let mut j = Fixed(0.5);
+        // 3 failures, then 2 successes the kernel counted in bulk: the 5th call brings the
+        // window to its minimum at 60%, and trips there as a success with its record would.
+        let mut b = Breaker::new(cfg(), Mode::Enforce, 0);
+        let e = b.epoch();
+        assert!(feed(&mut b, 0, &[refused(); 3]).is_empty());
+        let t = b.on_quiet(10 * MS, e, 1, 2, &mut j).expect("trips at the minimum");
+        assert_eq!(t.reason, "failure rate 60% >= 60% over 5 calls; open for 30s");
+        // 2 failures then 4 successes in bulk: 2/5 at the minimum, lower after: closed, with
+        // every call in the window and the streak ended.
+        let mut b = Breaker::new(cfg(), Mode::Enforce, 0);
+        let e = b.epoch();
+        assert!(feed(&mut b, 0, &[refused(); 2]).is_empty());
+        assert_eq!(b.streak(), 2);
+        assert!(b.on_quiet(10 * MS, e, 1, 4, &mut j).is_none());
+        assert_eq!(b.window_contents(10 * MS).calls, "xx....");
+        assert_eq!(b.streak(), 0);
+        // Another epoch's successes are not this window's.
+        assert!(b.on_quiet(20 * MS, e + 1, 5, 3, &mut j).is_none());
+        assert_eq!(b.window_calls(20 * MS), 6);
+        // A reset of the connection of the 3rd of them (the 5th call) finds it by its stamp.
+        let reset = Outcome::Failure {
+            class: FailureClass::Reset,
+            counted: true,
+            probe: false,
+            replaces: Some(resilience_common::dest::quiet_stamp(e, 3)),
+            latency_ns: 0,
+        };
+        assert!(b.on_outcome(30 * MS, reset, &mut j).is_none());
+        assert_eq!(b.window_contents(30 * MS).calls, "xx..x.");
+        // Outside closed, nothing comes in.
+        let mut open = Breaker::new(cfg(), Mode::Enforce, 0);
+        let e = open.epoch();
+        assert_eq!(feed(&mut open, 0, &[refused(); 5]).len(), 1);
+        assert!(open.on_quiet(10 * MS, e, 1, 9, &mut j).is_none());
+        assert_eq!(open.window_calls(10 * MS), 0);
     }
 
     #[test]

@@ -89,6 +89,12 @@ impl CallWindow {
     }
 
     pub fn record(&mut self, now_ns: u64, call: Call) {
+        self.record_stamped(now_ns, now_ns, call);
+    }
+
+    /// `record`, a count window keeping `stamp` as the call's (what `fail_success` looks for)
+    /// instead of its time.
+    pub fn record_stamped(&mut self, now_ns: u64, stamp: u64, call: Call) {
         match self {
             CallWindow::Count {
                 size,
@@ -103,7 +109,7 @@ impl CallWindow {
                     stamps.pop_front();
                 }
                 calls.push_back(call);
-                stamps.push_back(now_ns);
+                stamps.push_back(stamp);
                 totals.add(call);
             }
             CallWindow::Time {
@@ -259,6 +265,8 @@ impl CallWindow {
                 totals.failures += 1;
                 true
             }
+            // A time window has its successes' times, never a quiet stamp.
+            CallWindow::Time { .. } if at_ns & resilience_common::dest::QUIET_STAMP != 0 => false,
             CallWindow::Time {
                 buckets, totals, ..
             } => {

@@ -20,7 +20,7 @@ use resilience_common::{
     maps::{self, MAX_SLOTS, POLICY_ENTRIES},
     retry::RETRY_BUCKETS,
     Bucket, Control, DestCounters, DestPolicy, Endpoint, PendingAges, RetryBudget, SavedBreaker,
-    Stats, WindowCounts,
+    QuietCount, Stats, WindowCounts,
 };
 
 use super::{keys::KeySets, mmap, mmap::MmapArray};
@@ -35,6 +35,7 @@ pub struct Arrays {
     pub buckets: MmapArray<Bucket>,
     pub streaks: MmapArray<u64>,
     pub windows: MmapArray<WindowCounts>,
+    pub quiet: MmapArray<QuietCount>,
     pub saved: MmapArray<SavedBreaker>,
     /// Connects still waiting for an answer, by age. Never reset: the kernel adds and takes
     /// back each connect's one, whoever owns the slot meanwhile.
@@ -144,6 +145,7 @@ impl Tables {
             buckets: slots(maps::BUCKETS, src)?,
             streaks: slots(maps::STREAKS, src)?,
             windows: slots(maps::WINDOWS, src)?,
+            quiet: slots(maps::QUIET, src)?,
             saved: slots(maps::SAVED, src)?,
             pending: slots(maps::PENDING, src)?,
             retry: slots(maps::RETRY, src)?,
@@ -303,8 +305,13 @@ impl Arrays {
         let Some(p) = self.windows.ptr(slot) else {
             return;
         };
-        // SAFETY: aligned u64 fields of a mapped entry.
+        // SAFETY: aligned u64 fields of mapped entries.
         unsafe {
+            if let Some(q) = self.quiet.ptr(slot) {
+                mmap::atomic_u64(&raw mut (*q).epoch).store(0, Ordering::Release);
+                mmap::atomic_u64(&raw mut (*q).successes).store(0, Ordering::Release);
+                mmap::atomic_u64(&raw mut (*q).epoch).store(u64::from(epoch), Ordering::Release);
+            }
             mmap::atomic_u64(&raw mut (*p).epoch).store(0, Ordering::Release);
             mmap::atomic_u64(&raw mut (*p).failures).store(0, Ordering::Release);
             mmap::atomic_u64(&raw mut (*p).slow).store(0, Ordering::Release);
@@ -331,11 +338,13 @@ impl Arrays {
         self.buckets.grow(n).context("mapping map BUCKETS")?;
         self.streaks.grow(n).context("mapping map STREAKS")?;
         self.windows.grow(n).context("mapping map WINDOWS")?;
+        self.quiet.grow(n).context("mapping map QUIET")?;
         self.saved.grow(n).context("mapping map SAVED")?;
         self.pending.grow(n).context("mapping map PENDING")?;
         self.retry.grow(n).context("mapping map RETRY")?;
         for slot in before..self.windows.mapped() {
             self.windows.set(slot, WindowCounts::default());
+            self.quiet.set(slot, QuietCount::default());
         }
         Ok(())
     }
@@ -344,7 +353,25 @@ impl Arrays {
     pub fn clear_windows(&self) {
         for slot in 0..MAX_SLOTS {
             self.windows.set(slot, WindowCounts::default());
+            self.quiet.set(slot, QuietCount::default());
         }
+    }
+
+    /// Successes of `slot` the kernel counted without a record: (epoch, count).
+    pub fn quiet(&self, slot: u32) -> (u32, u32) {
+        self.quiet
+            .get(slot)
+            .map_or((0, 0), |q| (q.epoch as u32, q.successes as u32))
+    }
+
+    /// Whether every success gets a record (someone records them all).
+    pub fn set_record_all(&self, on: bool) -> Result<()> {
+        let c = self.control_ptr()?;
+        // SAFETY: an aligned field of the mapped entry.
+        unsafe {
+            super::mmap::atomic_u32(&raw mut (*c).record_all).store(u32::from(on), Ordering::Release)
+        };
+        Ok(())
     }
 
     pub fn bucket(&self, slot: u32) -> Bucket {
