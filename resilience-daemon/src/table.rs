@@ -257,32 +257,84 @@ impl Sort {
     }
 }
 
+/// What ordering, filtering and the tally read of a row: a whole `Row`, or a stand-in that
+/// builds the rest only for the rows on the page (the daemon's, with 10k destinations).
+pub trait Keys {
+    fn name(&self) -> &str;
+    /// The state text (only read to filter).
+    fn state(&self) -> std::borrow::Cow<'_, str>;
+    fn tag(&self) -> Tag;
+    fn service(&self) -> Option<&str>;
+    fn attempts_per_s(&self) -> Option<f64>;
+    fn fail_pct(&self) -> Option<f64>;
+    /// All rejections per second.
+    fn rejected_per_s(&self) -> Option<f64>;
+    fn p99_ms(&self) -> Option<f64>;
+    fn named(&self) -> bool;
+}
+
+impl Keys for Row {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn state(&self) -> std::borrow::Cow<'_, str> {
+        std::borrow::Cow::Borrowed(&self.state)
+    }
+
+    fn tag(&self) -> Tag {
+        self.tag
+    }
+
+    fn service(&self) -> Option<&str> {
+        self.service.as_deref()
+    }
+
+    fn attempts_per_s(&self) -> Option<f64> {
+        self.attempts_per_s
+    }
+
+    fn fail_pct(&self) -> Option<f64> {
+        self.fail_pct
+    }
+
+    fn rejected_per_s(&self) -> Option<f64> {
+        self.rejected_per_s.map(|r| r.iter().sum())
+    }
+
+    fn p99_ms(&self) -> Option<f64> {
+        self.p99_ms
+    }
+
+    fn named(&self) -> bool {
+        Row::named(self)
+    }
+}
+
 /// The order of `rows` to show: filtered by `filter` (a substring of the name or state,
 /// case-insensitive), sorted by `sort`. Indices into `rows`.
-pub fn view(rows: &[Row], sort: Sort, filter: &str) -> Vec<usize> {
+pub fn view<R: Keys>(rows: &[R], sort: Sort, filter: &str) -> Vec<usize> {
     let needle = filter.to_lowercase();
     let mut idx: Vec<usize> = (0..rows.len())
         .filter(|&i| {
             needle.is_empty()
-                || rows[i].name.to_lowercase().contains(&needle)
-                || rows[i].state.to_lowercase().contains(&needle)
+                || rows[i].name().to_lowercase().contains(&needle)
+                || rows[i].state().to_lowercase().contains(&needle)
         })
         .collect();
     let desc = |v: Option<f64>| std::cmp::Reverse(ordered(v.unwrap_or(-1.0)));
     match sort {
         Sort::Policy => {}
-        Sort::State => idx.sort_by_key(|&i| rows[i].tag),
-        Sort::Name => idx.sort_by(|&a, &b| rows[a].name.cmp(&rows[b].name)),
-        Sort::Attempts => idx.sort_by_key(|&i| desc(rows[i].attempts_per_s)),
-        Sort::Failures => idx.sort_by_key(|&i| desc(rows[i].fail_pct)),
-        Sort::Rejected => {
-            idx.sort_by_key(|&i| desc(rows[i].rejected_per_s.map(|r| r.iter().sum())))
-        }
-        Sort::Latency => idx.sort_by_key(|&i| desc(rows[i].p99_ms)),
+        Sort::State => idx.sort_by_key(|&i| rows[i].tag()),
+        Sort::Name => idx.sort_by(|&a, &b| rows[a].name().cmp(rows[b].name())),
+        Sort::Attempts => idx.sort_by_key(|&i| desc(rows[i].attempts_per_s())),
+        Sort::Failures => idx.sort_by_key(|&i| desc(rows[i].fail_pct())),
+        Sort::Rejected => idx.sort_by_key(|&i| desc(rows[i].rejected_per_s())),
+        Sort::Latency => idx.sort_by_key(|&i| desc(rows[i].p99_ms())),
     }
     // Grouped by service (stable: each group keeps the order chosen): destinations that guard
     // every process first, then each service's.
-    idx.sort_by(|&a, &b| rows[a].service.cmp(&rows[b].service));
+    idx.sort_by(|&a, &b| rows[a].service().cmp(&rows[b].service()));
     idx
 }
 
@@ -321,8 +373,8 @@ pub struct Tally {
 }
 
 impl Tally {
-    pub fn of(rows: &[Row]) -> Tally {
-        let count = |t: Tag| rows.iter().filter(|r| r.tag == t).count();
+    pub fn of<R: Keys>(rows: &[R]) -> Tally {
+        let count = |t: Tag| rows.iter().filter(|r| r.tag() == t).count();
         Tally {
             named: rows.iter().filter(|r| r.named()).count(),
             observed: count(Tag::Observed),

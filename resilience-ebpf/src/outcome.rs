@@ -11,8 +11,7 @@ use resilience_common::{
     },
     dest::{
         latency_bucket, quiet_stamp, FLAG_COUNT_LOCAL, FLAG_COUNT_REFUSED, FLAG_COUNT_TIMEOUT,
-        FLAG_COUNT_UNREACHABLE, FLAG_RECORD_SUCCESSES, FLAG_RETRY_BUDGET, PENDING_BUCKETS,
-        TRIPPED,
+        FLAG_COUNT_UNREACHABLE, FLAG_RECORD_SUCCESSES, FLAG_RETRY_BUDGET, PENDING_BUCKETS, TRIPPED,
     },
     ConnTrack, DestCounters, DestPolicy, OutcomeEvent, WindowCounts,
 };
@@ -231,7 +230,17 @@ pub fn settle(c: &ConnTrack, outcome: u32, err: u32, now: u64, set: u32) {
     if outcome != OUTCOME_CLOSED {
         let flags = (c.flags & TRACK_PROBE) | if slow { TRACK_SLOW } else { 0 };
         let quiet = quiet_now(c.slot, p.window_epoch);
-        emit(now, elapsed, c, outcome, err, flags, true, p.window_epoch, quiet);
+        emit(
+            now,
+            elapsed,
+            c,
+            outcome,
+            err,
+            flags,
+            true,
+            p.window_epoch,
+            quiet,
+        );
     }
     // After the record: a daemon that sees the streak has the record too.
     if counted {

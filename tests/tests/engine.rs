@@ -604,3 +604,58 @@ fn a_configmap_style_symlink_swap_is_reloaded() {
     );
     let _ = std::fs::remove_dir_all(volume);
 }
+
+/// Plain successes have no record of their own: the kernel counts them and the daemon puts
+/// them back in the window in their place. The trip fuse it arms afterwards must count them,
+/// exactly: 10 failures and 30 successes are 40 calls; with the daemon stopped, the kernel
+/// alone lets through exactly the 20 failures that bring 50 calls to 50%.
+#[test]
+fn successes_counted_without_records_are_in_the_window_and_the_fuse() {
+    if !privileged("quiet_successes") {
+        return;
+    }
+    let target = closed_port("127.0.0.226");
+    let policy = format!(
+        "[[destination]]\nname = \"svc\"\nmatch = [\"{target}\"]\nreject_errno = \"EHOSTUNREACH\"\n[destination.breaker]\nwindow_size = 100\nminimum_calls = 50\nfailure_rate = 50\n"
+    );
+    let cg = Cgroup::new("quiet");
+    let pins = PinDir::new("quiet");
+    let d = Daemon::start("quiet", cg.path(), &pins, &policy, "10s");
+    let got = connect_from(cg.path(), &[target], 10, SECOND);
+    assert!(got.iter().all(|o| o.errno == libc::ECONNREFUSED), "{got:?}");
+    let server = Server::start(&target.to_string());
+    let got = connect_from(cg.path(), &[target], 30, SECOND);
+    assert!(got.iter().all(|o| o.ok), "{got:?}");
+    drop(server);
+    let v = d.wait_dest("svc", |v| v["window"]["calls"] == 40);
+    assert_eq!(
+        v["window"]["recent"],
+        format!("{}{}", "x".repeat(10), ".".repeat(30))
+    );
+    assert_eq!(v["successes"], 30, "{v:#}");
+    let k = &d.status()["kernel"];
+    let (records, quiet) = (
+        k["outcome_records"].as_u64().unwrap_or(0),
+        k["quiet_successes"].as_u64().unwrap_or(0),
+    );
+    // Of 30 successes, one in four at random has a record: 30 without is (1/4)^30.
+    assert_eq!(records + quiet, 40, "{k:#}");
+    assert!(quiet > 0, "{k:#}");
+
+    d.signal(nix::sys::signal::Signal::SIGSTOP);
+    let got = connect_from(cg.path(), &[target], 30, SECOND);
+    d.signal(nix::sys::signal::Signal::SIGCONT);
+    let errnos: Vec<i32> = got.iter().map(|o| o.errno).collect();
+    let mut want = vec![libc::ECONNREFUSED; 20];
+    want.extend([HOOK_ERRNO; 10]);
+    assert_eq!(errnos, want, "30 of 60 calls failed at the 20th failure");
+    let v = d.wait_dest("svc", state_is("open"));
+    assert_eq!(v["failures"]["refused"], 30, "{v:#}");
+    assert!(
+        events(&d)
+            .iter()
+            .any(|e| e.starts_with("svc: closed -> open: failure rate 50% >= 50% over 60 calls")),
+        "{:#?}",
+        events(&d)
+    );
+}

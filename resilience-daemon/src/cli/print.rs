@@ -124,7 +124,12 @@ pub fn status(s: &Snapshot) -> String {
         out,
         "kernel: fail_open={} ringbuf_lost={} untracked={} hook_errors={} outcome_records={} \
          quiet_successes={}",
-        k.fail_open, k.ringbuf_lost, k.untracked, k.hook_errors, k.outcome_records, k.quiet_successes
+        k.fail_open,
+        k.ringbuf_lost,
+        k.untracked,
+        k.hook_errors,
+        k.outcome_records,
+        k.quiet_successes
     );
     let d = &s.daemon;
     let _ = writeln!(

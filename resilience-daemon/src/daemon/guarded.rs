@@ -46,6 +46,11 @@ pub struct Dest {
 #[derive(Default)]
 pub struct Guarded {
     pub dests: Vec<Dest>,
+    /// Each destination's `tick_due_ns`, side by side: the tick reads these, not every
+    /// destination, until a transition (`Journal::transitions` moved past `due_seen`) may have
+    /// brought one forward.
+    pub due: Vec<u64>,
+    pub due_seen: u64,
     by_slot: HashMap<u32, usize>,
     by_name: HashMap<String, usize>,
     /// The services the destinations are scoped to, each once.
@@ -69,6 +74,8 @@ impl Guarded {
         services.sort();
         services.dedup();
         Guarded {
+            due: vec![0; dests.len()],
+            due_seen: 0,
             dests,
             by_slot,
             by_name,

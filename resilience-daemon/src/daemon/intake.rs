@@ -88,15 +88,7 @@ pub fn feed(
         }
         touched.push(i);
         quiet::fold(
-            book,
-            guarded,
-            i,
-            ev.epoch,
-            ev.quiet,
-            ev.ts_ns,
-            arrays,
-            journal,
-            jitter,
+            book, guarded, i, ev.epoch, ev.quiet, ev.ts_ns, arrays, journal, jitter,
         );
         let d = &mut guarded.dests[i];
         journal.tap.outcome(d, ev);

@@ -17,6 +17,8 @@ pub struct Journal {
     /// The recording stream rides with the journal: everything that reports what happened
     /// has it at hand.
     pub tap: super::tap::Tap,
+    /// Breaker transitions so far (each one may bring a destination's next tick forward).
+    pub transitions: u64,
 }
 
 impl Journal {
@@ -26,6 +28,7 @@ impl Journal {
             next_seq: 1,
             tx,
             tap: super::tap::Tap::default(),
+            transitions: 0,
         }
     }
 

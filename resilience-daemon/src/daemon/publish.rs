@@ -89,6 +89,7 @@ fn publish_window(arrays: &Arrays, slot: u32, p: *mut DestPolicy, kv: &KernelVer
 pub fn transition(arrays: &Arrays, journal: &mut Journal, d: &mut Dest, t: &Transition) {
     // The new state has its own timers: the tick looks again.
     d.tick_due_ns = 0;
+    journal.transitions += 1;
     let name = d.def.label();
     let result = if t.to == State::Closed {
         arrays.reset_streak(d.slot);

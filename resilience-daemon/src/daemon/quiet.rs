@@ -70,7 +70,7 @@ pub fn fold(
 }
 
 /// Every slot whose kernel count moved since the last look: its destination's breaker gets
-/// the new successes and its trip fuse moves. A pass over one small array, touching only the
+/// the new successes and its trip fuse moves. One pass over a small array, then only the
 /// destinations that changed.
 pub fn sweep(
     book: &mut QuietBook,
@@ -80,11 +80,14 @@ pub fn sweep(
     journal: &mut Journal,
     jitter: &mut impl Jitter,
 ) {
-    for slot in 0..arrays.quiet.mapped() {
-        let (epoch, count) = arrays.quiet(slot);
-        if count == 0 || book.fed(slot, epoch, count) {
-            continue;
+    let mut moved = Vec::new();
+    arrays.quiet.scan(|slot, q| {
+        let (epoch, count) = (q.epoch as u32, q.successes as u32);
+        if count != 0 && !book.fed(slot, epoch, count) {
+            moved.push((slot, epoch, count));
         }
+    });
+    for (slot, epoch, count) in moved {
         let Some(i) = guarded.by_slot(slot) else {
             // No owner: remember the count, so that the next pass skips it.
             let _ = book.take(slot, epoch, count);

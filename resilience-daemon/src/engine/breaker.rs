@@ -838,8 +838,13 @@ mod tests {
         let mut b = Breaker::new(cfg(), Mode::Enforce, 0);
         let e = b.epoch();
         assert!(feed(&mut b, 0, &[refused(); 3]).is_empty());
-        let t = b.on_quiet(10 * MS, e, 1, 2, &mut j).expect("trips at the minimum");
-        assert_eq!(t.reason, "failure rate 60% >= 60% over 5 calls; open for 30s");
+        let t = b
+            .on_quiet(10 * MS, e, 1, 2, &mut j)
+            .expect("trips at the minimum");
+        assert_eq!(
+            t.reason,
+            "failure rate 60% >= 60% over 5 calls; open for 30s"
+        );
         // 2 failures then 4 successes in bulk: 2/5 at the minimum, lower after: closed, with
         // every call in the window and the streak ended.
         let mut b = Breaker::new(cfg(), Mode::Enforce, 0);

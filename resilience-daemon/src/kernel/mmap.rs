@@ -192,6 +192,18 @@ impl<T: Copy> MmapArray<T> {
         }
     }
 
+    /// `f(i, entry)` for every mapped entry of the first run, in order: one pass of volatile
+    /// reads over the mapping, without `get`'s checks per entry.
+    pub fn scan(&self, mut f: impl FnMut(u32, T)) {
+        let n = self.mapped().min(self.len);
+        for i in 0..n {
+            // SAFETY: `i` is below the mapped entries of the first run; aligned plain data.
+            f(i, unsafe {
+                std::ptr::read_volatile(self.base.as_ptr().add(i as usize))
+            });
+        }
+    }
+
     /// Entries `0..n`, copied.
     pub fn snapshot(&self, n: u32) -> Vec<T> {
         (0..n.min(self.len)).filter_map(|i| self.get(i)).collect()

@@ -19,8 +19,8 @@ use aya::maps::{HashMap, Map, MapData, PerCpuArray};
 use resilience_common::{
     maps::{self, MAX_SLOTS, POLICY_ENTRIES},
     retry::RETRY_BUCKETS,
-    Bucket, Control, DestCounters, DestPolicy, Endpoint, PendingAges, RetryBudget, SavedBreaker,
-    QuietCount, Stats, WindowCounts,
+    Bucket, Control, DestCounters, DestPolicy, Endpoint, PendingAges, QuietCount, RetryBudget,
+    SavedBreaker, Stats, WindowCounts,
 };
 
 use super::{keys::KeySets, mmap, mmap::MmapArray};
@@ -357,19 +357,13 @@ impl Arrays {
         }
     }
 
-    /// Successes of `slot` the kernel counted without a record: (epoch, count).
-    pub fn quiet(&self, slot: u32) -> (u32, u32) {
-        self.quiet
-            .get(slot)
-            .map_or((0, 0), |q| (q.epoch as u32, q.successes as u32))
-    }
-
     /// Whether every success gets a record (someone records them all).
     pub fn set_record_all(&self, on: bool) -> Result<()> {
         let c = self.control_ptr()?;
         // SAFETY: an aligned field of the mapped entry.
         unsafe {
-            super::mmap::atomic_u32(&raw mut (*c).record_all).store(u32::from(on), Ordering::Release)
+            super::mmap::atomic_u32(&raw mut (*c).record_all)
+                .store(u32::from(on), Ordering::Release)
         };
         Ok(())
     }
