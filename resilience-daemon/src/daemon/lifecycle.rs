@@ -579,6 +579,9 @@ pub fn one_heap() {
     // SAFETY: mallopt only changes allocator parameters; called before other threads exist.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 1);
+        // A fixed threshold: glibc raises its own to the size of each large block freed, after
+        // which the next ones (a page of rows, a snapshot's text) come from the heap and stay.
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
     }
 }
 
