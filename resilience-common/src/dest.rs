@@ -130,13 +130,14 @@ pub struct QuietCount {
 }
 
 /// `ConnTrack::established_ns` of a connection whose success was counted in `QUIET` (bit 63,
-/// never set in a real time): the epoch and the success's number in it, so that a reset of
-/// that connection finds its call in the daemon's window.
+/// never set in a real time): the epoch (its low 29 bits, in bits 32-60) and the success's
+/// number in it, so that a reset of that connection finds its call in the daemon's window.
+/// Bits 61 and 62 stay clear, as in a kernel time (below 2^61 ns, 73 years of uptime).
 pub const QUIET_STAMP: u64 = 1 << 63;
 
 #[inline(always)]
 pub fn quiet_stamp(epoch: u32, n: u32) -> u64 {
-    QUIET_STAMP | (u64::from(epoch & 0x7fff_ffff) << 32) | u64::from(n)
+    QUIET_STAMP | (u64::from(epoch & 0x1fff_ffff) << 32) | u64::from(n)
 }
 
 /// Token bucket state: GCRA, the token bucket kept as one timestamp.

@@ -43,6 +43,8 @@ pub struct Dest {
     pub rev: u64,
 }
 
+const NONE: u32 = u32::MAX;
+
 #[derive(Default)]
 pub struct Guarded {
     pub dests: Vec<Dest>,
@@ -51,7 +53,8 @@ pub struct Guarded {
     /// brought one forward.
     pub due: Vec<u64>,
     pub due_seen: u64,
-    by_slot: HashMap<u32, usize>,
+    /// Slot -> index in `dests` (`NONE` for a slot nobody owns): a look-up per record.
+    by_slot: Vec<u32>,
     by_name: HashMap<String, usize>,
     /// The services the destinations are scoped to, each once.
     services: Vec<String>,
@@ -63,7 +66,11 @@ impl Guarded {
         for d in &mut dests {
             d.tick_due_ns = 0;
         }
-        let by_slot = dests.iter().enumerate().map(|(i, d)| (d.slot, i)).collect();
+        let top = dests.iter().map(|d| d.slot as usize + 1).max().unwrap_or(0);
+        let mut by_slot = vec![NONE; top];
+        for (i, d) in dests.iter().enumerate() {
+            by_slot[d.slot as usize] = i as u32;
+        }
         let by_name = dests
             .iter()
             .enumerate()
@@ -89,7 +96,10 @@ impl Guarded {
     }
 
     pub fn by_slot(&self, slot: u32) -> Option<usize> {
-        self.by_slot.get(&slot).copied()
+        self.by_slot
+            .get(slot as usize)
+            .filter(|&&i| i != NONE)
+            .map(|&i| i as usize)
     }
 
     /// The destination `name` (without services), or its copy for `service`.

@@ -131,8 +131,9 @@ pub fn feed(
     }
     touched.sort_unstable();
     touched.dedup();
+    let now = crate::kernel::monotonic_ns();
     for i in touched {
-        if let Err(e) = publish::refresh_fuse(arrays, &mut guarded.dests[i]) {
+        if let Err(e) = publish::refresh_fuse(arrays, &mut guarded.dests[i], now) {
             tracing::error!(error = %format!("{e:#}"), "cannot move a trip fuse");
         }
     }

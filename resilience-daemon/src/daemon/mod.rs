@@ -714,7 +714,7 @@ fn on_tick(d: &mut Daemon, journal: &mut Journal, jitter: &mut impl Jitter) {
         }
         let time_window = matches!(dest.def.breaker.window, config::Window::Time(_));
         if time_window {
-            if let Err(e) = publish::refresh_fuse(&arrays, dest) {
+            if let Err(e) = publish::refresh_fuse(&arrays, dest, now) {
                 tracing::error!(error = %format!("{e:#}"), "cannot move a trip fuse");
             }
         }

@@ -31,8 +31,12 @@ pub fn action(v: Verdict) -> u32 {
 /// the PROBE action (the hook never sees PROBE with last time's budget); the fuse before the
 /// action; each one a single-word store.
 pub fn verdict(arrays: &Arrays, d: &mut Dest) -> Result<()> {
-    let now = monotonic_ns();
-    let kv = d.breaker.kernel_verdict(now);
+    let kv = d.breaker.kernel_verdict(monotonic_ns());
+    publish_verdict(arrays, d, kv)
+}
+
+/// `verdict` with the breaker's kernel verdict already computed.
+fn publish_verdict(arrays: &Arrays, d: &mut Dest, kv: KernelVerdict) -> Result<()> {
     let set = arrays.active_set();
     let p = arrays
         .policy_ptr(set, d.slot)
@@ -116,8 +120,8 @@ pub fn transition(arrays: &Arrays, journal: &mut Journal, d: &mut Dest, t: &Tran
 
 /// After records for `d` were read: move its trip fuse, and undo a kernel trip the breaker
 /// does not agree with (a time window's old failures expired under a stale fuse).
-pub fn refresh_fuse(arrays: &Arrays, d: &mut Dest) -> Result<()> {
-    let kv = d.breaker.kernel_verdict(monotonic_ns());
+pub fn refresh_fuse(arrays: &Arrays, d: &mut Dest, now: u64) -> Result<()> {
+    let kv = d.breaker.kernel_verdict(now);
     let closed = kv.verdict == Verdict::Allow;
     // Stale only if the breaker itself has seen the whole streak and did not trip; a kernel
     // streak ahead of the breaker's means records still on their way.
@@ -133,7 +137,6 @@ pub fn refresh_fuse(arrays: &Arrays, d: &mut Dest) -> Result<()> {
     // The kernel judged the window tripped, the breaker has seen every call it counted and
     // does not agree (outcomes that raced at the threshold): the breaker's word stands.
     if closed && arrays.streak(d.slot) >= TRIPPED {
-        let now = monotonic_ns();
         let seen = u64::from(d.breaker.window_calls(now));
         let counted = arrays.window_calls(d.slot);
         let size = kv.window.map_or(u64::MAX, |w| u64::from(w.max_calls));
@@ -143,7 +146,7 @@ pub fn refresh_fuse(arrays: &Arrays, d: &mut Dest) -> Result<()> {
         }
     }
     if kv.trip_after != d.trip_after || kv.window != d.window {
-        verdict(arrays, d)?;
+        publish_verdict(arrays, d, kv)?;
     }
     Ok(())
 }

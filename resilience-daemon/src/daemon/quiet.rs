@@ -96,7 +96,7 @@ pub fn sweep(
         fold(
             book, guarded, i, epoch, count, now_ns, arrays, journal, jitter,
         );
-        if let Err(e) = publish::refresh_fuse(arrays, &mut guarded.dests[i]) {
+        if let Err(e) = publish::refresh_fuse(arrays, &mut guarded.dests[i], now_ns) {
             tracing::error!(error = %format!("{e:#}"), "cannot move a trip fuse");
         }
     }

@@ -35,9 +35,7 @@ pub struct WindowContents {
 pub enum CallWindow {
     Count {
         size: usize,
-        calls: VecDeque<Call>,
-        /// When each call was recorded (its kernel time), beside `calls`.
-        stamps: VecDeque<u64>,
+        calls: VecDeque<Slot>,
         totals: Totals,
     },
     /// (second, totals of that second), oldest first.
@@ -46,6 +44,33 @@ pub enum CallWindow {
         buckets: VecDeque<(u64, Totals)>,
         totals: Totals,
     },
+}
+
+/// One call of a count window: its stamp (its kernel time, or a quiet success's
+/// `quiet_stamp`) with its result in two bits no stamp uses. One word a call: the window is
+/// most of what a destination costs the daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Slot(u64);
+
+const FAILED: u64 = 1 << 62;
+const SLOW: u64 = 1 << 61;
+
+impl Slot {
+    fn new(stamp: u64, c: Call) -> Slot {
+        let stamp = stamp & !(FAILED | SLOW);
+        Slot(stamp | if c.failure { FAILED } else { 0 } | if c.slow { SLOW } else { 0 })
+    }
+
+    fn call(self) -> Call {
+        Call {
+            failure: self.0 & FAILED != 0,
+            slow: self.0 & SLOW != 0,
+        }
+    }
+
+    fn stamp(self) -> u64 {
+        self.0 & !(FAILED | SLOW)
+    }
 }
 
 impl Totals {
@@ -77,7 +102,6 @@ impl CallWindow {
             Window::Count(n) => CallWindow::Count {
                 size: n as usize,
                 calls: VecDeque::new(),
-                stamps: VecDeque::new(),
                 totals: Totals::default(),
             },
             Window::Time(d) => CallWindow::Time {
@@ -99,17 +123,14 @@ impl CallWindow {
             CallWindow::Count {
                 size,
                 calls,
-                stamps,
                 totals,
             } => {
                 if calls.len() == *size {
                     if let Some(old) = calls.pop_front() {
-                        totals.remove(old);
+                        totals.remove(old.call());
                     }
-                    stamps.pop_front();
                 }
-                calls.push_back(call);
-                stamps.push_back(stamp);
+                calls.push_back(Slot::new(stamp, call));
                 totals.add(call);
             }
             CallWindow::Time {
@@ -177,7 +198,7 @@ impl CallWindow {
                     if t.calls + k > size {
                         // One more of the oldest calls leaves the window.
                         if let Some(c) = oldest.next() {
-                            gone_failures += u32::from(c.failure);
+                            gone_failures += u32::from(c.call().failure);
                         }
                     }
                     let n = (t.calls + k).min(size);
@@ -214,7 +235,7 @@ impl CallWindow {
                 calls: calls
                     .iter()
                     .skip(calls.len().saturating_sub(RECENT_SHOWN))
-                    .map(|c| match (c.failure, c.slow) {
+                    .map(|c| match (c.call().failure, c.call().slow) {
                         (true, _) => 'x',
                         (false, true) => 's',
                         (false, false) => '.',
@@ -249,19 +270,15 @@ impl CallWindow {
     pub fn fail_success(&mut self, at_ns: u64, now_ns: u64) -> bool {
         self.expire(now_ns);
         match self {
-            CallWindow::Count {
-                calls,
-                stamps,
-                totals,
-                ..
-            } => {
-                let Some(i) = (0..calls.len())
+            CallWindow::Count { calls, totals, .. } => {
+                let Some(c) = calls
+                    .iter_mut()
                     .rev()
-                    .find(|&i| stamps[i] == at_ns && !calls[i].failure)
+                    .find(|c| c.stamp() == at_ns && !c.call().failure)
                 else {
                     return false;
                 };
-                calls[i].failure = true;
+                *c = Slot(c.0 | FAILED);
                 totals.failures += 1;
                 true
             }
@@ -293,14 +310,8 @@ impl CallWindow {
 
     pub fn clear(&mut self) {
         match self {
-            CallWindow::Count {
-                calls,
-                stamps,
-                totals,
-                ..
-            } => {
+            CallWindow::Count { calls, totals, .. } => {
                 calls.clear();
-                stamps.clear();
                 *totals = Totals::default();
             }
             CallWindow::Time {
