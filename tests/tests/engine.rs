@@ -626,8 +626,12 @@ fn successes_counted_without_records_are_in_the_window_and_the_fuse() {
     let server = Server::start(&target.to_string());
     let got = connect_from(cg.path(), &[target], 30, SECOND);
     assert!(got.iter().all(|o| o.ok), "{got:?}");
+    // Every connection accepted before the listener goes: none is reset (a reset has a
+    // record of its own).
+    assert_eq!(server.wait_accepted(30), 30);
     drop(server);
     let v = d.wait_dest("svc", |v| v["window"]["calls"] == 40);
+    assert_eq!(v["failures"]["reset"], 0, "{v:#}");
     assert_eq!(
         v["window"]["recent"],
         format!("{}{}", "x".repeat(10), ".".repeat(30))
