@@ -334,7 +334,9 @@ pub fn view<R: Keys>(rows: &[R], sort: Sort, filter: &str) -> Vec<usize> {
     }
     // Grouped by service (stable: each group keeps the order chosen): destinations that guard
     // every process first, then each service's.
-    idx.sort_by(|&a, &b| rows[a].service().cmp(&rows[b].service()));
+    if idx.iter().any(|&i| rows[i].service().is_some()) {
+        idx.sort_by(|&a, &b| rows[a].service().cmp(&rows[b].service()));
+    }
     idx
 }
 

@@ -250,8 +250,12 @@ fn main() -> Result<()> {
             // (tmux, where its dashboard runs, is among the packages setup installs.)
             let mut cmd = Command::new(root.join("target/release/daemon_cost"));
             cmd.env("RESILIENCE_BIN", root.join("target/release/resilience"))
+                .args(["--rounds", "3"])
                 .arg("--out")
                 .arg(root.join("bench/daemon.md"));
+            if let Some(before) = std::env::var_os("RESILIENCE_BENCH_BEFORE") {
+                cmd.arg("--before").arg(before);
+            }
             step::run_inherit(
                 "daemon CPU and memory at 20k connects/s over 10k destinations, dashboard \
                  attached (bench/daemon.md)",

@@ -131,6 +131,11 @@ impl CallWindow {
                     }
                 }
                 calls.push_back(Slot::new(stamp, call));
+                // Full for the first time: exactly `size` of room, so that from now on each
+                // call takes the place the oldest left (one cache line a call, not two).
+                if calls.len() == *size && calls.capacity() != *size {
+                    calls.shrink_to_fit();
+                }
                 totals.add(call);
             }
             CallWindow::Time {

@@ -7,10 +7,13 @@
 //! (one per CPU) cycle through all the addresses at the given rate. After a warm-up, the
 //! daemon's CPU (utime + stime from /proc) is read over a measured window, with the rate the
 //! daemon itself counted in that window (sum of `attempts`), RSS at the end and its peak.
+//!
+//! With `--before BIN` (an earlier build), each round runs both builds one after the other, so
+//! that they are compared on the same machine at the same time (its speed drifts by a third).
 
 use std::{
     net::SocketAddr,
-    path::PathBuf,
+    path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
@@ -18,7 +21,7 @@ use clap::Parser;
 use resilience_tests::{
     cgroup::Cgroup,
     client::{spawn, Opts},
-    daemon::{Daemon, PinDir},
+    daemon::{Daemon, PinDir, StartOpts},
     listener::Server,
     procfs::{cpu_seconds as cpu, rss_parts, vm_mib},
     tmux::{self, Session},
@@ -40,6 +43,23 @@ struct Args {
     /// Markdown file the results are written to.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Rounds (each one runs every build once).
+    #[arg(long, default_value_t = 1)]
+    rounds: u32,
+    /// An earlier `resilience` build, run in the same rounds.
+    #[arg(long)]
+    before: Option<PathBuf>,
+}
+
+/// One run's figures.
+struct Measured {
+    rate: f64,
+    daemon_pct: f64,
+    rss: f64,
+    hwm: f64,
+    top_pct: f64,
+    top_rss: f64,
+    parts: resilience_tests::procfs::RssParts,
 }
 
 const CLIENTS: u32 = 2;
@@ -90,9 +110,117 @@ fn main() {
             "[[destination]]\nname = \"svc-{i}\"\nmatch = [\"{a}\"]\n"
         ));
     }
+    let this = resilience_tests::daemon_bin();
+    let mut builds: Vec<(&str, PathBuf)> = vec![("this build", this)];
+    if let Some(b) = &args.before {
+        builds.push(("previous build", b.clone()));
+    }
+    let mut runs: Vec<(u32, &str, Measured)> = Vec::new();
+    for round in 1..=args.rounds.max(1) {
+        for (label, bin) in &builds {
+            eprintln!("daemon_cost: round {round}, {label} ({})", bin.display());
+            runs.push((round, label, measure(&args, &addrs, &policy, bin)));
+        }
+    }
+
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let verdict = |ok: bool| if ok { "met" } else { "not met" };
+    let interval = interval(&args);
+    let mut text = format!(
+        "# Daemon cost under load\n\n\
+         Measured by `cargo xtask bench` (tests/src/bin/daemon_cost.rs), kernel {}, {} CPUs. \
+         The real daemon with {} named destinations (exact 127.x.y.z addresses, one listener \
+         on 0.0.0.0 that accepts and closes); {CLIENTS} clients in the guarded cgroup cycle \
+         through all of them, a connect every {:?} each (target {} connects/s); the dashboard \
+         (`resilience top`, 1 s refresh) runs in a tmux session the whole time. {} s of \
+         warm-up, then {} s measured. The rate is what the daemon itself counted (sum of \
+         `attempts`) in the window; CPU is utime + stime from /proc (10 ms ticks). {} round(s){}; \
+         RSS by kind of mapping from /proc/PID/smaps at the end.\n\n\
+         | round | build | connects/s counted | daemon CPU, % of one core | daemon RSS MiB (end) | daemon peak RSS MiB | BPF maps MiB | heap + anon MiB | binary MiB | dashboard CPU % | dashboard RSS MiB |\n\
+         |---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        kernel.trim(),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        args.destinations,
+        interval,
+        args.rate,
+        args.warmup,
+        args.window,
+        args.rounds.max(1),
+        if builds.len() > 1 {
+            ", each running this build and the previous one, one after the other"
+        } else {
+            ""
+        },
+    );
+    for (round, label, m) in &runs {
+        text.push_str(&format!(
+            "| {round} | {label} | {:.0} | {:.2} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {:.1} |\n",
+            m.rate,
+            m.daemon_pct,
+            m.rss,
+            m.hwm,
+            m.parts.bpf_maps,
+            m.parts.anon,
+            m.parts.file,
+            m.top_pct,
+            m.top_rss
+        ));
+    }
+    let median = |label: &str, f: fn(&Measured) -> f64| {
+        let mut v: Vec<f64> = runs
+            .iter()
+            .filter(|r| r.1 == label)
+            .map(|r| f(&r.2))
+            .collect();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    };
+    text.push('\n');
+    for (label, _) in &builds {
+        text.push_str(&format!(
+            "Median, {label}: {:.2}% of one core, RSS {:.1} MiB at the end (peak {:.1}).\n",
+            median(label, |m| m.daemon_pct),
+            median(label, |m| m.rss),
+            median(label, |m| m.hwm),
+        ));
+    }
+    let (cpu_m, rss_m, hwm_m) = (
+        median("this build", |m| m.daemon_pct),
+        median("this build", |m| m.rss),
+        median("this build", |m| m.hwm),
+    );
+    text.push_str(&format!(
+        "\nTargets (issue 10), this build's medians: at most 2% of one core: {}; at most 40 MiB \
+         RSS: {} (peak {}).\n",
+        verdict(cpu_m <= 2.0),
+        verdict(rss_m <= 40.0),
+        verdict(hwm_m <= 40.0),
+    ));
+    print!("{text}");
+    if let Some(out) = &args.out {
+        std::fs::write(out, &text).expect("writing results");
+    }
+}
+
+fn interval(args: &Args) -> Duration {
+    Duration::from_nanos(1_000_000_000 * u64::from(CLIENTS) / u64::from(args.rate))
+}
+
+/// One run of `bin` under the load, with its dashboard.
+fn measure(args: &Args, addrs: &[SocketAddr], policy: &str, bin: &Path) -> Measured {
     let cg = Cgroup::new("daemon-cost");
     let pins = PinDir::new("daemon-cost");
-    let d = Daemon::start("daemon-cost", &cg.path, &pins, &policy, "2s");
+    let d = Daemon::start_with(
+        "daemon-cost",
+        &cg.path,
+        &pins,
+        policy,
+        "2s",
+        StartOpts {
+            bin: Some(bin.to_path_buf()),
+            ..StartOpts::default()
+        },
+    );
     let pid = d.pid().expect("daemon pid");
 
     eprintln!(
@@ -101,28 +229,25 @@ fn main() {
     );
     let session = Session::new("daemon-cost");
     session.keys(&[
-        &format!(
-            "exec {} top --socket {}",
-            resilience_tests::daemon_bin().display(),
-            d.socket.display()
-        ),
+        &format!("exec {} top --socket {}", bin.display(), d.socket.display()),
         "Enter",
     ]);
     tmux::wait_screen(&session.0, "the dashboard's rows", |s| s.contains("svc-"));
     let top = top_pid(&session.0).expect("dashboard pid");
 
     let total = Duration::from_secs(args.warmup + args.window + 2);
-    let interval = Duration::from_nanos(1_000_000_000 * u64::from(CLIENTS) / u64::from(args.rate));
+    let interval = interval(args);
     eprintln!(
         "daemon_cost: {} clients, a connect every {:?} each, for {:?}",
         CLIENTS, interval, total
     );
+    let n = addrs.len() as u32;
     let clients: Vec<_> = (0..CLIENTS)
         .map(|c| {
             // Each client starts at its own place in the cycle, so that together they spread
             // over every destination.
-            let mut mine = addrs.clone();
-            mine.rotate_left((c * args.destinations / CLIENTS) as usize);
+            let mut mine = addrs.to_vec();
+            mine.rotate_left((c * n / CLIENTS) as usize);
             spawn(
                 &cg.path,
                 &mine,
@@ -152,54 +277,17 @@ fn main() {
     }
     let screen = tmux::capture(&session.0);
     session.kill();
-
-    let secs = wall.as_secs_f64();
-    let rate = (a1 - a0) as f64 / secs;
-    let daemon_pct = 100.0 * (c1 - c0) / secs;
-    let top_pct = 100.0 * (t1 - t0) / secs;
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let verdict = |ok: bool| if ok { "met" } else { "not met" };
-    let text = format!(
-        "# Daemon cost under load\n\n\
-         Measured by `cargo xtask bench` (tests/src/bin/daemon_cost.rs), kernel {}, {} CPUs. \
-         The real daemon with {} named destinations (exact 127.x.y.z addresses, one listener \
-         on 0.0.0.0 that accepts and closes); {CLIENTS} clients in the guarded cgroup cycle \
-         through all of them, a connect every {:?} each (target {} connects/s); the dashboard \
-         (`resilience top`, 1 s refresh) runs in a tmux session the whole time. {} s of \
-         warm-up, then {} s measured. The rate is what the daemon itself counted (sum of \
-         `attempts`) in the window; CPU is utime + stime from /proc (10 ms ticks).\n\n\
-         | connects/s counted | daemon CPU, % of one core | daemon RSS MiB (end) | daemon peak RSS MiB | dashboard CPU % | dashboard RSS MiB |\n\
-         |---:|---:|---:|---:|---:|---:|\n\
-         | {:.0} | {:.2} | {:.1} | {:.1} | {:.2} | {:.1} |\n\n\
-         The daemon's resident memory at the end, by kind of mapping (/proc/PID/smaps): \
-         memory-mapped BPF maps {:.1} MiB, heap and other anonymous memory {:.1} MiB, \
-         the binary and libraries {:.1} MiB.\n\n\
-         Targets (issue 10): at most 2% of one core: {}; at most 40 MiB RSS: {} (peak {}).\n",
-        kernel.trim(),
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        args.destinations,
-        interval,
-        args.rate,
-        args.warmup,
-        args.window,
-        rate,
-        daemon_pct,
-        rss,
-        hwm,
-        top_pct,
-        top_rss,
-        parts.bpf_maps,
-        parts.anon,
-        parts.file,
-        verdict(daemon_pct <= 2.0),
-        verdict(rss <= 40.0),
-        verdict(hwm <= 40.0),
-    );
-    print!("{text}");
     if !screen.contains("svc-") {
         eprintln!("daemon_cost: the dashboard's last screen showed no rows:\n{screen}");
     }
-    if let Some(out) = &args.out {
-        std::fs::write(out, &text).expect("writing results");
+    let secs = wall.as_secs_f64();
+    Measured {
+        rate: (a1 - a0) as f64 / secs,
+        daemon_pct: 100.0 * (c1 - c0) / secs,
+        rss,
+        hwm,
+        top_pct: 100.0 * (t1 - t0) / secs,
+        top_rss,
+        parts,
     }
 }
