@@ -39,8 +39,8 @@ use crate::{
     snapshot::EventRecord,
 };
 
-/// The recording stream's sender (see `daemon::tap`).
-pub type Tap = broadcast::Sender<Arc<Line>>;
+/// The recording stream (see `daemon::tap`).
+pub type Tap = crate::daemon::tap::Shared;
 
 /// Longer request lines are refused (and the connection closed): no request needs more.
 const MAX_LINE: usize = 1024 * 1024;
@@ -173,7 +173,7 @@ async fn client(
             return;
         }
         if let Request::Record = req {
-            record(lines, write, &tx, tap.subscribe()).await;
+            record(lines, write, &tx, crate::daemon::tap::subscribe(&tap)).await;
             return;
         }
         // Serialized here, on this client's task, not on the daemon's loop.

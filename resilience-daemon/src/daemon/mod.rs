@@ -169,7 +169,7 @@ pub async fn run(mut opts: RunOptions) -> Result<()> {
     }
     let (dns_tx, mut dns_rx) = mpsc::channel::<Resolved>(256);
     let mut resolver = Resolver::new(dns_tx, LOOKUP_TIMEOUT);
-    let mut life = Lifecycle::new(opts.policy.clone());
+    let mut life = Lifecycle::new(opts.policy);
     life.restore_overrides(&arrays);
     let mut d = Daemon {
         tables: kernel.tables,

@@ -2,7 +2,7 @@
 //! transition and, once a second, every destination's counters, as recording lines. Nothing
 //! is built while nobody records: the loop asks `active()` first.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use resilience_common::{conn, OutcomeEvent};
 use tokio::sync::broadcast;
@@ -20,32 +20,37 @@ const BACKLOG: usize = 1 << 16;
 /// How often counters are written.
 const COUNTS_EVERY_NS: u64 = 1_000_000_000;
 
+/// The stream's sender, made when the first recorder subscribes: its backlog is room for
+/// `BACKLOG` lines (2 MiB), which a daemon nobody records from need not hold.
+pub type Shared = Arc<OnceLock<broadcast::Sender<Arc<Line>>>>;
+
+/// A new recorder's end of the stream.
+pub fn subscribe(shared: &Shared) -> broadcast::Receiver<Arc<Line>> {
+    shared
+        .get_or_init(|| broadcast::channel(BACKLOG).0)
+        .subscribe()
+}
+
+#[derive(Default)]
 pub struct Tap {
-    tx: broadcast::Sender<Arc<Line>>,
+    tx: Shared,
     counts_at: u64,
 }
 
-impl Default for Tap {
-    fn default() -> Self {
-        Tap {
-            tx: broadcast::channel(BACKLOG).0,
-            counts_at: 0,
-        }
-    }
-}
-
 impl Tap {
-    pub fn sender(&self) -> broadcast::Sender<Arc<Line>> {
+    pub fn sender(&self) -> Shared {
         self.tx.clone()
     }
 
     pub fn active(&self) -> bool {
-        self.tx.receiver_count() > 0
+        self.tx.get().is_some_and(|t| t.receiver_count() > 0)
     }
 
     fn send(&self, line: Line) {
         // No recorder is not an error.
-        let _ = self.tx.send(Arc::new(line));
+        if let Some(t) = self.tx.get() {
+            let _ = t.send(Arc::new(line));
+        }
     }
 
     pub fn outcome(&self, d: &Dest, ev: &OutcomeEvent) {
