@@ -338,7 +338,8 @@ pub fn parse_str(text: &str, path: &Path) -> Result<Policy, ConfigError> {
     }
     // Every (destination, service) pair takes a slot.
     let mut units = 0u32;
-    let mut destinations = Vec::new();
+    // Exact sizes: the parsed policy lives as long as the daemon.
+    let mut destinations = Vec::with_capacity(raw.destination.len());
     let mut names: HashMap<String, usize> = HashMap::new();
     let mut owners: HashMap<MatchKind, String> = HashMap::new();
     // DNS names count as exact keys here (at least one address each); what they resolve to is
@@ -374,7 +375,7 @@ pub fn parse_str(text: &str, path: &Path) -> Result<Policy, ConfigError> {
                 "match needs at least one address".into(),
             ));
         }
-        let mut matches = Vec::new();
+        let mut matches = Vec::with_capacity(d.matches.get_ref().len());
         for m in d.matches.into_inner() {
             let parsed = Match::parse(m.get_ref()).map_err(|e| at(m.span(), e))?;
             let (count, max, what) = match parsed.kind {
