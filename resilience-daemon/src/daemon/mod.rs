@@ -22,6 +22,7 @@ pub mod plan;
 pub mod publish;
 pub mod quiet;
 pub mod resolver;
+pub mod rows;
 pub mod tap;
 pub mod view;
 
