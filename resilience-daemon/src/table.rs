@@ -125,15 +125,28 @@ pub fn prev_of_kernel(c: &resilience_common::DestCounters) -> Prev {
     }
 }
 
+/// A destination's tag.
+pub fn tag_of(mode: Mode, state: State) -> Tag {
+    match (mode, state) {
+        (Mode::ForcedOpen, _) => Tag::ForcedOpen,
+        (Mode::Disabled, _) => Tag::Disabled,
+        (_, State::Open) => Tag::Open,
+        (_, State::HalfOpen) => Tag::HalfOpen,
+        (_, State::Closed) => Tag::Closed,
+    }
+}
+
 /// A destination's tag and state text.
 pub fn state_of(mode: Mode, state: State) -> (Tag, String) {
-    let (tag, mut text) = match (mode, state) {
-        (Mode::ForcedOpen, _) => (Tag::ForcedOpen, "FORCED-OPEN".to_string()),
-        (Mode::Disabled, _) => (Tag::Disabled, "DISABLED".to_string()),
-        (_, State::Open) => (Tag::Open, "OPEN".to_string()),
-        (_, State::HalfOpen) => (Tag::HalfOpen, "HALF-OPEN".to_string()),
-        (_, State::Closed) => (Tag::Closed, "CLOSED".to_string()),
-    };
+    let tag = tag_of(mode, state);
+    let mut text = match tag {
+        Tag::ForcedOpen => "FORCED-OPEN",
+        Tag::Disabled => "DISABLED",
+        Tag::Open => "OPEN",
+        Tag::HalfOpen => "HALF-OPEN",
+        Tag::Closed | Tag::Observed => "CLOSED",
+    }
+    .to_string();
     if mode == Mode::DryRun {
         // Dry-run rejects nothing: the state is what enforcing would do.
         text.push('~');

@@ -53,8 +53,9 @@ fn look<K: std::hash::Hash + Eq + Copy>(
     *book = next;
 }
 
-/// `look` for the named destinations, by slot: a slot's rates hold while its owner's
-/// generation does.
+/// `look` for the named destinations, by slot, in place: a slot's rates hold while its owner's
+/// generation does (an entry of a slot nobody owns now is never read: a new owner has another
+/// generation).
 fn look_named(
     book: &mut Vec<Option<(u32, Prev, Option<Rates>)>>,
     dests: &[super::guarded::Dest],
@@ -64,20 +65,18 @@ fn look_named(
     let Some(dt) = dt else {
         return;
     };
-    let mut next = vec![None; book.len()];
     for d in dests {
         let i = d.slot as usize;
-        if i >= next.len() {
-            next.resize(i + 1, None);
+        if i >= book.len() {
+            book.resize(i + 1, None);
         }
         let p = prev_now(arrays, d.slot);
-        let rates = match book.get(i) {
-            Some(Some((g, b, _))) if *g == d.generation && dt > 0.0 => Some(b.rates(&p, dt)),
+        let rates = match &book[i] {
+            Some((g, b, _)) if *g == d.generation && dt > 0.0 => Some(b.rates(&p, dt)),
             _ => None,
         };
-        next[i] = Some((d.generation, p, rates));
+        book[i] = Some((d.generation, p, rates));
     }
-    *book = next;
 }
 
 pub fn table(
@@ -133,7 +132,7 @@ pub fn table(
                 Some(_) => Cow::Owned(def.label()),
             },
             service: def.service.as_deref(),
-            tag: table::state_of(def.mode, state).0,
+            tag: table::tag_of(def.mode, state),
             mode: def.mode,
             state,
             totals: t,
@@ -155,10 +154,10 @@ pub fn table(
             address: snapshot::show_endpoint(ep),
             counts: snapshot::Counts::new(c, None, c.active(), (0, 0)),
         };
-        lines.push(Line::Observed(table::observed_row(
+        lines.push(Line::Observed(Box::new(table::observed_row(
             &o,
             book.observed.get(ep).and_then(|e| e.1),
-        )));
+        ))));
     }
 
     let order = table::view(&lines, q.sort, &q.filter);
@@ -167,7 +166,7 @@ pub fn table(
         .iter()
         .map(|&i| match &lines[i] {
             Line::Named(l) => named_row(&dests[l.i], l, &arrays, now),
-            Line::Observed(r) => r.clone(),
+            Line::Observed(r) => (**r).clone(),
         })
         .collect();
     let mut tally = Tally::of(&lines);

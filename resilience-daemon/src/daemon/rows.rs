@@ -64,7 +64,8 @@ pub struct Light<'a> {
 
 pub enum Line<'a> {
     Named(Light<'a>),
-    Observed(Row),
+    /// (Boxed: a whole row is twice a light one, and most rows are light.)
+    Observed(Box<Row>),
 }
 
 impl Keys for Line<'_> {
@@ -113,7 +114,7 @@ impl Keys for Line<'_> {
     fn rejected_per_s(&self) -> Option<f64> {
         match self {
             Line::Named(l) => l.rates.map(|r| r.rejected.iter().sum()),
-            Line::Observed(r) => Keys::rejected_per_s(r),
+            Line::Observed(r) => Keys::rejected_per_s(&**r),
         }
     }
 
