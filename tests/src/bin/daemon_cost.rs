@@ -146,10 +146,12 @@ fn main() {
         args.warmup,
         args.window,
         args.rounds.max(1),
-        if builds.len() > 1 {
-            ", each running this build and the previous one, one after the other"
-        } else {
-            ""
+        match &args.before {
+            Some(b) => format!(
+                ", each running this build and the previous one ({}), one after the other",
+                b.display()
+            ),
+            None => String::new(),
         },
     );
     for (round, label, m) in &runs {
