@@ -2,6 +2,8 @@
 
 use std::collections::VecDeque;
 
+use resilience_common::dest::LATENCY_BUCKETS;
+
 /// The latencies of the last `CAPACITY` successful connects the kernel picked as samples (one
 /// in `conn::SAMPLE_ONE_IN`, at random): a random quarter of about the last 1024.
 #[derive(Debug, Default, Clone)]
@@ -24,10 +26,14 @@ impl Samples {
     }
 
     /// The quantile of the samples, or before the first of them an estimate from the kernel's
-    /// latency histogram (`histogram`, see `snapshot::histogram_quantile_ms`).
-    pub fn quantile_or_ms(&self, q: f64, histogram: &[u64]) -> Option<f64> {
+    /// latency histogram (read only then: see `snapshot::histogram_quantile_ms`).
+    pub fn quantile_or_ms(
+        &self,
+        q: f64,
+        histogram: impl FnOnce() -> [u64; LATENCY_BUCKETS],
+    ) -> Option<f64> {
         self.quantile_ms(q)
-            .or_else(|| crate::snapshot::histogram_quantile_ms(histogram, q))
+            .or_else(|| crate::snapshot::histogram_quantile_ms(&histogram(), q))
     }
 
     /// Nearest-rank quantile in milliseconds (a selection, not a sort: linear in the samples).

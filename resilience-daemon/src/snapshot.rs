@@ -507,11 +507,11 @@ impl Counts {
             abandoned: c.abandoned,
             latency_ms: Latency {
                 p50: match samples {
-                    Some(s) => s.quantile_or_ms(0.50, &c.latency_log2_us),
+                    Some(s) => s.quantile_or_ms(0.50, || c.latency_log2_us),
                     None => histogram_quantile_ms(&c.latency_log2_us, 0.50),
                 },
                 p99: match samples {
-                    Some(s) => s.quantile_or_ms(0.99, &c.latency_log2_us),
+                    Some(s) => s.quantile_or_ms(0.99, || c.latency_log2_us),
                     None => histogram_quantile_ms(&c.latency_log2_us, 0.99),
                 },
                 mean: (c.successes > 0).then(|| c.latency_sum_ns as f64 / c.successes as f64 / 1e6),

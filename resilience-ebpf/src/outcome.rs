@@ -99,19 +99,12 @@ pub fn succeed(c: &ConnTrack, now: u64, set: u32) -> Option<u64> {
         flags |= TRACK_SAMPLE;
     }
     let plain = flags == 0 && !tripped && p.flags & FLAG_RECORD_SUCCESSES == 0 && !record_all();
-    let mut quiet = 0;
-    if let Some(q) = QUIET.get_ptr_mut(c.slot) {
-        // SAFETY: pointer into an array map value, valid for the program's run.
-        unsafe {
-            if core::ptr::read_volatile(&raw const (*q).epoch) == u64::from(p.window_epoch) {
-                if plain {
-                    let n = fetch_add(&raw mut (*q).successes, 1).wrapping_add(1);
-                    return Some(quiet_stamp(p.window_epoch, n as u32));
-                }
-                quiet = core::ptr::read_volatile(&raw const (*q).successes) as u32;
-            }
+    if plain {
+        if let Some(stamp) = count_quiet(c.slot, p.window_epoch) {
+            return Some(stamp);
         }
     }
+    let quiet = quiet_now(c.slot, p.window_epoch);
     // The breaker acts on probes, slow calls and trips: wake the daemon for them.
     emit(
         now,
@@ -252,6 +245,21 @@ pub fn settle(c: &ConnTrack, outcome: u32, err: u32, now: u64, set: u32) {
                 add(streak, 1);
             }
         }
+    }
+}
+
+/// Count a success of the slot in `QUIET`, if its count is of `epoch` (else the success needs
+/// a record): its `quiet_stamp`.
+#[inline(always)]
+fn count_quiet(slot: u32, epoch: u32) -> Option<u64> {
+    let q = QUIET.get_ptr_mut(slot)?;
+    // SAFETY: pointer into an array map value, valid for the program's run.
+    unsafe {
+        if core::ptr::read_volatile(&raw const (*q).epoch) != u64::from(epoch) {
+            return None;
+        }
+        let n = fetch_add(&raw mut (*q).successes, 1).wrapping_add(1);
+        Some(quiet_stamp(epoch, n as u32))
     }
 }
 

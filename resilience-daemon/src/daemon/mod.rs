@@ -371,10 +371,9 @@ pub async fn run(mut opts: RunOptions) -> Result<()> {
                     }
                     Request::Record => {
                         // Every success gets a record from now: the recorder subscribes next.
-                        d.record_until_ns = monotonic_ns().saturating_add(RECORD_GRACE_NS);
-                        if let Err(e) = d.tables.arrays.set_record_all(true) {
-                            journal.fault("cannot ask the kernel for every success", &e);
-                        }
+                        let now = monotonic_ns();
+                        d.record_until_ns = now.saturating_add(RECORD_GRACE_NS);
+                        ask_every_success(&d, &mut journal, now);
                         let h = recording_header(&d, config_path.as_deref());
                         let _ = reply.send(Reply::Recording(Box::new(h)));
                     }
@@ -595,6 +594,17 @@ fn sweep_quiet(d: &mut Daemon, journal: &mut Journal, jitter: &mut impl Jitter) 
     );
 }
 
+/// Every success gets a record while someone records, or is about to (`record_until_ns`).
+fn ask_every_success(d: &Daemon, journal: &mut Journal, now: u64) {
+    let arrays = &d.tables.arrays;
+    let want = journal.tap.active() || now < d.record_until_ns;
+    if want != (arrays.control().record_all != 0) {
+        if let Err(e) = arrays.set_record_all(want) {
+            journal.fault("cannot ask the kernel for every success", &e);
+        }
+    }
+}
+
 /// Open -> half-open with the clock; a time window's fuse moves with the clock too.
 /// A removed cgroup takes the programs with it (systemd removes a service's cgroup when it
 /// stops and makes a new one when it starts): say so, and attach to the new one.
@@ -676,12 +686,7 @@ fn on_tick(d: &mut Daemon, journal: &mut Journal, jitter: &mut impl Jitter) {
     sweep_quiet(d, journal, jitter);
     let now = monotonic_ns();
     let arrays = d.tables.arrays.clone();
-    let record_all = journal.tap.active() || now < d.record_until_ns;
-    if record_all != (arrays.control().record_all != 0) {
-        if let Err(e) = arrays.set_record_all(record_all) {
-            journal.fault("cannot ask the kernel for every success", &e);
-        }
-    }
+    ask_every_success(d, journal, now);
     let g = &mut d.guarded;
     if g.due_seen != journal.transitions || g.due.len() != g.dests.len() {
         g.due = g.dests.iter().map(|d| d.tick_due_ns).collect();

@@ -8,7 +8,6 @@ use crate::{
     config::Mode,
     engine::{State, Totals},
     kernel::Arrays,
-    snapshot,
     table::{self, Keys, Prev, Rates, Row, Tag},
 };
 
@@ -155,10 +154,8 @@ pub fn named_row(d: &Dest, l: &Light<'_>, arrays: &Arrays, now: u64) -> Row {
     }
 }
 
-/// A named destination's latency quantile: its samples', or before the first of them the
-/// kernel histogram's.
+/// A named destination's latency quantile (`Samples::quantile_or_ms`).
 pub fn percentile(d: &Dest, arrays: &Arrays, q: f64) -> Option<f64> {
     d.samples
-        .quantile_ms(q)
-        .or_else(|| snapshot::histogram_quantile_ms(&arrays.counters(d.slot).latency_log2_us, q))
+        .quantile_or_ms(q, || arrays.counters(d.slot).latency_log2_us)
 }
