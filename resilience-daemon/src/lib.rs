@@ -16,6 +16,7 @@ pub mod fixture;
 pub mod fuzzing;
 pub mod kernel;
 pub mod latency;
+pub mod memory;
 pub mod metrics;
 pub mod protocol;
 pub mod recording;

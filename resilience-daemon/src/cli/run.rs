@@ -54,7 +54,6 @@ fn raise_nofile() {
 }
 
 pub fn run(args: RunArgs, format: LogFormat) -> Result<ExitCode> {
-    crate::daemon::lifecycle::one_heap();
     init_logs(format, args.tui.then_some(args.log_file.as_path()))?;
     raise_nofile();
     let mut policy = match &args.config {

@@ -262,7 +262,7 @@ impl Lifecycle {
         self.started = true;
         self.committed = inputs;
         self.succeed(wants, n, journal);
-        give_back_memory();
+        crate::memory::give_back();
     }
 
     fn succeed(&mut self, wants: Vec<Want>, n: usize, journal: &mut Journal) {
@@ -567,30 +567,4 @@ fn carry(
         format!("{name}: restored after restart: {detail}{over}"),
     );
     (b, transitions, Samples::default(), true)
-}
-
-/// One malloc arena for every thread. glibc gives each thread that allocates its own arena;
-/// the runtime's workers serialize snapshots and pages, and what they free stays in their
-/// arenas, never given back (measured: 30 MiB of a 93 MiB daemon at 20k connects/s over 10k
-/// destinations; 64 MiB with one arena). The daemon's threads rarely allocate at once, so the
-/// shared arena's lock costs nothing measurable. Call before any thread starts.
-pub fn one_heap() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: mallopt only changes allocator parameters; called before other threads exist.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 1);
-        // A fixed threshold: glibc raises its own to the size of each large block freed, after
-        // which the next ones (a page of rows, a snapshot's text) come from the heap and stay.
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
-    }
-}
-
-/// Hand the heap a build freed (the parsed file, the plan, the keys: tens of MB with 10k
-/// destinations, on the worker's arena too) back to the kernel; glibc keeps it otherwise.
-pub fn give_back_memory() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim only releases free memory; it has no preconditions.
-    unsafe {
-        libc::malloc_trim(0);
-    }
 }

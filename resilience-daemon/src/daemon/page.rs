@@ -103,7 +103,7 @@ pub fn table(
     }
     if dt.is_some_and(|d| d > 0.0) {
         // Once a span: what the last pages and outcome batches freed goes back to the kernel.
-        super::lifecycle::give_back_memory();
+        crate::memory::give_back();
     }
     // Window totals move expired seconds out: the one pass that needs the breakers mutable.
     let totals: Vec<Totals> = daemon
