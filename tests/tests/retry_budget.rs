@@ -89,3 +89,58 @@ fn a_retry_storm_is_held_to_the_budget() {
     );
     assert!(body.lines().any(|l| l == line), "no {line:?} in\n{body}");
 }
+
+/// The daemon maps a slot's retry budget entry only while the slot has (or had) a budget: what
+/// a budget rejected stays in status after a reload removes the budget and after a restart
+/// (found in the pinned map), and a destination that never had one shows none.
+#[test]
+fn retry_rejections_outlive_their_budget() {
+    if !privileged("retry_budget") {
+        return;
+    }
+    let refusing = closed_port("127.0.0.227");
+    let plain = closed_port("127.0.0.228");
+    let metrics = closed_port("127.0.0.1");
+    // No retry is ever within budget (ratio 0, no minimum): each one is rejected.
+    let budget = "[destination.retry_budget]\nratio = 0\nmin_per_second = 0\nwindow = \"20s\"\nretry_after_failure = \"30ms\"\n";
+    let policy = |budget: &str| {
+        format!(
+            "[daemon]\nmetrics = \"{metrics}\"\n\n[[destination]]\nname = \"api\"\nmatch = [\"{refusing}\"]\nreject_errno = \"EAGAIN\"\n[destination.breaker]\nfailures = [\"local\"]\n{budget}\n[[destination]]\nname = \"plain\"\nmatch = [\"{plain}\"]\n[destination.breaker]\nfailures = [\"local\"]\n"
+        )
+    };
+    let cg = Cgroup::new("retry-outlive");
+    let pins = PinDir::new("retry-outlive");
+    let mut d = Daemon::start("retry-outlive", cg.path(), &pins, &policy(budget), "2s");
+
+    // 5 rounds, 60 ms apart: an original (refused), then its two retries at once (rejected).
+    let opts = Opts {
+        cycle: true,
+        interval: Some(Duration::from_millis(60)),
+        retries: 2,
+        timeout: Some(Duration::from_secs(1)),
+        ..Opts::default()
+    };
+    let got = spawn(cg.path(), &[refusing, plain], 5, &opts).wait();
+    let rejected = got.iter().filter(|o| o.errno == EAGAIN).count();
+    assert_eq!(rejected, 10, "{got:?}");
+    let counted = |d: &Daemon, name: &str| d.dest(name)["rejected"]["retry_budget"].clone();
+    d.wait_dest("api", |v| v["rejected"]["retry_budget"] == 10);
+    assert_eq!(counted(&d, "plain"), 0);
+
+    std::fs::write(&d.config, policy("")).expect("write policy");
+    let (ok, out, err) = d.cli(&["reload"]);
+    assert!(ok, "{out}{err}");
+    let v = d.wait_dest("api", |v| v["retry_budget"].is_null());
+    assert_eq!(v["rejected"]["retry_budget"], 10, "after the reload: {v:#}");
+
+    d.restart();
+    let v = d.dest("api");
+    assert_eq!(
+        v["rejected"]["retry_budget"], 10,
+        "after the restart: {v:#}"
+    );
+    assert_eq!(counted(&d, "plain"), 0);
+    let body = resilience_tests::scrape_metrics(metrics);
+    let line = "resilience_connect_rejected_total{destination=\"api\",reason=\"retry_budget\"} 10";
+    assert!(body.lines().any(|l| l == line), "no {line:?} in\n{body}");
+}

@@ -142,6 +142,13 @@ pub fn prepare(
     arrays
         .grow(highest)
         .map_err(|e| Refusal::Wait(format!("{e:#}")))?;
+    for ((def, _, _), &slot) in wanted.iter().zip(&plan.slots) {
+        if def.retry_budget.is_some() {
+            arrays
+                .map_retry(slot)
+                .map_err(|e| Refusal::Wait(format!("{e:#}")))?;
+        }
+    }
 
     let mut keys = SetKeys::default();
     let mut dests = Vec::with_capacity(wanted.len());

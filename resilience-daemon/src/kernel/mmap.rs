@@ -30,6 +30,9 @@ pub struct MmapArray<T> {
     reserved: usize,
     page: usize,
     grow_lock: Mutex<()>,
+    /// A sparse array's mapped pages, one bit each (`map_entry`); None where each run is
+    /// mapped from its start (`grow`).
+    pages: Option<Box<[AtomicU64]>>,
     /// The mapping outlives a closed fd, but keeping the map handle makes ownership plain.
     map: MapData,
 }
@@ -100,12 +103,71 @@ impl<T: Copy> MmapArray<T> {
             reserved,
             page,
             grow_lock: Mutex::new(()),
+            pages: None,
             map,
         };
         array
             .grow(initial)
             .with_context(|| format!("memory-mapping map {name}"))?;
         Ok(array)
+    }
+
+    /// An array of which the daemon uses a few entries, anywhere: only the pages of the
+    /// entries `map_entry` asks for are mapped (each mapped page is resident).
+    pub fn sparse(map: MapData, name: &str, len: u32) -> Result<MmapArray<T>> {
+        let mut array = MmapArray::new(map, name, len, len, 0)?;
+        let pages = array.reserved / array.page;
+        array.pages = Some((0..pages.div_ceil(64)).map(|_| AtomicU64::new(0)).collect());
+        Ok(array)
+    }
+
+    /// The pages entry `i` lies on.
+    fn pages_of(&self, i: u32) -> std::ops::Range<usize> {
+        let size = std::mem::size_of::<T>();
+        let start = i as usize * size;
+        start / self.page..(start + size).div_ceil(self.page)
+    }
+
+    fn page_mapped(pages: &[AtomicU64], p: usize) -> bool {
+        pages
+            .get(p / 64)
+            .is_some_and(|w| w.load(Ordering::Acquire) & (1 << (p % 64)) != 0)
+    }
+
+    /// Map the pages entry `i` of a sparse array lies on (no-op for the others, or if they
+    /// are mapped).
+    pub fn map_entry(&self, i: u32) -> Result<()> {
+        let Some(pages) = &self.pages else {
+            return Ok(());
+        };
+        if i >= self.len {
+            bail!("entry {i} of {}", self.len);
+        }
+        let _held = self.grow_lock.lock().unwrap_or_else(|e| e.into_inner());
+        for p in self.pages_of(i) {
+            if Self::page_mapped(pages, p) {
+                continue;
+            }
+            let off = p * self.page;
+            // SAFETY: one page inside our own reservation that nobody has a pointer into
+            // (`ptr` refuses entries on unmapped pages); a shared mapping of the map's fd at the
+            // same offset, which the kernel checks against the map's size.
+            let addr = unsafe {
+                libc::mmap(
+                    self.base.as_ptr().cast::<u8>().add(off).cast(),
+                    self.page,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_SHARED | libc::MAP_FIXED,
+                    self.map.fd().as_fd().as_raw_fd(),
+                    off as libc::off_t,
+                )
+            };
+            if addr == libc::MAP_FAILED {
+                bail!("{}", std::io::Error::last_os_error());
+            }
+            pages[p / 64].fetch_or(1 << (p % 64), Ordering::AcqRel);
+        }
+        Ok(())
     }
 
     /// Entries of the map, mapped or not.
@@ -130,6 +192,9 @@ impl<T: Copy> MmapArray<T> {
 
     /// Map at least the first `n` entries of each run (no-op if they are).
     pub fn grow(&self, n: u32) -> Result<()> {
+        if self.pages.is_some() {
+            return Ok(());
+        }
         let size = std::mem::size_of::<T>();
         let run_bytes = (size * self.per_set as usize).div_ceil(self.page) * self.page;
         let want = (size * n.min(self.per_set) as usize).div_ceil(self.page) * self.page;
@@ -165,7 +230,14 @@ impl<T: Copy> MmapArray<T> {
 
     /// Pointer to entry `i`, if it is mapped.
     pub fn ptr(&self, i: u32) -> Option<*mut T> {
-        if i >= self.len || i % self.per_set >= self.mapped() {
+        if i >= self.len {
+            return None;
+        }
+        let mapped = match &self.pages {
+            None => i % self.per_set < self.mapped(),
+            Some(pages) => self.pages_of(i).all(|p| Self::page_mapped(pages, p)),
+        };
+        if !mapped {
             return None;
         }
         // SAFETY: in range of the mapping.
@@ -202,6 +274,44 @@ impl<T: Copy> MmapArray<T> {
                 std::ptr::read_volatile(self.base.as_ptr().add(i as usize))
             });
         }
+    }
+
+    /// Entry `i` read through the bpf syscall, whether mapped or not: the page is not made
+    /// resident in the daemon.
+    pub fn lookup(&self, i: u32) -> Result<T> {
+        const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+        /// `bpf_attr` for the element commands.
+        #[repr(C)]
+        struct ElemAttr {
+            map_fd: u32,
+            _pad: u32,
+            key: u64,
+            value: u64,
+            flags: u64,
+        }
+        let mut v = std::mem::MaybeUninit::<T>::uninit();
+        let mut attr = ElemAttr {
+            map_fd: self.raw_fd() as u32,
+            _pad: 0,
+            key: &raw const i as u64,
+            value: v.as_mut_ptr() as u64,
+            flags: 0,
+        };
+        // SAFETY: the attr points at a u32 key and at room for one value of the map's type
+        // (checked against the map in `new`), both alive for the call.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_LOOKUP_ELEM,
+                &raw mut attr,
+                std::mem::size_of::<ElemAttr>(),
+            )
+        };
+        if rc != 0 {
+            bail!("{}", std::io::Error::last_os_error());
+        }
+        // SAFETY: the kernel wrote the whole value.
+        Ok(unsafe { v.assume_init() })
     }
 
     /// Entries `0..n`, copied.

@@ -12,7 +12,10 @@
 //! - PROBES, BUCKETS: the daemon sets them before publishing the verdict that uses them.
 //! - SAVED: the daemon only.
 
-use std::sync::{atomic::Ordering, Arc};
+use std::sync::{
+    atomic::{AtomicU64, Ordering},
+    Arc,
+};
 
 use anyhow::{Context, Result};
 use aya::maps::{HashMap, Map, MapData, PerCpuArray};
@@ -42,6 +45,10 @@ pub struct Arrays {
     pub pending: MmapArray<PendingAges>,
     /// Retry budgets: bounds written here, counts by the programs.
     pub retry: MmapArray<RetryBudget>,
+    /// The slots whose RETRY entry may hold anything (a budget now or earlier in its owner's
+    /// life); every other slot's entry is all zero and is never touched here, so that its
+    /// 320 bytes never become the daemon's resident memory (3 MiB at 10k destinations).
+    retry_live: SlotBits,
     /// [0]: entries of CONNS held by connections to observed destinations (the programs add
     /// and take back; reconciliation takes back the entries it removes).
     pub obs_live: MmapArray<u64>,
@@ -148,12 +155,18 @@ impl Tables {
             quiet: slots(maps::QUIET, src)?,
             saved: slots(maps::SAVED, src)?,
             pending: slots(maps::PENDING, src)?,
-            retry: slots(maps::RETRY, src)?,
+            retry: MmapArray::sparse(
+                map_data(take(src, maps::RETRY)?, maps::RETRY)?,
+                maps::RETRY,
+                MAX_SLOTS,
+            )?,
+            retry_live: SlotBits::new(MAX_SLOTS),
             policy,
             obs_live: mapped(src, maps::OBS_LIVE, 1, 1, 1)?,
             control: mapped(src, maps::CONTROL, 1, 1, 1)?,
         };
         arrays.grow(used)?;
+        arrays.find_live_retry().context("reading map RETRY")?;
         let mut keys = KeySets::load(
             typed(src, maps::EXACT)?,
             typed(src, maps::CIDR)?,
@@ -341,7 +354,6 @@ impl Arrays {
         self.quiet.grow(n).context("mapping map QUIET")?;
         self.saved.grow(n).context("mapping map SAVED")?;
         self.pending.grow(n).context("mapping map PENDING")?;
-        self.retry.grow(n).context("mapping map RETRY")?;
         for slot in before..self.windows.mapped() {
             self.windows.set(slot, WindowCounts::default());
             self.quiet.set(slot, QuietCount::default());
@@ -420,13 +432,35 @@ impl Arrays {
         );
     }
 
+    /// The slots whose RETRY entry a previous daemon (or the programs under its policy) left
+    /// anything in: read through the syscall, not the mapping.
+    fn find_live_retry(&self) -> Result<()> {
+        for slot in 0..MAX_SLOTS {
+            if self.retry.lookup(slot)? != RetryBudget::default() {
+                self.map_retry(slot)?;
+                self.retry_live.set(slot);
+            }
+        }
+        Ok(())
+    }
+
+    /// Map `slot`'s RETRY entry, for a budget (RETRY is mapped only where one is used).
+    pub fn map_retry(&self, slot: u32) -> Result<()> {
+        self.retry.map_entry(slot).context("mapping map RETRY")
+    }
+
     /// Put `budget`'s bounds in force for `slot` (or none), leaving the counts alone. The
     /// bucket width goes last when a budget starts, first when it ends: the hooks never use a
     /// half-written one.
     pub fn set_retry_bounds(&self, slot: u32, budget: Option<&crate::config::RetryBudget>) {
+        if budget.is_none() && !self.retry_live.get(slot) {
+            // All zero already: no bounds in force.
+            return;
+        }
         let Some(p) = self.retry.ptr(slot) else {
             return;
         };
+        self.retry_live.set(slot);
         // SAFETY: aligned u64 fields of a mapped entry; the programs read them.
         unsafe {
             let width = mmap::atomic_u64(&raw mut (*p).bucket_ns);
@@ -453,7 +487,7 @@ impl Arrays {
 
     /// The retry budget's window of `slot` at `now_ns`.
     pub fn retry_window(&self, slot: u32, now_ns: u64) -> crate::snapshot::RetryWindow {
-        let b = self.retry.get(slot).unwrap_or_default();
+        let b = self.retry_entry(slot);
         let (tag, _) = b.epoch(now_ns);
         let originals = RetryBudget::window_sum(&b.originals, tag);
         crate::snapshot::RetryWindow {
@@ -466,9 +500,15 @@ impl Arrays {
 
     /// Retries rejected for the budget, and those a dry run would have rejected.
     pub fn retry_rejections(&self, slot: u32) -> (u64, u64) {
-        self.retry
-            .get(slot)
-            .map_or((0, 0), |b| (b.rejected, b.would_reject))
+        let b = self.retry_entry(slot);
+        (b.rejected, b.would_reject)
+    }
+
+    fn retry_entry(&self, slot: u32) -> RetryBudget {
+        if !self.retry_live.get(slot) {
+            return RetryBudget::default();
+        }
+        self.retry.get(slot).unwrap_or_default()
     }
 
     pub fn reset_slot(&self, slot: u32) {
@@ -478,7 +518,10 @@ impl Arrays {
         self.probes.set(slot, 0);
         self.buckets.set(slot, Bucket::default());
         self.saved.set(slot, SavedBreaker::default());
-        self.retry.set(slot, RetryBudget::default());
+        if self.retry_live.get(slot) {
+            self.retry.set(slot, RetryBudget::default());
+            self.retry_live.clear(slot);
+        }
     }
 
     pub fn saved(&self, slot: u32) -> SavedBreaker {
@@ -487,5 +530,36 @@ impl Arrays {
 
     pub fn save(&self, slot: u32, s: SavedBreaker) {
         self.saved.set(slot, s);
+    }
+}
+
+/// One bit per slot, shared by the daemon's threads.
+struct SlotBits(Box<[AtomicU64]>);
+
+impl SlotBits {
+    fn new(n: u32) -> SlotBits {
+        SlotBits((0..n.div_ceil(64)).map(|_| AtomicU64::new(0)).collect())
+    }
+
+    fn word(&self, slot: u32) -> Option<(&AtomicU64, u64)> {
+        let w = self.0.get((slot / 64) as usize)?;
+        Some((w, 1 << (slot % 64)))
+    }
+
+    fn get(&self, slot: u32) -> bool {
+        self.word(slot)
+            .is_some_and(|(w, bit)| w.load(Ordering::Acquire) & bit != 0)
+    }
+
+    fn set(&self, slot: u32) {
+        if let Some((w, bit)) = self.word(slot) {
+            w.fetch_or(bit, Ordering::AcqRel);
+        }
+    }
+
+    fn clear(&self, slot: u32) {
+        if let Some((w, bit)) = self.word(slot) {
+            w.fetch_and(!bit, Ordering::AcqRel);
+        }
     }
 }
