@@ -41,17 +41,22 @@ impl Kernel {
         let lock = fs::lock_pin_dir(&opts.pin_dir)?;
         super::layout::check_pinned_layout(&opts.pin_dir, OBJECT, opts.max_connections)?;
 
-        let btf = Btf::from_sys_fs()?;
-        let sk_err = btf.member_offset("sock", "sk_err")?;
-        // For the cgroup_mkdir tracepoint; without them it does nothing (services' new cgroups
-        // are then found by the daemon's look every tick).
-        let offsets = [
-            ("cgroup", "kn"),
-            ("kernfs_node", "id"),
-            ("cgroup", "root"),
-            ("cgroup_root", "hierarchy_id"),
-        ]
-        .map(|(s, m)| btf.member_offset(s, m));
+        // The kernel's BTF, parsed, is about 10 MB: gone before aya parses it again for the
+        // loader (the start-up's peak of memory).
+        let (sk_err, offsets) = {
+            let btf = Btf::from_sys_fs()?;
+            let sk_err = btf.member_offset("sock", "sk_err")?;
+            // For the cgroup_mkdir tracepoint; without them it does nothing (services' new
+            // cgroups are then found by the daemon's look every tick).
+            let offsets = [
+                ("cgroup", "kn"),
+                ("kernfs_node", "id"),
+                ("cgroup", "root"),
+                ("cgroup_root", "hierarchy_id"),
+            ]
+            .map(|(s, m)| btf.member_offset(s, m));
+            (sk_err, offsets)
+        };
         let [kn, kn_id, root, hierarchy] = match offsets {
             [Ok(a), Ok(b), Ok(c), Ok(d)] => [a, b, c, d],
             other => {
