@@ -61,7 +61,7 @@ pub const PENDING_SHIFT: u32 = 8;
 /// the destination's latency samples.
 pub const TRACK_SAMPLE: u32 = 1 << 16;
 /// One success in this many is a latency sample (a power of two).
-pub const SAMPLE_ONE_IN: u32 = 4;
+pub const SAMPLE_ONE_IN: u32 = 8;
 pub const PENDING_BUCKET_MASK: u32 = 0xff;
 
 pub const OUTCOME_SUCCESS: u32 = 0;
