@@ -260,6 +260,17 @@ fn main() -> Result<()> {
                 "daemon CPU and memory at 20k connects/s over 10k destinations, dashboard \
                  attached (bench/daemon.md)",
                 &mut cmd,
+            )?;
+            // The same after 5 minutes: latency samples and windows fill over minutes, which
+            // the short run never shows.
+            let mut cmd = Command::new(root.join("target/release/daemon_cost"));
+            cmd.env("RESILIENCE_BIN", root.join("target/release/resilience"))
+                .args(["--rounds", "1", "--warmup", "300"])
+                .arg("--out")
+                .arg(root.join("bench/daemon-long.md"));
+            step::run_inherit(
+                "the same after 5 minutes of load (bench/daemon-long.md, about 6 min)",
+                &mut cmd,
             )
         }
     }
