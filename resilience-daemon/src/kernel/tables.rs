@@ -166,7 +166,7 @@ impl Tables {
             control: mapped(src, maps::CONTROL, 1, 1, 1)?,
         };
         arrays.grow(used)?;
-        arrays.find_live_retry().context("reading map RETRY")?;
+        arrays.find_live_retry(used).context("reading map RETRY")?;
         let mut keys = KeySets::load(
             typed(src, maps::EXACT)?,
             typed(src, maps::CIDR)?,
@@ -432,10 +432,12 @@ impl Arrays {
         );
     }
 
-    /// The slots whose RETRY entry a previous daemon (or the programs under its policy) left
-    /// anything in: read through the syscall, not the mapping.
-    fn find_live_retry(&self) -> Result<()> {
-        for slot in 0..MAX_SLOTS {
+    /// The slots below `used` whose RETRY entry a previous daemon (or the programs under its
+    /// policy) left anything in: read through the syscall, not the mapping. (A slot no policy
+    /// ever owned has no counts; bounds a crash left there without a policy are never read,
+    /// and a budget's own bounds replace them.)
+    fn find_live_retry(&self, used: u32) -> Result<()> {
+        for slot in 0..used.min(MAX_SLOTS) {
             if self.retry.lookup(slot)? != RetryBudget::default() {
                 self.map_retry(slot)?;
                 self.retry_live.set(slot);
