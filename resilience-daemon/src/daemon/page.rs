@@ -139,8 +139,8 @@ pub fn table(
             rates: book
                 .named
                 .get(d.slot as usize)
-                .and_then(|e| e.filter(|e| e.0 == d.generation))
-                .and_then(|e| e.2),
+                .and_then(|e| e.as_ref().filter(|e| e.0 == d.generation))
+                .and_then(|e| e.2.as_ref()),
             // Percentiles cost a selection over the samples: the page's rows only, unless
             // they are what the rows are sorted by.
             p99_ms: latency.then(|| percentile(d, &arrays, 0.99)).flatten(),

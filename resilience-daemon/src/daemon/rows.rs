@@ -56,7 +56,8 @@ pub struct Light<'a> {
     pub mode: Mode,
     pub state: State,
     pub totals: Totals,
-    pub rates: Option<Rates>,
+    /// In the rate book (a copy would be half of the row: 10k rows are built a page).
+    pub rates: Option<&'a Rates>,
     /// Only when the rows are sorted by it.
     pub p99_ms: Option<f64>,
 }

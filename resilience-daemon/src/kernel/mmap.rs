@@ -13,6 +13,9 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
+
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 use aya::maps::MapData;
 
 /// A mapped array of `sets` runs of `per_set` entries each (POLICY holds one run per policy set;
@@ -279,7 +282,19 @@ impl<T: Copy> MmapArray<T> {
     /// Entry `i` read through the bpf syscall, whether mapped or not: the page is not made
     /// resident in the daemon.
     pub fn lookup(&self, i: u32) -> Result<T> {
-        const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+        let mut v = std::mem::MaybeUninit::<T>::uninit();
+        self.elem(BPF_MAP_LOOKUP_ELEM, i, v.as_mut_ptr())?;
+        // SAFETY: the kernel wrote the whole value.
+        Ok(unsafe { v.assume_init() })
+    }
+
+    /// Entry `i` written whole through the bpf syscall, mapped or not (as `set`, only for
+    /// entries no program writes).
+    pub fn update(&self, i: u32, v: &T) -> Result<()> {
+        self.elem(BPF_MAP_UPDATE_ELEM, i, std::ptr::from_ref(v).cast_mut())
+    }
+
+    fn elem(&self, cmd: libc::c_long, i: u32, value: *mut T) -> Result<()> {
         /// `bpf_attr` for the element commands.
         #[repr(C)]
         struct ElemAttr {
@@ -289,20 +304,20 @@ impl<T: Copy> MmapArray<T> {
             value: u64,
             flags: u64,
         }
-        let mut v = std::mem::MaybeUninit::<T>::uninit();
         let mut attr = ElemAttr {
             map_fd: self.raw_fd() as u32,
             _pad: 0,
             key: &raw const i as u64,
-            value: v.as_mut_ptr() as u64,
+            value: value as u64,
+            // BPF_ANY
             flags: 0,
         };
-        // SAFETY: the attr points at a u32 key and at room for one value of the map's type
-        // (checked against the map in `new`), both alive for the call.
+        // SAFETY: the attr points at a u32 key and at one value of the map's type (checked
+        // against the map in `new`), both alive for the call; an update only reads it.
         let rc = unsafe {
             libc::syscall(
                 libc::SYS_bpf,
-                BPF_MAP_LOOKUP_ELEM,
+                cmd,
                 &raw mut attr,
                 std::mem::size_of::<ElemAttr>(),
             )
@@ -310,8 +325,7 @@ impl<T: Copy> MmapArray<T> {
         if rc != 0 {
             bail!("{}", std::io::Error::last_os_error());
         }
-        // SAFETY: the kernel wrote the whole value.
-        Ok(unsafe { v.assume_init() })
+        Ok(())
     }
 
     /// Entries `0..n`, copied.

@@ -39,6 +39,8 @@ pub struct Arrays {
     pub streaks: MmapArray<u64>,
     pub windows: MmapArray<WindowCounts>,
     pub quiet: MmapArray<QuietCount>,
+    /// Never mapped: read and written through the syscall (at a commit, a transition, a
+    /// start), so that its pages are not the daemon's resident memory.
     pub saved: MmapArray<SavedBreaker>,
     /// Connects still waiting for an answer, by age. Never reset: the kernel adds and takes
     /// back each connect's one, whoever owns the slot meanwhile.
@@ -145,6 +147,9 @@ impl Tables {
         fn slots<T: Copy>(name: &'static str, src: &mut aya::Ebpf) -> Result<MmapArray<T>> {
             mapped(src, name, MAX_SLOTS, MAX_SLOTS, 0)
         }
+        fn sparse<T: Copy>(name: &'static str, src: &mut aya::Ebpf) -> Result<MmapArray<T>> {
+            MmapArray::sparse(map_data(take(src, name)?, name)?, name, MAX_SLOTS)
+        }
         let arrays = Arrays {
             counters: slots(maps::COUNTERS, src)?,
             active: slots(maps::ACTIVE, src)?,
@@ -153,13 +158,9 @@ impl Tables {
             streaks: slots(maps::STREAKS, src)?,
             windows: slots(maps::WINDOWS, src)?,
             quiet: slots(maps::QUIET, src)?,
-            saved: slots(maps::SAVED, src)?,
+            saved: sparse(maps::SAVED, src)?,
             pending: slots(maps::PENDING, src)?,
-            retry: MmapArray::sparse(
-                map_data(take(src, maps::RETRY)?, maps::RETRY)?,
-                maps::RETRY,
-                MAX_SLOTS,
-            )?,
+            retry: sparse(maps::RETRY, src)?,
             retry_live: SlotBits::new(MAX_SLOTS),
             policy,
             obs_live: mapped(src, maps::OBS_LIVE, 1, 1, 1)?,
@@ -352,7 +353,6 @@ impl Arrays {
         self.streaks.grow(n).context("mapping map STREAKS")?;
         self.windows.grow(n).context("mapping map WINDOWS")?;
         self.quiet.grow(n).context("mapping map QUIET")?;
-        self.saved.grow(n).context("mapping map SAVED")?;
         self.pending.grow(n).context("mapping map PENDING")?;
         for slot in before..self.windows.mapped() {
             self.windows.set(slot, WindowCounts::default());
@@ -519,7 +519,7 @@ impl Arrays {
         self.streaks.set(slot, 0);
         self.probes.set(slot, 0);
         self.buckets.set(slot, Bucket::default());
-        self.saved.set(slot, SavedBreaker::default());
+        self.save(slot, SavedBreaker::default());
         if self.retry_live.get(slot) {
             self.retry.set(slot, RetryBudget::default());
             self.retry_live.clear(slot);
@@ -527,11 +527,13 @@ impl Arrays {
     }
 
     pub fn saved(&self, slot: u32) -> SavedBreaker {
-        self.saved.get(slot).unwrap_or_default()
+        self.saved.lookup(slot).unwrap_or_default()
     }
 
     pub fn save(&self, slot: u32, s: SavedBreaker) {
-        self.saved.set(slot, s);
+        if let Err(e) = self.saved.update(slot, &s) {
+            tracing::warn!(slot, error = %e, "cannot save a breaker's state in map SAVED");
+        }
     }
 }
 
