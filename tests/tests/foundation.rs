@@ -373,3 +373,41 @@ fn a_connect_that_fails_before_its_syn_is_counted_and_gives_its_place_back() {
     assert_eq!(v["active"], 0, "{v:#}");
     assert_eq!(v["rejected"]["bulkhead"], 0, "{v:#}");
 }
+
+/// More observed destinations than one batch read of the map returns (512 a call): status
+/// lists every one, each with its connect.
+#[test]
+fn every_observed_destination_is_listed_past_one_batch() {
+    if !privileged("every_observed_destination_is_listed_past_one_batch") {
+        return;
+    }
+    let cg = Cgroup::new("observed-many");
+    let pins = PinDir::new("observed-many");
+    let d = Daemon::start("observed-many", cg.path(), &pins, "", "2s");
+    // Nothing listens on these: each connect is refused at once.
+    let targets: Vec<SocketAddr> = (0..1300)
+        .map(|i| addr(&format!("127.9.{}.{}:9", i / 250, 1 + i % 250)))
+        .collect();
+    let opts = resilience_tests::client::Opts {
+        cycle: true,
+        timeout: Some(SECOND),
+        ..Default::default()
+    };
+    let got = resilience_tests::client::spawn(cg.path(), &targets, 1, &opts).wait();
+    assert_eq!(got.len(), targets.len(), "{got:?}");
+    let status = d.status();
+    let listed: std::collections::HashMap<&str, u64> = status["observed"]
+        .as_array()
+        .expect("observed")
+        .iter()
+        .filter_map(|o| Some((o["address"].as_str()?, o["attempts"].as_u64()?)))
+        .collect();
+    for t in &targets {
+        assert_eq!(
+            listed.get(t.to_string().as_str()),
+            Some(&1),
+            "{t} not listed with its one connect ({} listed)",
+            listed.len()
+        );
+    }
+}
