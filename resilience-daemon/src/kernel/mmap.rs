@@ -13,10 +13,11 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
+use aya::maps::MapData;
 
+/// `bpf(2)` commands for one element (`lookup`, `update`).
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
-use aya::maps::MapData;
 
 /// A mapped array of `sets` runs of `per_set` entries each (POLICY holds one run per policy set;
 /// the other arrays one). The whole array's address range is reserved up front, but only the
@@ -35,7 +36,7 @@ pub struct MmapArray<T> {
     grow_lock: Mutex<()>,
     /// A sparse array's mapped pages, one bit each (`map_entry`); None where each run is
     /// mapped from its start (`grow`).
-    pages: Option<Box<[AtomicU64]>>,
+    pages: Option<Bits>,
     /// The mapping outlives a closed fd, but keeping the map handle makes ownership plain.
     map: MapData,
 }
@@ -119,8 +120,7 @@ impl<T: Copy> MmapArray<T> {
     /// entries `map_entry` asks for are mapped (each mapped page is resident).
     pub fn sparse(map: MapData, name: &str, len: u32) -> Result<MmapArray<T>> {
         let mut array = MmapArray::new(map, name, len, len, 0)?;
-        let pages = array.reserved / array.page;
-        array.pages = Some((0..pages.div_ceil(64)).map(|_| AtomicU64::new(0)).collect());
+        array.pages = Some(Bits::new(array.reserved / array.page));
         Ok(array)
     }
 
@@ -129,12 +129,6 @@ impl<T: Copy> MmapArray<T> {
         let size = std::mem::size_of::<T>();
         let start = i as usize * size;
         start / self.page..(start + size).div_ceil(self.page)
-    }
-
-    fn page_mapped(pages: &[AtomicU64], p: usize) -> bool {
-        pages
-            .get(p / 64)
-            .is_some_and(|w| w.load(Ordering::Acquire) & (1 << (p % 64)) != 0)
     }
 
     /// Map the pages entry `i` of a sparse array lies on (no-op for the others, or if they
@@ -148,7 +142,7 @@ impl<T: Copy> MmapArray<T> {
         }
         let _held = self.grow_lock.lock().unwrap_or_else(|e| e.into_inner());
         for p in self.pages_of(i) {
-            if Self::page_mapped(pages, p) {
+            if pages.get(p) {
                 continue;
             }
             let off = p * self.page;
@@ -168,7 +162,7 @@ impl<T: Copy> MmapArray<T> {
             if addr == libc::MAP_FAILED {
                 bail!("{}", std::io::Error::last_os_error());
             }
-            pages[p / 64].fetch_or(1 << (p % 64), Ordering::AcqRel);
+            pages.set(p);
         }
         Ok(())
     }
@@ -238,7 +232,7 @@ impl<T: Copy> MmapArray<T> {
         }
         let mapped = match &self.pages {
             None => i % self.per_set < self.mapped(),
-            Some(pages) => self.pages_of(i).all(|p| Self::page_mapped(pages, p)),
+            Some(pages) => self.pages_of(i).all(|p| pages.get(p)),
         };
         if !mapped {
             return None;
@@ -365,4 +359,34 @@ pub unsafe fn atomic_u64<'a>(p: *mut u64) -> &'a AtomicU64 {
 pub unsafe fn atomic_u32<'a>(p: *mut u32) -> &'a AtomicU32 {
     // SAFETY: the caller's contract.
     unsafe { AtomicU32::from_ptr(p) }
+}
+
+/// One bit per page or slot, shared by the daemon's threads.
+pub struct Bits(Box<[AtomicU64]>);
+
+impl Bits {
+    pub fn new(n: usize) -> Bits {
+        Bits((0..n.div_ceil(64)).map(|_| AtomicU64::new(0)).collect())
+    }
+
+    fn word(&self, i: usize) -> Option<(&AtomicU64, u64)> {
+        Some((self.0.get(i / 64)?, 1 << (i % 64)))
+    }
+
+    pub fn get(&self, i: usize) -> bool {
+        self.word(i)
+            .is_some_and(|(w, bit)| w.load(Ordering::Acquire) & bit != 0)
+    }
+
+    pub fn set(&self, i: usize) {
+        if let Some((w, bit)) = self.word(i) {
+            w.fetch_or(bit, Ordering::AcqRel);
+        }
+    }
+
+    pub fn clear(&self, i: usize) {
+        if let Some((w, bit)) = self.word(i) {
+            w.fetch_and(!bit, Ordering::AcqRel);
+        }
+    }
 }

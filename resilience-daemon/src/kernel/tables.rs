@@ -12,10 +12,7 @@
 //! - PROBES, BUCKETS: the daemon sets them before publishing the verdict that uses them.
 //! - SAVED: the daemon only.
 
-use std::sync::{
-    atomic::{AtomicU64, Ordering},
-    Arc,
-};
+use std::sync::{atomic::Ordering, Arc};
 
 use anyhow::{Context, Result};
 use aya::maps::{HashMap, Map, MapData, PerCpuArray};
@@ -26,7 +23,11 @@ use resilience_common::{
     SavedBreaker, Stats, WindowCounts,
 };
 
-use super::{keys::KeySets, mmap, mmap::MmapArray};
+use super::{
+    keys::KeySets,
+    mmap,
+    mmap::{Bits, MmapArray},
+};
 use resilience_common::service::{LEVEL_SHIFT, SERVICE_LEVELS};
 
 /// The memory-mapped arrays, shared by the loop, the lease thread and the workers.
@@ -50,7 +51,7 @@ pub struct Arrays {
     /// The slots whose RETRY entry may hold anything (a budget now or earlier in its owner's
     /// life); every other slot's entry is all zero and is never touched here, so that its
     /// 320 bytes never become the daemon's resident memory (3 MiB at 10k destinations).
-    retry_live: SlotBits,
+    retry_live: Bits,
     /// [0]: entries of CONNS held by connections to observed destinations (the programs add
     /// and take back; reconciliation takes back the entries it removes).
     pub obs_live: MmapArray<u64>,
@@ -161,7 +162,7 @@ impl Tables {
             saved: sparse(maps::SAVED, src)?,
             pending: slots(maps::PENDING, src)?,
             retry: sparse(maps::RETRY, src)?,
-            retry_live: SlotBits::new(MAX_SLOTS),
+            retry_live: Bits::new(MAX_SLOTS as usize),
             policy,
             obs_live: mapped(src, maps::OBS_LIVE, 1, 1, 1)?,
             control: mapped(src, maps::CONTROL, 1, 1, 1)?,
@@ -440,7 +441,7 @@ impl Arrays {
         for slot in 0..used.min(MAX_SLOTS) {
             if self.retry.lookup(slot)? != RetryBudget::default() {
                 self.map_retry(slot)?;
-                self.retry_live.set(slot);
+                self.retry_live.set(slot as usize);
             }
         }
         Ok(())
@@ -455,14 +456,14 @@ impl Arrays {
     /// bucket width goes last when a budget starts, first when it ends: the hooks never use a
     /// half-written one.
     pub fn set_retry_bounds(&self, slot: u32, budget: Option<&crate::config::RetryBudget>) {
-        if budget.is_none() && !self.retry_live.get(slot) {
+        if budget.is_none() && !self.retry_live.get(slot as usize) {
             // All zero already: no bounds in force.
             return;
         }
         let Some(p) = self.retry.ptr(slot) else {
             return;
         };
-        self.retry_live.set(slot);
+        self.retry_live.set(slot as usize);
         // SAFETY: aligned u64 fields of a mapped entry; the programs read them.
         unsafe {
             let width = mmap::atomic_u64(&raw mut (*p).bucket_ns);
@@ -507,7 +508,7 @@ impl Arrays {
     }
 
     fn retry_entry(&self, slot: u32) -> RetryBudget {
-        if !self.retry_live.get(slot) {
+        if !self.retry_live.get(slot as usize) {
             return RetryBudget::default();
         }
         self.retry.get(slot).unwrap_or_default()
@@ -520,9 +521,9 @@ impl Arrays {
         self.probes.set(slot, 0);
         self.buckets.set(slot, Bucket::default());
         self.save(slot, SavedBreaker::default());
-        if self.retry_live.get(slot) {
+        if self.retry_live.get(slot as usize) {
             self.retry.set(slot, RetryBudget::default());
-            self.retry_live.clear(slot);
+            self.retry_live.clear(slot as usize);
         }
     }
 
@@ -533,37 +534,6 @@ impl Arrays {
     pub fn save(&self, slot: u32, s: SavedBreaker) {
         if let Err(e) = self.saved.update(slot, &s) {
             tracing::warn!(slot, error = %e, "cannot save a breaker's state in map SAVED");
-        }
-    }
-}
-
-/// One bit per slot, shared by the daemon's threads.
-struct SlotBits(Box<[AtomicU64]>);
-
-impl SlotBits {
-    fn new(n: u32) -> SlotBits {
-        SlotBits((0..n.div_ceil(64)).map(|_| AtomicU64::new(0)).collect())
-    }
-
-    fn word(&self, slot: u32) -> Option<(&AtomicU64, u64)> {
-        let w = self.0.get((slot / 64) as usize)?;
-        Some((w, 1 << (slot % 64)))
-    }
-
-    fn get(&self, slot: u32) -> bool {
-        self.word(slot)
-            .is_some_and(|(w, bit)| w.load(Ordering::Acquire) & bit != 0)
-    }
-
-    fn set(&self, slot: u32) {
-        if let Some((w, bit)) = self.word(slot) {
-            w.fetch_or(bit, Ordering::AcqRel);
-        }
-    }
-
-    fn clear(&self, slot: u32) {
-        if let Some((w, bit)) = self.word(slot) {
-            w.fetch_and(!bit, Ordering::AcqRel);
         }
     }
 }
