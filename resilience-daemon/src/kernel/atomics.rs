@@ -53,31 +53,22 @@ fn program() -> [u64; 5] {
 pub fn fetch_supported() -> io::Result<bool> {
     let insns = program();
     let license = c"GPL";
-    let attr = ProgLoadAttr {
+    let mut attr = ProgLoadAttr {
         prog_type: BPF_PROG_TYPE_SOCKET_FILTER,
         insn_cnt: insns.len() as u32,
         insns: insns.as_ptr() as u64,
         license: license.as_ptr() as u64,
         ..ProgLoadAttr::default()
     };
-    // SAFETY: attr and what it points to live across the call; the size is attr's own.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_LOAD,
-            &attr as *const ProgLoadAttr,
-            std::mem::size_of::<ProgLoadAttr>(),
-        )
-    };
-    if fd >= 0 {
-        // SAFETY: the kernel just gave us this descriptor and nothing else holds it.
-        unsafe { libc::close(fd as libc::c_int) };
-        return Ok(true);
-    }
-    let e = io::Error::last_os_error();
-    match e.raw_os_error() {
-        Some(libc::EINVAL) => Ok(false),
-        _ => Err(e),
+    // SAFETY: attr and what it points to live across the call.
+    match unsafe { super::sys_bpf(BPF_PROG_LOAD, &mut attr) } {
+        Ok(fd) => {
+            // SAFETY: the kernel just gave us this descriptor and nothing else holds it.
+            unsafe { libc::close(fd as libc::c_int) };
+            Ok(true)
+        }
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(false),
+        Err(e) => Err(e),
     }
 }
 

@@ -46,24 +46,13 @@ pub fn lookup_all<K: Copy + Default, V: Copy + Default>(fd: BorrowedFd<'_>) -> R
         };
         // SAFETY: the attr points at buffers of CHUNK keys and values of the map's types, and
         // at the token, all alive for the call.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_LOOKUP_BATCH,
-                &raw mut attr,
-                std::mem::size_of::<BatchAttr>(),
-            )
-        };
-        let err = std::io::Error::last_os_error();
+        let rc = unsafe { super::sys_bpf(BPF_MAP_LOOKUP_BATCH, &mut attr) };
         let n = (attr.count as usize).min(CHUNK);
         out.extend(keys.iter().copied().zip(values.iter().copied()).take(n));
-        if rc == 0 {
-            first = false;
-            continue;
+        match rc {
+            Ok(_) => first = false,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(out),
+            Err(e) => return Err(e.into()),
         }
-        if err.raw_os_error() == Some(libc::ENOENT) {
-            return Ok(out);
-        }
-        return Err(err.into());
     }
 }

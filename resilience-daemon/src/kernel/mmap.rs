@@ -145,24 +145,31 @@ impl<T: Copy> MmapArray<T> {
             if pages.get(p) {
                 continue;
             }
-            let off = p * self.page;
-            // SAFETY: one page inside our own reservation that nobody has a pointer into
-            // (`ptr` refuses entries on unmapped pages); a shared mapping of the map's fd at the
-            // same offset, which the kernel checks against the map's size.
-            let addr = unsafe {
-                libc::mmap(
-                    self.base.as_ptr().cast::<u8>().add(off).cast(),
-                    self.page,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_SHARED | libc::MAP_FIXED,
-                    self.map.fd().as_fd().as_raw_fd(),
-                    off as libc::off_t,
-                )
-            };
-            if addr == libc::MAP_FAILED {
-                bail!("{}", std::io::Error::last_os_error());
-            }
+            self.map_at(p * self.page, self.page)?;
             pages.set(p);
+        }
+        Ok(())
+    }
+
+    /// Map `len` bytes of the map at byte `off` of its values, over the same place of our
+    /// reservation. Only for pages never mapped before (`ptr` refuses entries on them, so
+    /// nobody holds a pointer into them), under `grow_lock`.
+    fn map_at(&self, off: usize, len: usize) -> Result<()> {
+        // SAFETY: inside our own reservation (callers stay within `reserved`), over pages
+        // nobody has a pointer into; a shared mapping of the map's fd at the same offset,
+        // which the kernel checks against the map's size.
+        let addr = unsafe {
+            libc::mmap(
+                self.base.as_ptr().cast::<u8>().add(off).cast(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_FIXED,
+                self.map.fd().as_fd().as_raw_fd(),
+                off as libc::off_t,
+            )
+        };
+        if addr == libc::MAP_FAILED {
+            bail!("{}", std::io::Error::last_os_error());
         }
         Ok(())
     }
@@ -203,23 +210,7 @@ impl<T: Copy> MmapArray<T> {
         }
         let runs = self.len / self.per_set;
         for run in 0..runs as usize {
-            let start = run * self.per_set as usize * size + have;
-            // SAFETY: inside our own reservation, over pages nobody can have a pointer into
-            // (they were never mapped: `ptr` refuses them); a shared mapping of the map's fd at
-            // the same offset, which the kernel checks against the map's size.
-            let addr = unsafe {
-                libc::mmap(
-                    self.base.as_ptr().cast::<u8>().add(start).cast(),
-                    want - have,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_SHARED | libc::MAP_FIXED,
-                    self.map.fd().as_fd().as_raw_fd(),
-                    start as libc::off_t,
-                )
-            };
-            if addr == libc::MAP_FAILED {
-                bail!("{}", std::io::Error::last_os_error());
-            }
+            self.map_at(run * self.per_set as usize * size + have, want - have)?;
         }
         self.mapped_bytes.store(want, Ordering::Release);
         Ok(())
@@ -308,17 +299,7 @@ impl<T: Copy> MmapArray<T> {
         };
         // SAFETY: the attr points at a u32 key and at one value of the map's type (checked
         // against the map in `new`), both alive for the call; an update only reads it.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                cmd,
-                &raw mut attr,
-                std::mem::size_of::<ElemAttr>(),
-            )
-        };
-        if rc != 0 {
-            bail!("{}", std::io::Error::last_os_error());
-        }
+        unsafe { super::sys_bpf(cmd, &mut attr) }?;
         Ok(())
     }
 

@@ -31,5 +31,26 @@ pub fn monotonic_ns() -> u64 {
     ts.unwrap_or(0)
 }
 
+/// `bpf(2)` with `attr` as its attribute union: the call's result, or the error it set.
+///
+/// # Safety
+/// `attr` must be the attribute struct `cmd` expects, and every pointer in it must be valid
+/// for what the kernel reads or writes there during the call.
+pub unsafe fn sys_bpf<A>(cmd: libc::c_long, attr: &mut A) -> std::io::Result<i64> {
+    // SAFETY: the caller's contract; the size is the attribute struct's own.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            std::ptr::from_mut(attr),
+            std::mem::size_of::<A>(),
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(rc)
+}
+
 #[cfg(test)]
 mod layout_test;
