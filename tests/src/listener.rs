@@ -18,9 +18,25 @@ use nix::sys::socket::{
 /// A port on `ip` where nothing listens (bound to learn a free port, then closed): connects
 /// to it are refused.
 pub fn closed_port(ip: &str) -> SocketAddr {
-    TcpListener::bind(format!("{ip}:0"))
-        .and_then(|l| l.local_addr())
-        .unwrap_or_else(|e| panic!("closed port on {ip}: {e}"))
+    closed_ports(ip, 1)[0]
+}
+
+/// `n` distinct closed ports on `ip`. Each listener is held until all are picked: one at a
+/// time, the kernel may hand a port just freed out again (seen in CI: two destinations on
+/// one address, a policy the daemon refuses).
+pub fn closed_ports(ip: &str, n: usize) -> Vec<SocketAddr> {
+    let held: Vec<TcpListener> = (0..n)
+        .map(|_| {
+            TcpListener::bind(format!("{ip}:0"))
+                .unwrap_or_else(|e| panic!("closed port on {ip}: {e}"))
+        })
+        .collect();
+    held.iter()
+        .map(|l| {
+            l.local_addr()
+                .unwrap_or_else(|e| panic!("closed port on {ip}: {e}"))
+        })
+        .collect()
 }
 
 /// Accepts every connection and closes it at once, counting them.

@@ -14,7 +14,7 @@ use resilience_tests::{
     cgroup::Cgroup,
     client::connect_from,
     daemon::{Daemon, PinDir},
-    listener::{closed_port, Server},
+    listener::{closed_port, closed_ports, Server},
     privileged,
     tmux::{exit_code, wait_screen, Session},
 };
@@ -181,7 +181,7 @@ fn table_pages_are_sorted_filtered_and_counted_from_the_kernel() {
         return;
     }
     let ip = "127.0.0.221";
-    let addrs: Vec<SocketAddr> = (0..30).map(|_| closed_port(ip)).collect();
+    let addrs = closed_ports(ip, 30);
     let mut policy = String::new();
     for (i, a) in addrs.iter().enumerate() {
         policy.push_str(&format!(
