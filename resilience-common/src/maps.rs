@@ -47,6 +47,9 @@ pub const OBSERVED: &str = "OBSERVED";
 /// evicted, so a place it holds is never lost. Connections to observed destinations hold at
 /// most half of it (`GLOBAL_OBS_CAP`, counted in `OBS_LIVE`).
 pub const CONNS: &str = "CONNS";
+/// The same, tried first: `MAX_HOT_CONNS` entries, so that its buckets stay in the CPU's caches.
+/// A connection's entry is in HOT_CONNS or in CONNS.
+pub const HOT_CONNS: &str = "HOT_CONNS";
 /// Socket cookie -> connection to an observed destination, as builds before CONNS held them
 /// (LRU). Still read for sockets such a build armed, and emptied at start.
 pub const OBS_CONNS: &str = "OBS_CONNS";
@@ -82,6 +85,8 @@ pub const MAX_SERVICE_CGROUPS: u32 = 4096;
 /// Connections to named destinations tracked at once (the daemon may set another size at
 /// load: `[daemon] max_connections`).
 pub const MAX_CONNS: u32 = 65536;
+/// Entries of HOT_CONNS: 64 KiB of buckets.
+pub const MAX_HOT_CONNS: u32 = 4096;
 pub const MAX_OBS_CONNS: u32 = 65536;
 pub const EVENTS_BYTES: u32 = 1 << 20;
 
@@ -92,6 +97,9 @@ pub const BPF_F_NO_PREALLOC: u32 = 1 << 0;
 /// Read-only global in the object: byte offset of `sk_err` in `struct sock`, found in the
 /// running kernel's BTF by the daemon at load time.
 pub const GLOBAL_SK_ERR_OFFSET: &str = "SK_ERR_OFFSET";
+/// Read-only global in the object: byte offset of the cookie in `struct sock`, found the same
+/// way (0: unknown).
+pub const GLOBAL_SK_COOKIE_OFFSET: &str = "SK_COOKIE_OFFSET";
 /// Read-only global in the object: 1 where cgroup programs have bpf_set_retval and
 /// bpf_get_retval (Linux 5.18+); with 0 a rejected connect gets EPERM.
 pub const GLOBAL_HAVE_RETVAL: &str = "HAVE_RETVAL";
@@ -138,6 +146,7 @@ pub const LAYOUT: &[(&str, usize, usize)] = &[
     (PATH_SCRATCH, size_of::<u32>(), size_of::<CgroupPath>()),
     (OBSERVED, size_of::<Endpoint>(), size_of::<DestCounters>()),
     (CONNS, size_of::<u64>(), size_of::<ConnTrack>()),
+    (HOT_CONNS, size_of::<u64>(), size_of::<ConnTrack>()),
     (OBS_CONNS, size_of::<u64>(), size_of::<ConnTrack>()),
     (OBS_LIVE, size_of::<u32>(), size_of::<u64>()),
     (CONTROL, size_of::<u32>(), size_of::<Control>()),

@@ -29,12 +29,14 @@ use resilience_common::{
 
 use crate::{
     atomic::{add, add32, cas_update, fetch_add, MINUS_ONE},
+    cookie,
     deadline::{set_user_timeout, user_timeout},
     maps::{
         have_retval, obs_cap, policy, stats, ACTIVE, BUCKETS, CIDR, CONNS, CONTROL, COUNTERS,
-        EXACT, OBSERVED, OBS_LIVE, PENDING, PROBES, RETRY, ROUTES, SERVICES, STREAKS,
+        EXACT, HOT_CONNS, OBSERVED, OBS_LIVE, PENDING, PROBES, RETRY, ROUTES, SERVICES, STREAKS,
     },
     outcome::{give_obs_room, settle, unpend},
+    track::{Conns, Tracked},
     ALLOW,
 };
 
@@ -42,8 +44,7 @@ use crate::{
 const REJECT: i32 = 0;
 /// Prefix length of a CIDR key that matches every address on one port of one set.
 const FULL_PREFIX: u32 = CIDR_HEAD_BITS + 128;
-/// `bpf_map_update_elem` flags.
-const BPF_ANY: u64 = 0;
+/// `bpf_map_update_elem` flag.
 const BPF_NOEXIST: u64 = 1;
 
 /// `resolve`'s answer when CONTROL cannot be read.
@@ -423,6 +424,9 @@ fn track(
     now: u64,
     set: u32,
 ) {
+    // Before the cookie is made: a socket without one never had an attempt tracked.
+    // SAFETY: `sk` is the connecting socket in this program type.
+    let fresh = cookie::unset(unsafe { (*ctx.sock_addr).__bindgen_anon_1.sk }.cast());
     // SAFETY: the context is a valid bpf_sock_addr for this program type.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let mut conn = ConnTrack {
@@ -468,7 +472,7 @@ fn track(
         }
         conn.flags |= TRACK_ROOM;
     }
-    let (tracked, restore) = track_in(cookie, &mut conn, now, set);
+    let (tracked, restore) = track_in(cookie, fresh, &mut conn, now, set);
     if tracked && conn.flags & TRACK_DEADLINE != 0 {
         set_user_timeout(ctx.as_ptr(), u32::from(conn.deadline_ms));
     } else if let Some(app) = restore {
@@ -493,26 +497,30 @@ fn track(
     }
 }
 
-/// Insert `conn` into CONNS. The socket may be connecting again: its earlier attempt failed
-/// before its SYN (no route, no local port), and that attempt ends here, once. If that attempt
-/// had a deadline, the application's own user timeout is the one it had then (carried into
-/// `conn`, or returned to be put back).
+/// Insert `conn` into HOT_CONNS, or CONNS when that is full. The socket may be connecting
+/// again (unless `fresh`): its earlier attempt failed before its SYN (no route, no local port),
+/// and that attempt ends here, once. If that attempt had a deadline, the application's own
+/// user timeout is the one it had then (carried into `conn`, or returned to be put back).
 #[inline(always)]
 #[expect(
     clippy::needless_borrows_for_generic_args,
     reason = "by value, the entry would be copied onto the BPF stack once more"
 )]
-fn track_in(cookie: u64, conn: &mut ConnTrack, now: u64, set: u32) -> (bool, Option<u32>) {
-    if CONNS.insert(cookie, &*conn, BPF_NOEXIST).is_ok() {
-        return (true, None);
-    }
-    match settle_stale(cookie, now, set) {
-        Some(old) => {
-            let restore = inherit(conn, &old);
-            (CONNS.insert(cookie, &*conn, BPF_ANY).is_ok(), restore)
-        }
-        None => (false, None),
-    }
+fn track_in(
+    cookie: u64,
+    fresh: bool,
+    conn: &mut ConnTrack,
+    now: u64,
+    set: u32,
+) -> (bool, Option<u32>) {
+    let restore = if fresh {
+        None
+    } else {
+        settle_stale(cookie, now, set).and_then(|old| inherit(conn, &old))
+    };
+    let tracked = HOT_CONNS.insert(cookie, &*conn, BPF_NOEXIST).is_ok()
+        || CONNS.insert(cookie, &*conn, BPF_NOEXIST).is_ok();
+    (tracked, restore)
 }
 
 /// One more observed connect tracked, if the share of CONNS they may hold has room.
@@ -537,15 +545,15 @@ fn inherit(conn: &mut ConnTrack, old: &ConnTrack) -> Option<u32> {
     Some(old.app_user_timeout_ms)
 }
 
-/// If the socket has an entry in CONNS, end it as a failure before its SYN; the entry if there
+/// If the socket has a tracking entry, end it as a failure before its SYN; the entry if there
 /// was one.
 #[inline(always)]
 fn settle_stale(cookie: u64, now: u64, set: u32) -> Option<ConnTrack> {
-    let old = CONNS.get_ptr(cookie)?;
+    let old = Tracked.entry(cookie)?;
     // SAFETY: pointer into a hash map value; copied before the entry goes away.
     let old: ConnTrack = unsafe { *old };
     // Whoever deletes the entry counts its outcome, so it is counted once.
-    if CONNS.remove(cookie).is_ok() {
+    if Tracked.delete(cookie) {
         // connect() runs the hook again only on a socket whose last attempt never got a SYN
         // out (the kernel refuses it on a connecting socket; an attempt whose SYN went out
         // ended in the state callback, which deleted its entry).

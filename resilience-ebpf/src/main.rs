@@ -10,6 +10,7 @@
 #![allow(internal_features)]
 
 mod atomic;
+mod cookie;
 mod deadline;
 mod guard;
 mod maps;

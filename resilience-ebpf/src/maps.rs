@@ -8,7 +8,8 @@ use aya_ebpf::{
 use resilience_common::{
     maps::{
         BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, EVENTS_BYTES, MAX_CIDR, MAX_CONNS, MAX_EXACT,
-        MAX_OBSERVED, MAX_OBS_CONNS, MAX_ROUTES, MAX_SERVICE_CGROUPS, MAX_SLOTS, POLICY_ENTRIES,
+        MAX_HOT_CONNS, MAX_OBSERVED, MAX_OBS_CONNS, MAX_ROUTES, MAX_SERVICE_CGROUPS, MAX_SLOTS,
+        POLICY_ENTRIES,
     },
     Bucket, CgroupPath, CidrData, ConnTrack, Control, DestCounters, DestPolicy, Endpoint,
     PendingAges, QuietCount, RetryBudget, SavedBreaker, ServiceRoute, Stats, WindowCounts,
@@ -59,9 +60,13 @@ pub static PATH_SCRATCH: PerCpuArray<CgroupPath> = PerCpuArray::with_max_entries
 // LRU, one list for all CPUs: a destination seen once ages out instead of filling the map.
 #[map]
 pub static OBSERVED: LruHashMap<Endpoint, DestCounters> = LruHashMap::pinned(MAX_OBSERVED, 0);
-// Connections: a plain hash, never evicting (a full map leaves a connect untracked, counted,
-// with its place given back). Its size may be set at load. Observed destinations' connections
-// hold at most OBS_CAP of it, counted in OBS_LIVE.
+// Connections: plain hashes, never evicting (with both full a connect is untracked, counted,
+// with its place given back). HOT_CONNS is tried first: small, so that its buckets stay in the
+// CPU's caches and TLB (an insert into the large one costs a miss on a random bucket page);
+// CONNS takes the rest, its size set at load. A connection's entry is in one of the two.
+// Observed destinations' connections hold at most OBS_CAP in all, counted in OBS_LIVE.
+#[map]
+pub static HOT_CONNS: HashMap<u64, ConnTrack> = HashMap::pinned(MAX_HOT_CONNS, 0);
 #[map]
 pub static CONNS: HashMap<u64, ConnTrack> = HashMap::pinned(MAX_CONNS, 0);
 // Observed destinations' connections as an earlier build tracked them (they are in CONNS
@@ -83,6 +88,11 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 /// (Rust eBPF has no CO-RE). 0 means unknown: failures are then classed by state alone.
 #[unsafe(no_mangle)]
 pub static SK_ERR_OFFSET: u32 = 0;
+
+/// Byte offset of the cookie (`__sk_common.skc_cookie`) in `struct sock`, from BTF as above;
+/// 0: unknown (the hooks then look for an entry wherever one might be).
+#[unsafe(no_mangle)]
+pub static SK_COOKIE_OFFSET: u32 = 0;
 
 /// 1 where cgroup programs have bpf_set_retval and bpf_get_retval (Linux 5.18+), set by the
 /// daemon. A read-only global: the verifier knows its value and never looks at the branch a

@@ -23,8 +23,9 @@ use resilience_common::{
 };
 
 use crate::{
+    cookie,
     deadline::{set_user_timeout, syn_rto_jiffies, user_timeout},
-    maps::{active_set, hz, CONNS, OBS_CONNS, SK_ERR_OFFSET},
+    maps::{active_set, hz, CONNS, HOT_CONNS, OBS_CONNS, SK_ERR_OFFSET},
     outcome::{settle, succeed},
 };
 
@@ -58,7 +59,7 @@ pub fn on_sock_ops(ctx: &SockOpsContext) {
         BPF_SOCK_OPS_TCP_CONNECT_CB => {
             // SAFETY: the context is a valid bpf_sock_ops for this program type.
             let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-            let mark = if let Some((deadline, named)) = arm(&CONNS, cookie) {
+            let mark = if let Some((deadline, named)) = arm(&Tracked, cookie) {
                 (if named { NAMED_MARK } else { 0 }) | (if deadline { DEADLINE_MARK } else { 0 })
             } else {
                 // Not ours (untracked): nothing to follow.
@@ -91,7 +92,7 @@ pub fn on_sock_ops(ctx: &SockOpsContext) {
             let named = ctx.cb_flags() & NAMED_MARK != 0;
             if new == TCP_ESTABLISHED {
                 let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-                match established(&CONNS, cookie) {
+                match established(&Tracked, cookie) {
                     Some(c) if c.flags & TRACK_DEADLINE != 0 => end_deadline(ctx, &c),
                     Some(_) => {}
                     // A socket armed by an earlier build has no mark and may be in OBS_CONNS.
@@ -103,7 +104,7 @@ pub fn on_sock_ops(ctx: &SockOpsContext) {
             } else if new == TCP_CLOSE {
                 let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
                 let err = sk_err(ctx);
-                match closed(&CONNS, cookie, err) {
+                match closed(&Tracked, cookie, err) {
                     // A failed connect: the socket may connect again, with what the
                     // application had set.
                     Some(c) if c.flags & TRACK_DEADLINE != 0 && c.state == CONN_CONNECTING => {
@@ -136,12 +137,17 @@ pub fn on_release(ctx: &SockContext) {
     if state != TCP_SYN_SENT && state != TCP_CLOSE {
         return;
     }
+    // Never given a cookie, so never tracked: an accepted socket its peer reset, most often.
+    if cookie::unset_released(ctx.sock.cast()) {
+        return;
+    }
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    release(&CONNS, cookie, state);
+    release(&Tracked, cookie, state);
 }
 
-/// CONNS and OBS_CONNS, as the trackers use them.
-trait Conns {
+/// Where connections are tracked (`Tracked`; OBS_CONNS, an earlier build's), as the trackers
+/// use them.
+pub trait Conns {
     fn entry(&self, cookie: u64) -> Option<*mut ConnTrack>;
     fn delete(&self, cookie: u64) -> bool;
 }
@@ -162,8 +168,25 @@ macro_rules! conns {
     };
 }
 
-conns!(aya_ebpf::maps::HashMap<u64, ConnTrack>);
 conns!(aya_ebpf::maps::LruHashMap<u64, ConnTrack>);
+
+/// The connections this build tracks: HOT_CONNS, then CONNS.
+pub struct Tracked;
+
+impl Conns for Tracked {
+    #[inline(always)]
+    fn entry(&self, cookie: u64) -> Option<*mut ConnTrack> {
+        HOT_CONNS
+            .get_ptr_mut(cookie)
+            .or_else(|| CONNS.get_ptr_mut(cookie))
+    }
+
+    /// True for the one caller that removed the entry, from whichever map held it.
+    #[inline(always)]
+    fn delete(&self, cookie: u64) -> bool {
+        HOT_CONNS.remove(cookie).is_ok() || CONNS.remove(cookie).is_ok()
+    }
+}
 
 /// Marks the entry armed; `Some((has a deadline, named))` if there is one.
 #[inline(always)]
@@ -211,7 +234,6 @@ fn established(map: &impl Conns, cookie: u64) -> Option<ConnTrack> {
 #[inline(always)]
 fn closed(map: &impl Conns, cookie: u64, err: u32) -> Option<ConnTrack> {
     let conn = map.entry(cookie)?;
-    let now = unsafe { bpf_ktime_get_ns() };
     // SAFETY: copied before the entry goes away.
     let c: ConnTrack = unsafe { *conn };
     if !map.delete(cookie) {
@@ -226,6 +248,13 @@ fn closed(map: &impl Conns, cookie: u64, err: u32) -> Option<ConnTrack> {
         },
         _ if err == ECONNRESET || err == EPIPE => OUTCOME_RESET,
         _ => OUTCOME_CLOSED,
+    };
+    // A plain close is only counted: no record, no window, no slow call; the time is not
+    // read for it (a clock read is not free, least of all in a VM).
+    let now = if outcome == OUTCOME_CLOSED {
+        c.start_ns
+    } else {
+        unsafe { bpf_ktime_get_ns() }
     };
     settle(&c, outcome, err, now, active_set());
     Some(c)

@@ -160,6 +160,65 @@ fn a_reconnect_on_the_same_socket_gives_the_first_attempts_place_back() {
     );
 }
 
+/// The hooks track a connection in a small map first (HOT_CONNS, 4096 entries) and in CONNS
+/// once that is full. With the small map held full, a socket's first attempt is tracked in
+/// CONNS; its reconnect must still find that entry (the hook skips the look only for a socket
+/// that never had a cookie made) and give its place back.
+#[test]
+fn a_reconnect_finds_its_first_attempt_past_the_small_map() {
+    if !privileged("reconnect_past_hot") {
+        return;
+    }
+    let many = Server::start("127.0.0.229:0");
+    let api = Server::start("127.0.0.230:0");
+    let unreachable: SocketAddr = "127.255.255.255:9".parse().expect("addr");
+    let policy = format!(
+        "[daemon]\nmax_connections = 1024\n\n[[destination]]\nname = \"many\"\nmatch = [\"{}\"]\n[destination.bulkhead]\nmax_concurrent = 100000\n[[destination]]\nname = \"bcast\"\nmatch = [\"{unreachable}\"]\nreject_errno = \"EAGAIN\"\n[destination.bulkhead]\nmax_concurrent = 3\n[[destination]]\nname = \"api\"\nmatch = [\"{}\"]\n",
+        many.addr, api.addr
+    );
+    let cg = Cgroup::new("reconnect-hot");
+    let pins = PinDir::new("reconnect-hot");
+    let d = Daemon::start("reconnect-hot", cg.path(), &pins, &policy, "2s");
+    // 4100 held open: the small map's 4096 entries, and 4 in CONNS.
+    let holders: Vec<_> = (0..41)
+        .map(|_| spawn(cg.path(), &[many.addr], 100, &hold(6000)))
+        .collect();
+    let v = d.wait_dest_for("many", 20 * SECOND, |v| v["active"] == 4100);
+    assert_eq!(v["active"], 4100, "{v:#}");
+    assert_eq!(v["untracked"], 0, "{v:#}");
+    let got = spawn(
+        cg.path(),
+        &[unreachable],
+        2,
+        &Opts {
+            reconnect_to: Some(api.addr),
+            ..Opts::default()
+        },
+    )
+    .wait();
+    assert!(got.iter().all(|o| o.ok), "the second connects: {got:?}");
+    let v = d.wait_dest("bcast", |v| v["failures"]["local"] == 2);
+    assert_eq!(v["failures"]["local"], 2, "{v:#}");
+    assert_eq!(v["active"], 0, "{v:#}");
+    let v = d.wait_dest("api", |v| v["closed"] == 2);
+    assert_eq!(
+        (v["successes"].as_u64(), v["active"].as_u64()),
+        (Some(2), Some(0)),
+        "{v:#}"
+    );
+    // Three more attempts fit the bulkhead of 3: no place was lost.
+    let again = connect_from(cg.path(), [unreachable; 3].as_ref(), 1, SECOND);
+    assert!(
+        again.iter().all(|o| o.errno == libc::ENETUNREACH),
+        "{again:?}"
+    );
+    for h in holders {
+        assert!(h.wait().iter().all(|o| o.ok));
+    }
+    let v = d.wait_dest("many", |v| v["active"] == 0);
+    assert_eq!(v["closed"], 4100, "{v:#}");
+}
+
 /// Finding 3: a TCP Fast Open connect (SYN deferred to the first write) closed before any write
 /// kept its bulkhead place for good.
 #[test]

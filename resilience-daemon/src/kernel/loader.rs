@@ -43,9 +43,17 @@ impl Kernel {
 
         // The kernel's BTF, parsed, is about 10 MB: gone before aya parses it again for the
         // loader (the start-up's peak of memory).
-        let (sk_err, offsets) = {
+        let (sk_err, sk_cookie, offsets) = {
             let btf = Btf::from_sys_fs()?;
             let sk_err = btf.member_offset("sock", "sk_err")?;
+            // Without it the hooks look for a tracking entry where none can be (slower only).
+            let sk_cookie = btf
+                .member_offset("sock", "__sk_common")
+                .and_then(|c| Ok(c + btf.member_offset("sock_common", "skc_cookie")?))
+                .unwrap_or_else(|e| {
+                    tracing::warn!(error = %format!("{e:#}"), "socket cookies not found in BTF");
+                    0
+                });
             // For the cgroup_mkdir tracepoint; without them it does nothing (services' new
             // cgroups are then found by the daemon's look every tick).
             let offsets = [
@@ -55,7 +63,7 @@ impl Kernel {
                 ("cgroup_root", "hierarchy_id"),
             ]
             .map(|(s, m)| btf.member_offset(s, m));
-            (sk_err, offsets)
+            (sk_err, sk_cookie, offsets)
         };
         let [kn, kn_id, root, hierarchy] = match offsets {
             [Ok(a), Ok(b), Ok(c), Ok(d)] => [a, b, c, d],
@@ -85,6 +93,7 @@ impl Kernel {
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&opts.pin_dir)
             .override_global(maps::GLOBAL_SK_ERR_OFFSET, &sk_err, true)
+            .override_global(maps::GLOBAL_SK_COOKIE_OFFSET, &sk_cookie, true)
             .override_global(maps::GLOBAL_HAVE_RETVAL, &u32::from(features.retval), true)
             .override_global(maps::GLOBAL_HZ, &hz, true)
             .override_global(maps::GLOBAL_OBS_CAP, &(opts.max_connections / 2), true)

@@ -32,7 +32,7 @@ pub struct Reconciled {
 pub fn reconcile(pin_dir: &Path, arrays: &Arrays, before_ns: u64) -> Result<Reconciled> {
     let live = sockdiag::live_cookies()?;
     let mut r = Reconciled::default();
-    for name in [maps::CONNS, maps::OBS_CONNS] {
+    for name in [maps::HOT_CONNS, maps::CONNS, maps::OBS_CONNS] {
         let path = pin_dir.join(name);
         let data = MapData::from_pin(&path)
             .with_context(|| format!("opening pinned map {}", path.display()))?;

@@ -346,8 +346,8 @@ fn cost_cell(costs: &HookCost, hook: &str) -> String {
 
 /// The conditions with programs, every placement, and their per-program statistics only (no
 /// timed rounds): a quick look at what a change to the programs did.
-pub fn stats_only(batch: u32, before: Option<PathBuf>) -> String {
-    let (_, setups, cells) = layout(
+pub fn stats_only(batch: u32, before: Option<PathBuf>, only: Option<&str>) -> String {
+    let (_, setups, mut cells) = layout(
         vec![
             Cond::Floor,
             Cond::FloorState,
@@ -357,6 +357,11 @@ pub fn stats_only(batch: u32, before: Option<PathBuf>) -> String {
         ],
         before,
     );
+    if let Some(only) = only {
+        cells.retain(|&(p, c)| {
+            format!("{}: {}", setups[p].placement.label(), c.label()).contains(only)
+        });
+    }
     let costs = program_costs(&setups, &cells, batch);
     let mut out = format!("Per-program statistics, {batch} connects per condition\n\n| placement | condition | connect: runs, ns | sock_ops: runs, ns | sock_release: runs, ns | total ns |\n|---|---|---:|---:|---:|---:|\n");
     for (i, &(p, cond)) in cells.iter().enumerate() {

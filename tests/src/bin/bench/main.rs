@@ -35,6 +35,10 @@ struct Args {
     /// a quick check of a change to the programs.
     #[arg(long)]
     stats_only: bool,
+    /// With --stats-only: only the cells whose "placement: condition" label contains this
+    /// (e.g. "client in the cgroup: resilience, destination named").
+    #[arg(long)]
+    only: Option<String>,
 }
 
 /// (rounds) x (ms of connects at 5k/s): how many connects reach a refusing destination after
@@ -212,7 +216,10 @@ fn main() {
     }
     let before = std::env::var_os("RESILIENCE_BENCH_BEFORE").map(PathBuf::from);
     if args.stats_only {
-        print!("{}", datapath::stats_only(args.batch, before));
+        print!(
+            "{}",
+            datapath::stats_only(args.batch, before, args.only.as_deref())
+        );
         return;
     }
     let mut report = String::new();
