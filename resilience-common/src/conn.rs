@@ -8,8 +8,8 @@ pub const SLOT_OBSERVED: u32 = u32::MAX;
 pub const CONN_CONNECTING: u16 = 0;
 pub const CONN_ESTABLISHED: u16 = 1;
 
-/// A TCP socket whose connect the hook allowed, keyed by socket cookie in CONNS (earlier builds
-/// kept observed destinations' in OBS_CONNS).
+/// A TCP socket whose connect the hook allowed, keyed by socket cookie in HOT_CONNS or CONNS
+/// (earlier builds kept observed destinations' in OBS_CONNS).
 #[repr(C)]
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct ConnTrack {
@@ -53,7 +53,7 @@ pub const TRACK_DEADLINE: u32 = 1 << 4;
 pub const TRACK_PENDING: u32 = 1 << 5;
 /// The connect was admitted as a retry (counted in the retry budget's window).
 pub const TRACK_RETRY: u32 = 1 << 6;
-/// A connect to an observed destination that holds one of the entries of CONNS observed
+/// A connect to an observed destination that holds one of the tracking entries observed
 /// connects may hold (`OBS_LIVE`), given back with the entry.
 pub const TRACK_ROOM: u32 = 1 << 7;
 pub const PENDING_SHIFT: u32 = 8;

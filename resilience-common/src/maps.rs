@@ -53,7 +53,7 @@ pub const HOT_CONNS: &str = "HOT_CONNS";
 /// Socket cookie -> connection to an observed destination, as builds before CONNS held them
 /// (LRU). Still read for sockets such a build armed, and emptied at start.
 pub const OBS_CONNS: &str = "OBS_CONNS";
-/// [0] -> entries of CONNS held by connections to observed destinations.
+/// [0] -> tracking entries (HOT_CONNS and CONNS) held by connections to observed destinations.
 pub const OBS_LIVE: &str = "OBS_LIVE";
 /// Outcome records.
 pub const EVENTS: &str = "EVENTS";
@@ -113,8 +113,8 @@ pub const GLOBAL_KERNFS_ID_OFFSET: &str = "KERNFS_ID_OFFSET";
 pub const GLOBAL_CGROUP_ROOT_OFFSET: &str = "CGROUP_ROOT_OFFSET";
 pub const GLOBAL_HIERARCHY_ID_OFFSET: &str = "HIERARCHY_ID_OFFSET";
 
-/// Read-only global in the object: how many entries of CONNS connections to observed
-/// destinations may hold (the daemon sets half of `max_connections`).
+/// Read-only global in the object: how many tracking entries (HOT_CONNS and CONNS) connections
+/// to observed destinations may hold (the daemon sets half of `max_connections`).
 pub const GLOBAL_OBS_CAP: &str = "OBS_CAP";
 
 /// Read-only global in the object: the kernel's HZ (jiffies per second), for the initial SYN

@@ -523,7 +523,7 @@ fn track_in(
     (tracked, restore)
 }
 
-/// One more observed connect tracked, if the share of CONNS they may hold has room.
+/// One more observed connect tracked, if the share of the tracking maps they may hold has room.
 #[inline(always)]
 fn take_obs_room() -> bool {
     let Some(live) = OBS_LIVE.get_ptr_mut(0) else {

@@ -112,8 +112,8 @@ pub static CGROUP_ROOT_OFFSET: u32 = 0;
 #[unsafe(no_mangle)]
 pub static HIERARCHY_ID_OFFSET: u32 = 0;
 
-/// How many entries of CONNS connections to observed destinations may hold, set by the daemon
-/// (half of its size).
+/// How many tracking entries (HOT_CONNS and CONNS) connections to observed destinations may
+/// hold, set by the daemon (half of `max_connections`).
 #[unsafe(no_mangle)]
 pub static OBS_CAP: u32 = MAX_CONNS / 2;
 

@@ -52,7 +52,7 @@ pub struct Arrays {
     /// life); every other slot's entry is all zero and is never touched here, so that its
     /// 320 bytes never become the daemon's resident memory (3 MiB at 10k destinations).
     retry_live: Bits,
-    /// [0]: entries of CONNS held by connections to observed destinations (the programs add
+    /// [0]: tracking entries held by connections to observed destinations (the programs add
     /// and take back; reconciliation takes back the entries it removes).
     pub obs_live: MmapArray<u64>,
     pub control: MmapArray<Control>,
