@@ -139,7 +139,7 @@ pub fn replay(rec: &Recording, candidate: &Policy, resolved: &[Resolved]) -> Rep
                 in_force_as.push(k);
             }
         }
-        let mut unit = def.clone();
+        let mut unit = (**def).clone();
         unit.service = service.clone();
         let active = active_readings(rec, &in_force_as);
         let candidate_side = simulate(&unit, &lines, &active, t0);

@@ -253,7 +253,7 @@ pub fn explain(
     let (source, dests, snapshot) = match config_file {
         Some(file) => {
             let policy = config::load_file(file).map_err(|e| anyhow::anyhow!("{e}"))?;
-            let dests: Vec<Dest> = policy.destinations.iter().map(from_policy).collect();
+            let dests: Vec<Dest> = policy.destinations.iter().map(|d| from_policy(d)).collect();
             (format!("policy file {}", file.display()), dests, None)
         }
         None => {

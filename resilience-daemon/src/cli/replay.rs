@@ -231,7 +231,7 @@ pub fn replay(candidate: &Path, file: &Path, json: bool) -> Result<String> {
     let resolved: Vec<replay::Resolved> = policy
         .destinations
         .iter()
-        .map(explain::resolved_now)
+        .map(|d| explain::resolved_now(d))
         .collect();
     let report = replay::replay(&rec, &policy, &resolved);
     if json {

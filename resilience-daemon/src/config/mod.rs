@@ -20,7 +20,7 @@ pub use overlap::overlaps;
 pub use parse::{check_name, load_file, parse_metrics_addr, parse_str, printable};
 pub use show::{destination_json, to_json, to_text};
 
-use std::{path::PathBuf, time::Duration};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 /// The policy the daemon enforces.
 #[derive(Debug, Clone, PartialEq)]
@@ -28,7 +28,8 @@ pub struct Policy {
     pub daemon: DaemonSettings,
     /// `[[service]]`: groups of processes by cgroup, in the file's order.
     pub services: Vec<Service>,
-    pub destinations: Vec<Destination>,
+    /// Shared with what the daemon guards (`units`): one copy of each definition, not two.
+    pub destinations: Vec<Arc<Destination>>,
 }
 
 impl Policy {
@@ -132,16 +133,19 @@ pub fn label(name: &str, service: Option<&str>) -> String {
 }
 
 impl Destination {
-    /// What the daemon guards for this destination: itself, or one copy per service.
-    pub fn units(&self) -> Vec<Destination> {
+    /// What the daemon guards for this destination: itself (shared, not copied), or one copy
+    /// per service.
+    pub fn units(self: &Arc<Self>) -> Vec<Arc<Destination>> {
         if self.services.is_empty() {
-            return vec![self.clone()];
+            return vec![Arc::clone(self)];
         }
         self.services
             .iter()
-            .map(|s| Destination {
-                service: Some(s.clone()),
-                ..self.clone()
+            .map(|s| {
+                Arc::new(Destination {
+                    service: Some(s.clone()),
+                    ..(**self).clone()
+                })
             })
             .collect()
     }

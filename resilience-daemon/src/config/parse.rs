@@ -446,7 +446,7 @@ pub fn parse_str(text: &str, path: &Path) -> Result<Policy, ConfigError> {
         .map(|(_, r)| r.build())
         .transpose()
         .map_err(located)?;
-        destinations.push(Destination {
+        destinations.push(std::sync::Arc::new(Destination {
             name,
             services: scoped,
             service: None,
@@ -458,7 +458,7 @@ pub fn parse_str(text: &str, path: &Path) -> Result<Policy, ConfigError> {
             rate_limit,
             bulkhead,
             retry_budget,
-        });
+        }));
     }
     Ok(Policy {
         daemon,

@@ -72,7 +72,7 @@ pub fn to_json(policy: &Policy) -> Value {
             ServiceCgroup::Path(p) => json!({"name": s.name, "cgroup": p.display().to_string()}),
             ServiceCgroup::Unit(u) => json!({"name": s.name, "unit": u}),
         }).collect::<Vec<_>>(),
-        "destinations": policy.destinations.iter().map(destination_json).collect::<Vec<_>>(),
+        "destinations": policy.destinations.iter().map(|d| destination_json(d)).collect::<Vec<_>>(),
         "overlaps": super::overlaps(policy),
     })
 }

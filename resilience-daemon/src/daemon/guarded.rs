@@ -13,8 +13,9 @@ use crate::{
 
 /// A destination being guarded.
 pub struct Dest {
-    /// The effective definition: the file's, with the operator's mode over it.
-    pub def: Destination,
+    /// The effective definition: the file's (shared with the policy), with the operator's mode
+    /// over it.
+    pub def: std::sync::Arc<Destination>,
     /// `resilience disable`: the mode the operator put in force over the file's.
     pub override_mode: Option<Mode>,
     pub slot: u32,

@@ -4,6 +4,7 @@
 
 use std::{
     collections::HashMap,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -44,15 +45,19 @@ pub struct Inputs {
 impl Inputs {
     /// Each destination (one per service where it lists services) with the operator's mode
     /// over the file's, and the dispatch number of a scoped one (its place in the file).
-    pub fn effective(&self) -> Vec<(Destination, Option<Mode>, Option<u32>)> {
+    pub fn effective(&self) -> Vec<(Arc<Destination>, Option<Mode>, Option<u32>)> {
         let mut out = Vec::new();
         for (i, d) in self.file.destinations.iter().enumerate() {
             let over = self.overrides.get(&d.name).copied();
             let dispatch = (!d.services.is_empty()).then_some(i as u32);
-            for mut u in d.units() {
-                if let Some(m) = over {
-                    u.mode = m;
-                }
+            for u in d.units() {
+                let u = match over {
+                    Some(m) if u.mode != m => Arc::new(Destination {
+                        mode: m,
+                        ..(*u).clone()
+                    }),
+                    _ => u,
+                };
                 out.push((u, over, dispatch));
             }
         }
@@ -80,7 +85,7 @@ pub fn service_levels<'a>(
 }
 
 pub struct Planned {
-    pub def: Destination,
+    pub def: Arc<Destination>,
     /// A scoped destination's dispatch number (its EXACT and CIDR keys hold it).
     pub dispatch: Option<u32>,
     pub override_mode: Option<Mode>,
