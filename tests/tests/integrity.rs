@@ -340,6 +340,64 @@ fn places_of_connections_closed_while_the_daemon_was_down_come_back() {
     }
 }
 
+/// The same with the small tracking map full, so that the connections that close while no
+/// daemon runs are tracked in CONNS: the restart finds them there and gives their places back.
+#[test]
+fn places_closed_while_down_come_back_past_the_small_map() {
+    if !privileged("places_closed_while_down_past_hot") {
+        return;
+    }
+    let fill = Server::start("127.0.0.231:0");
+    let server = Server::start("127.0.0.232:0");
+    let policy = format!(
+        "{}{}",
+        dest(
+            "fill",
+            fill.addr,
+            "[destination.bulkhead]\nmax_concurrent = 100000\n"
+        ),
+        dest(
+            "db",
+            server.addr,
+            "reject_errno = \"EAGAIN\"\n[destination.bulkhead]\nmax_concurrent = 3\n",
+        )
+    );
+    let cg = Cgroup::new("down-hot");
+    let pins = PinDir::new("down-hot");
+    let mut d = Daemon::start("down-hot", cg.path(), &pins, &policy, "2s");
+    let hold = |ms: u64| Opts {
+        hold: Some(Duration::from_millis(ms)),
+        timeout: Some(5 * SECOND),
+        ..Opts::default()
+    };
+    // The small map's 4096 entries, held through the restart.
+    let fillers: Vec<_> = (0..32)
+        .map(|_| spawn(cg.path(), &[fill.addr], 128, &hold(15000)))
+        .collect();
+    d.wait_dest_for("fill", 20 * SECOND, |v| v["active"] == 4096);
+    let long = spawn(cg.path(), &[server.addr], 1, &hold(9000));
+    let short = spawn(cg.path(), &[server.addr], 2, &hold(2500));
+    d.wait_dest("db", |v| v["active"] == 3);
+    d.kill();
+    assert!(short.wait().iter().all(|o| o.ok));
+    d.start_again();
+    let v = d.wait_dest("db", |v| v["active"] == 1);
+    assert_eq!(
+        v["active"], 1,
+        "only the live connection holds a place: {v:#}"
+    );
+    assert_eq!(v["closed"], 2, "{v:#}");
+    assert_eq!(d.status()["kernel"]["untracked"], 0);
+    assert!(long.wait()[0].ok);
+    let v = d.wait_dest("db", |v| v["active"] == 0);
+    assert_eq!(v["active"], 0, "{v:#}");
+    for f in fillers {
+        assert!(f.wait().iter().all(|o| o.ok));
+    }
+    let v = d.wait_dest("fill", |v| v["active"] == 0);
+    assert_eq!(v["closed"], 4096, "{v:#}");
+}
+
 /// Finding 5: a restart forgot an open breaker and refilled the token bucket.
 #[test]
 fn a_restart_keeps_open_breakers_and_bucket_levels() {
