@@ -156,14 +156,12 @@ mod tests {
 
     #[test]
     fn disabled_rejects_nothing_and_counts_what_it_would() {
-        let mut d = (*crate::config::parse_str(
+        let policy = crate::config::parse_str(
             "[[destination]]\nname = \"a\"\nmatch = [\"127.0.0.1:80\"]\nmode = \"disabled\"\n[destination.rate_limit]\nrate = 1\n[destination.bulkhead]\nmax_concurrent = 1\n",
             std::path::Path::new("p.toml"),
         )
-        .expect("policy")
-        .destinations
-        .remove(0))
-        .clone();
+        .expect("policy");
+        let mut d = (*policy.destinations[0]).clone();
         let kv = KernelVerdict {
             verdict: crate::engine::Verdict::Allow,
             trip_after: 0,

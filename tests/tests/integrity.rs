@@ -9,7 +9,7 @@ use std::{
 use nix::sys::signal::Signal;
 use resilience_tests::{
     cgroup::Cgroup,
-    client::{connect_from, spawn, Opts},
+    client::{connect_from, spawn, Opts, Running},
     daemon::{run_to_end, Daemon, PinDir, StartOpts},
     listener::{BlackHole, Server},
     privileged,
@@ -46,6 +46,49 @@ fn reload(d: &Daemon, policy: &str) -> (bool, String, String) {
 
 fn dest(name: &str, addr: SocketAddr, extra: &str) -> String {
     format!("[[destination]]\nname = \"{name}\"\nmatch = [\"{addr}\"]\n{extra}")
+}
+
+/// Connects that stay open `ms` after the last one.
+fn hold(ms: u64) -> Opts {
+    Opts {
+        hold: Some(Duration::from_millis(ms)),
+        timeout: Some(5 * SECOND),
+        ..Opts::default()
+    }
+}
+
+/// A bulkhead of 3 that rejects with EAGAIN.
+const THREE_PLACES: &str =
+    "reject_errno = \"EAGAIN\"\n[destination.bulkhead]\nmax_concurrent = 3\n";
+
+/// Three connections to `db` (at `server`, `THREE_PLACES`): one held through a restart of the
+/// daemon (killed, or stopped), two that close while it is down (held `long_ms` and `short_ms`).
+/// After the restart only the live one holds a place and the two are counted closed. Returns
+/// the live one's client.
+fn two_close_while_down(
+    d: &mut Daemon,
+    cg: &Cgroup,
+    server: SocketAddr,
+    kill: bool,
+    (long_ms, short_ms): (u64, u64),
+) -> Running {
+    let long = spawn(cg.path(), &[server], 1, &hold(long_ms));
+    let short = spawn(cg.path(), &[server], 2, &hold(short_ms));
+    d.wait_dest("db", |v| v["active"] == 3);
+    if kill {
+        d.kill();
+    } else {
+        d.stop();
+    }
+    assert!(short.wait().iter().all(|o| o.ok));
+    d.start_again();
+    let v = d.wait_dest("db", |v| v["active"] == 1);
+    assert_eq!(
+        v["active"], 1,
+        "kill={kill}: only the live connection holds a place: {v:#}"
+    );
+    assert_eq!(v["closed"], 2, "{v:#}");
+    long
 }
 
 /// Finding 1: a reload that `check` accepted but `run` could not apply emptied the daemon, and
@@ -295,36 +338,12 @@ fn places_of_connections_closed_while_the_daemon_was_down_come_back() {
         return;
     }
     let server = Server::start("127.0.0.110:0");
-    let policy = dest(
-        "db",
-        server.addr,
-        "reject_errno = \"EAGAIN\"\n[destination.bulkhead]\nmax_concurrent = 3\n",
-    );
+    let policy = dest("db", server.addr, THREE_PLACES);
     for kill in [true, false] {
         let cg = Cgroup::new("down");
         let pins = PinDir::new("down");
         let mut d = Daemon::start("down", cg.path(), &pins, &policy, "2s");
-        let hold = |ms: u64| Opts {
-            hold: Some(Duration::from_millis(ms)),
-            ..Opts::default()
-        };
-        let long = spawn(cg.path(), &[server.addr], 1, &hold(6000));
-        let short = spawn(cg.path(), &[server.addr], 2, &hold(1000));
-        d.wait_dest("db", |v| v["active"] == 3);
-        if kill {
-            d.kill();
-        } else {
-            d.stop();
-        }
-        // The two short connections close while no daemon runs.
-        assert!(short.wait().iter().all(|o| o.ok));
-        d.start_again();
-        let v = d.wait_dest("db", |v| v["active"] == 1);
-        assert_eq!(
-            v["active"], 1,
-            "kill={kill}: only the live connection holds a place: {v:#}"
-        );
-        assert_eq!(v["closed"], 2, "{v:#}");
+        let long = two_close_while_down(&mut d, &cg, server.addr, kill, (6000, 1000));
         assert!(
             messages(&d).iter().any(|m| m.starts_with(
                 "2 tracked connections closed while no daemon ran: 2 bulkhead places given back"
@@ -356,37 +375,17 @@ fn places_closed_while_down_come_back_past_the_small_map() {
             fill.addr,
             "[destination.bulkhead]\nmax_concurrent = 100000\n"
         ),
-        dest(
-            "db",
-            server.addr,
-            "reject_errno = \"EAGAIN\"\n[destination.bulkhead]\nmax_concurrent = 3\n",
-        )
+        dest("db", server.addr, THREE_PLACES)
     );
     let cg = Cgroup::new("down-hot");
     let pins = PinDir::new("down-hot");
     let mut d = Daemon::start("down-hot", cg.path(), &pins, &policy, "2s");
-    let hold = |ms: u64| Opts {
-        hold: Some(Duration::from_millis(ms)),
-        timeout: Some(5 * SECOND),
-        ..Opts::default()
-    };
     // The small map's 4096 entries, held through the restart.
     let fillers: Vec<_> = (0..32)
         .map(|_| spawn(cg.path(), &[fill.addr], 128, &hold(15000)))
         .collect();
     d.wait_dest_for("fill", 20 * SECOND, |v| v["active"] == 4096);
-    let long = spawn(cg.path(), &[server.addr], 1, &hold(9000));
-    let short = spawn(cg.path(), &[server.addr], 2, &hold(2500));
-    d.wait_dest("db", |v| v["active"] == 3);
-    d.kill();
-    assert!(short.wait().iter().all(|o| o.ok));
-    d.start_again();
-    let v = d.wait_dest("db", |v| v["active"] == 1);
-    assert_eq!(
-        v["active"], 1,
-        "only the live connection holds a place: {v:#}"
-    );
-    assert_eq!(v["closed"], 2, "{v:#}");
+    let long = two_close_while_down(&mut d, &cg, server.addr, true, (9000, 2500));
     assert_eq!(d.status()["kernel"]["untracked"], 0);
     assert!(long.wait()[0].ok);
     let v = d.wait_dest("db", |v| v["active"] == 0);
@@ -519,10 +518,6 @@ fn fail_open_connects_hold_places() {
     let cg = Cgroup::new("failopen");
     let pins = PinDir::new("failopen");
     let d = Daemon::start("failopen", cg.path(), &pins, &policy, "300ms");
-    let hold = |ms: u64| Opts {
-        hold: Some(Duration::from_millis(ms)),
-        ..Opts::default()
-    };
     let early = spawn(cg.path(), &[server.addr], 2, &hold(1500));
     d.wait_dest("db", |v| v["active"] == 2);
     d.signal(Signal::SIGSTOP);
