@@ -1,7 +1,9 @@
 //! The floor of the datapath benchmark: programs that do nothing, attached at the daemon's four
 //! hooks (connect4, connect6, sock_ops, sock_release) of a cgroup. What they cost is what any
-//! program at those hooks costs. Loaded through bpf(2) from a few raw instructions, so the
-//! benchmark needs no BPF toolchain of its own; attached with links, so dropping detaches.
+//! program at those hooks costs. A third kind does the least an exact per-connection tracker
+//! must: an entry per connect, found when the connection is established and when it closes,
+//! and deleted then. Loaded through bpf(2) from a few raw instructions, so the benchmark needs
+//! no BPF toolchain of its own; attached with links, so dropping detaches.
 
 use std::{
     io,
@@ -9,7 +11,10 @@ use std::{
     path::Path,
 };
 
+const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
 const BPF_PROG_LOAD: libc::c_long = 5;
+const MAP_HASH: u32 = 1;
 const BPF_LINK_CREATE: libc::c_long = 28;
 
 const PROG_CGROUP_SOCK: u32 = 9;
@@ -39,6 +44,17 @@ struct ProgLoad {
     expected_attach_type: u32,
 }
 
+/// BPF_MAP_CREATE's leading fields.
+#[repr(C)]
+#[derive(Default)]
+struct MapCreate {
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    map_flags: u32,
+}
+
 /// BPF_LINK_CREATE's leading fields.
 #[repr(C)]
 #[derive(Default)]
@@ -57,10 +73,38 @@ fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> u64 {
 }
 
 const MOV64_K: u8 = 0xb7;
+const MOV64_X: u8 = 0xbf;
+const ADD64_K: u8 = 0x07;
 const EXIT: u8 = 0x95;
 const CALL: u8 = 0x85;
 const LDX_W: u8 = 0x61;
+const STX_DW: u8 = 0x7b;
+const ST_DW: u8 = 0x7a;
+const LD_IMM64: u8 = 0x18;
 const JNE_K: u8 = 0x55;
+const JEQ_K: u8 = 0x15;
+
+const TCP_CONNECT_CB: i32 = 3;
+const STATE_CB: i32 = 10;
+const STATE_CB_FLAG: i32 = 4;
+const TCP_ESTABLISHED: i32 = 1;
+const TCP_CLOSE: i32 = 7;
+
+const MAP_LOOKUP_ELEM: i32 = 1;
+const MAP_UPDATE_ELEM: i32 = 2;
+const MAP_DELETE_ELEM: i32 = 3;
+const GET_SOCKET_COOKIE: i32 = 46;
+const SOCK_OPS_CB_FLAGS_SET: i32 = 59;
+
+/// `r1 = map` (two instruction slots; src 1: the immediate is a map descriptor).
+fn ld_map(fd: i32) -> [u64; 2] {
+    [insn(LD_IMM64, 1, 1, 0, fd), insn(0, 0, 0, 0, 0)]
+}
+
+/// The tracking map of the tracker floor: cookie -> 16 bytes, as small as the daemon's
+/// HOT_CONNS (4096 entries), preallocated.
+const TRACK_ENTRIES: u32 = 4096;
+const TRACK_VALUE: u32 = 16;
 
 /// `r0 = 1; exit`: allow, do nothing.
 fn allow() -> Vec<u64> {
@@ -70,9 +114,6 @@ fn allow() -> Vec<u64> {
 /// sock_ops that asks for state callbacks on connect, as the daemon's does, and nothing else:
 /// `if (op == TCP_CONNECT_CB) bpf_sock_ops_cb_flags_set(ctx, STATE_CB_FLAG); return 1`.
 fn sock_ops_with_state_callbacks() -> Vec<u64> {
-    const TCP_CONNECT_CB: i32 = 3;
-    const STATE_CB_FLAG: i32 = 4;
-    const SOCK_OPS_CB_FLAGS_SET: i32 = 59;
     vec![
         insn(LDX_W, 2, 1, 0, 0), // r2 = ctx->op
         insn(JNE_K, 2, 0, 2, TCP_CONNECT_CB),
@@ -81,6 +122,71 @@ fn sock_ops_with_state_callbacks() -> Vec<u64> {
         insn(MOV64_K, 0, 0, 0, 1),
         insn(EXIT, 0, 0, 0, 0),
     ]
+}
+
+/// connect4/connect6 of the tracker floor: an entry keyed by the socket's cookie.
+/// `key = cookie(ctx); value = 0; map_update(map, &key, &value, BPF_ANY); return 1`.
+fn connect_tracking(map: i32) -> Vec<u64> {
+    let mut v = vec![
+        insn(CALL, 0, 0, 0, GET_SOCKET_COOKIE), // r1 = ctx already
+        insn(STX_DW, 10, 0, -8, 0),             // key at fp-8
+        insn(ST_DW, 10, 0, -24, 0),             // value at fp-24..fp-8
+        insn(ST_DW, 10, 0, -16, 0),
+    ];
+    v.extend(ld_map(map));
+    v.extend([
+        insn(MOV64_X, 2, 10, 0, 0),
+        insn(ADD64_K, 2, 0, 0, -8),
+        insn(MOV64_X, 3, 10, 0, 0),
+        insn(ADD64_K, 3, 0, 0, -24),
+        insn(MOV64_K, 4, 0, 0, 0),
+        insn(CALL, 0, 0, 0, MAP_UPDATE_ELEM),
+        insn(MOV64_K, 0, 0, 0, 1),
+        insn(EXIT, 0, 0, 0, 0),
+    ]);
+    v
+}
+
+/// sock_ops of the tracker floor: asks for state callbacks on connect; at ESTABLISHED looks
+/// the entry up; at CLOSE looks it up and deletes it. Jump offsets count from the next
+/// instruction; `DONE` is the index of the final `r0 = 1`.
+fn sock_ops_tracking(map: i32) -> Vec<u64> {
+    const DONE: i16 = 26;
+    let to_done = |at: i16| DONE - at - 1;
+    let mut v = vec![
+        insn(MOV64_X, 6, 1, 0, 0), // 0: r6 = ctx
+        insn(LDX_W, 2, 6, 0, 0),   // 1: r2 = ctx->op
+        insn(JNE_K, 2, 0, 4, TCP_CONNECT_CB),
+        insn(MOV64_K, 2, 0, 0, STATE_CB_FLAG),
+        insn(CALL, 0, 0, 0, SOCK_OPS_CB_FLAGS_SET),
+        insn(MOV64_K, 0, 0, 0, 1),
+        insn(EXIT, 0, 0, 0, 0),
+        insn(JNE_K, 2, 0, to_done(7), STATE_CB), // 7
+        insn(LDX_W, 7, 6, 8, 0),                 // 8: r7 = ctx->args[1], the new state
+        insn(JEQ_K, 7, 0, 1, TCP_ESTABLISHED),   // 9
+        insn(JNE_K, 7, 0, to_done(10), TCP_CLOSE),
+        insn(MOV64_X, 1, 6, 0, 0), // 11
+        insn(CALL, 0, 0, 0, GET_SOCKET_COOKIE),
+        insn(STX_DW, 10, 0, -8, 0), // 13
+    ];
+    v.extend(ld_map(map)); // 14, 15
+    v.extend([
+        insn(MOV64_X, 2, 10, 0, 0), // 16
+        insn(ADD64_K, 2, 0, 0, -8),
+        insn(CALL, 0, 0, 0, MAP_LOOKUP_ELEM),            // 18
+        insn(JEQ_K, 7, 0, to_done(19), TCP_ESTABLISHED), // found or not: done
+        insn(JEQ_K, 0, 0, to_done(20), 0),               // CLOSE without an entry: done
+    ]);
+    v.extend(ld_map(map)); // 21, 22
+    v.extend([
+        insn(MOV64_X, 2, 10, 0, 0), // 23
+        insn(ADD64_K, 2, 0, 0, -8),
+        insn(CALL, 0, 0, 0, MAP_DELETE_ELEM), // 25
+        insn(MOV64_K, 0, 0, 0, 1),            // 26: DONE
+        insn(EXIT, 0, 0, 0, 0),
+    ]);
+    debug_assert_eq!(v.len(), DONE as usize + 2);
+    v
 }
 
 fn bpf<T>(cmd: libc::c_long, attr: &T) -> io::Result<OwnedFd> {
@@ -120,35 +226,61 @@ fn load(prog_type: u32, attach: u32, insns: &[u64], name: &str) -> io::Result<Ow
     )
 }
 
-/// Empty programs attached to a cgroup while this lives.
+/// What the floor's programs do.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum FloorKind {
+    /// Nothing.
+    Empty,
+    /// sock_ops asks for state callbacks on connect, as the daemon's does, so the kernel runs
+    /// it on every state change of the connecting socket too.
+    StateCallbacks,
+    /// And an entry per connect, keyed by cookie: inserted by the connect hook, looked up at
+    /// ESTABLISHED, looked up and deleted at CLOSE.
+    Tracking,
+}
+
+/// The floor's programs attached to a cgroup while this lives.
 pub struct Floor {
     /// (hook, program fd), for `prog_stats`.
     pub programs: Vec<(&'static str, OwnedFd)>,
     _links: Vec<OwnedFd>,
+    _map: Option<OwnedFd>,
 }
 
 impl Floor {
-    /// `state_callbacks`: the sock_ops program asks for state callbacks as the daemon's does,
-    /// so the kernel runs it on every state change of the connecting socket too.
-    pub fn attach(cgroup: &Path, state_callbacks: bool) -> io::Result<Floor> {
+    pub fn attach(cgroup: &Path, kind: FloorKind) -> io::Result<Floor> {
         let dir = std::fs::File::open(cgroup)?;
-        let sock_ops = if state_callbacks {
-            sock_ops_with_state_callbacks()
-        } else {
-            allow()
+        let map = match kind {
+            FloorKind::Tracking => Some(bpf(
+                BPF_MAP_CREATE,
+                &MapCreate {
+                    map_type: MAP_HASH,
+                    key_size: 8,
+                    value_size: TRACK_VALUE,
+                    max_entries: TRACK_ENTRIES,
+                    map_flags: 0,
+                },
+            )?),
+            _ => None,
+        };
+        let map_fd = map.as_ref().map_or(-1, |m| m.as_raw_fd());
+        let (connect, sock_ops) = match kind {
+            FloorKind::Empty => (allow(), allow()),
+            FloorKind::StateCallbacks => (allow(), sock_ops_with_state_callbacks()),
+            FloorKind::Tracking => (connect_tracking(map_fd), sock_ops_tracking(map_fd)),
         };
         let specs: [(&'static str, u32, u32, Vec<u64>); 4] = [
             (
                 "connect4",
                 PROG_CGROUP_SOCK_ADDR,
                 ATTACH_INET4_CONNECT,
-                allow(),
+                connect.clone(),
             ),
             (
                 "connect6",
                 PROG_CGROUP_SOCK_ADDR,
                 ATTACH_INET6_CONNECT,
-                allow(),
+                connect,
             ),
             ("sock_ops", PROG_SOCK_OPS, ATTACH_SOCK_OPS, sock_ops),
             (
@@ -177,8 +309,58 @@ impl Floor {
         Ok(Floor {
             programs,
             _links: links,
+            _map: map,
         })
     }
+
+    /// Entries in the tracker floor's map now (0 for the other kinds): every connection that
+    /// closed took its entry with it.
+    pub fn tracked(&self) -> io::Result<u32> {
+        let Some(map) = &self._map else {
+            return Ok(0);
+        };
+        let mut n = 0;
+        let mut key = [0u8; 8];
+        let mut next = [0u8; 8];
+        let mut first = true;
+        loop {
+            let attr = MapNextKey {
+                map_fd: map.as_raw_fd() as u32,
+                _pad: 0,
+                key: if first { 0 } else { key.as_ptr() as u64 },
+                next_key: next.as_mut_ptr() as u64,
+            };
+            // SAFETY: attr points at live buffers of the map's key size.
+            let r = unsafe {
+                libc::syscall(
+                    libc::SYS_bpf,
+                    BPF_MAP_GET_NEXT_KEY,
+                    &attr as *const MapNextKey,
+                    std::mem::size_of::<MapNextKey>(),
+                )
+            };
+            if r < 0 {
+                let e = io::Error::last_os_error();
+                return if e.raw_os_error() == Some(libc::ENOENT) {
+                    Ok(n)
+                } else {
+                    Err(e)
+                };
+            }
+            n += 1;
+            key = next;
+            first = false;
+        }
+    }
+}
+
+/// BPF_MAP_GET_NEXT_KEY's fields.
+#[repr(C)]
+struct MapNextKey {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    next_key: u64,
 }
 
 /// A program's run count and total run time (kernel.bpf_stats_enabled must be 1).

@@ -16,7 +16,7 @@ use resilience_tests::{
     cgroup::Cgroup,
     client::raw_loop,
     daemon::{Daemon, PinDir, StartOpts},
-    floor::{hook_of, prog_fds, prog_stats, Floor, ProgStats},
+    floor::{hook_of, prog_fds, prog_stats, Floor, FloorKind, ProgStats},
     listener::Server,
 };
 
@@ -25,6 +25,7 @@ pub enum Cond {
     None,
     Floor,
     FloorState,
+    FloorTrack,
     Observed,
     Named,
     Limits,
@@ -41,6 +42,9 @@ impl Cond {
             Cond::None => "no programs",
             Cond::Floor => "floor: empty programs at our 4 hooks",
             Cond::FloorState => "floor + state callbacks (empty sock_ops that asks for them)",
+            Cond::FloorTrack => {
+                "floor + state callbacks + a tracking entry (insert, 2 lookups, delete)"
+            }
             Cond::Observed => "resilience, destination observed",
             Cond::Named => "resilience, destination named, allowed",
             Cond::Limits => "resilience, named with token bucket and bulkhead",
@@ -205,10 +209,17 @@ impl Setup {
         let tag = "datapath";
         match cond {
             Cond::None => Active::Nothing,
-            Cond::Floor | Cond::FloorState => Active::Floor(
-                Floor::attach(self.cg.path(), cond == Cond::FloorState)
-                    .unwrap_or_else(|e| panic!("attaching the empty programs: {e}")),
-            ),
+            Cond::Floor | Cond::FloorState | Cond::FloorTrack => {
+                let kind = match cond {
+                    Cond::Floor => FloorKind::Empty,
+                    Cond::FloorState => FloorKind::StateCallbacks,
+                    _ => FloorKind::Tracking,
+                };
+                Active::Floor(
+                    Floor::attach(self.cg.path(), kind)
+                        .unwrap_or_else(|e| panic!("attaching the floor's programs: {e}")),
+                )
+            }
             Cond::Observed | Cond::Named | Cond::Limits => Active::Daemon(Daemon::start(
                 tag,
                 self.cg.path(),
@@ -304,6 +315,11 @@ fn program_costs(setups: &[Setup], cells: &[(usize, Cond)], batch: u32) -> Vec<H
         let c = hook_costs(&active, || {
             let _ = raw_loop(s.cg.path(), s.server.addr, batch);
         });
+        if let Active::Floor(f) = &active {
+            // Every connection closed: the tracker floor must have dropped every entry.
+            let left = f.tracked().expect("reading the tracker floor's map");
+            assert_eq!(left, 0, "{}: entries left after every close", cond.label());
+        }
         drop(active);
         costs.push(
             c.into_iter()
@@ -351,6 +367,7 @@ pub fn stats_only(batch: u32, before: Option<PathBuf>, only: Option<&str>) -> St
         vec![
             Cond::Floor,
             Cond::FloorState,
+            Cond::FloorTrack,
             Cond::Observed,
             Cond::Named,
             Cond::Limits,
@@ -387,6 +404,7 @@ pub fn run(batch: u32, rounds: u32, before: Option<PathBuf>) -> String {
             Cond::None,
             Cond::Floor,
             Cond::FloorState,
+            Cond::FloorTrack,
             Cond::Observed,
             Cond::Named,
             Cond::Limits,
@@ -455,9 +473,10 @@ pub fn run(batch: u32, rounds: u32, before: Option<PathBuf>) -> String {
         let line =
             |c: Cond| kernel_ns(c).map_or(String::new(), |ns| format!("{}: {ns:.0} ns", c.label()));
         out.push_str(&format!(
-            "\nProgram time per connect (all hooks, kernel statistics): {}; {}; {}; {}; {}.\n",
+            "\nProgram time per connect (all hooks, kernel statistics): {}; {}; {}; {}; {}; {}.\n",
             line(Cond::Floor),
             line(Cond::FloorState),
+            line(Cond::FloorTrack),
             line(Cond::Observed),
             line(Cond::Named),
             line(Cond::Limits)
@@ -486,7 +505,8 @@ pub fn run(batch: u32, rounds: u32, before: Option<PathBuf>) -> String {
              difference smaller than that is reported as \"cannot tell\"):\n",
             noise
         ));
-        for c in [Cond::Observed, Cond::Named] {
+        // The tracker floor first: what the least exact tracker would get.
+        for c in [Cond::FloorTrack, Cond::Observed, Cond::Named] {
             let Some(cost) = over(c) else { continue };
             out.push_str(&format!(
                 "- {}: {:+.0} ns ({:+.1}%). At most 2% of a connect: {}. At most the nftables meter ({:+.0} ns): {}. At most a quarter of `ct count` ({:+.0} ns / 4): {}. Floor with state callbacks: {:+.0} ns.\n",
@@ -505,7 +525,7 @@ pub fn run(batch: u32, rounds: u32, before: Option<PathBuf>) -> String {
         // freeing map elements), so it is a lower bound of the cost; but it is steady.
         out.push_str("\nKernel statistics (program time only, a lower bound):\n");
         let floor_ns = kernel_ns(Cond::FloorState).unwrap_or(0.0);
-        for c in [Cond::Observed, Cond::Named, Cond::Limits] {
+        for c in [Cond::FloorTrack, Cond::Observed, Cond::Named, Cond::Limits] {
             let Some(ns) = kernel_ns(c) else { continue };
             out.push_str(&format!(
                 "- {}: {ns:.0} ns = {:.1}% of the median connect without programs (2%: {}); {:.0} ns above the floor with state callbacks ({floor_ns:.0} ns, itself {:.1}%).\n",

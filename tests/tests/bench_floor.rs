@@ -1,0 +1,72 @@
+//! Privileged: the datapath benchmark's floors do what their labels say. The tracker floor is
+//! the least any exact per-connection tracker at our hooks costs, so it must really hold one
+//! entry per open connection and drop it when the connection ends, however it ends.
+
+use std::{
+    thread::sleep,
+    time::{Duration, Instant},
+};
+
+use resilience_tests::{
+    cgroup::Cgroup,
+    client::{spawn, Opts},
+    floor::{Floor, FloorKind},
+    listener::{closed_port, Server},
+    privileged,
+};
+
+fn wait_tracked(floor: &Floor, want: u32) -> u32 {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let n = floor.tracked().expect("reading the tracker floor's map");
+        if n == want || Instant::now() > deadline {
+            return n;
+        }
+        sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn the_tracker_floor_holds_an_entry_per_open_connection() {
+    if !privileged("the_tracker_floor_holds_an_entry_per_open_connection") {
+        return;
+    }
+    let server = Server::start("127.0.0.233:0");
+    let cg = Cgroup::new("floor-track");
+    let floor = Floor::attach(cg.path(), FloorKind::Tracking).expect("attaching the floor");
+
+    let held = spawn(
+        cg.path(),
+        &[server.addr],
+        3,
+        &Opts {
+            hold: Some(Duration::from_millis(1500)),
+            timeout: Some(Duration::from_secs(5)),
+            ..Opts::default()
+        },
+    );
+    assert_eq!(wait_tracked(&floor, 3), 3, "three connections held open");
+    let got = held.wait();
+    assert!(got.iter().all(|o| o.ok), "{got:?}");
+    assert_eq!(
+        wait_tracked(&floor, 0),
+        0,
+        "closed connections keep entries"
+    );
+
+    // A refused connect ends in SYN_SENT -> CLOSE: its entry goes too.
+    let refused = spawn(
+        cg.path(),
+        &[closed_port("127.0.0.233")],
+        5,
+        &Opts::default(),
+    )
+    .wait();
+    assert!(
+        refused
+            .iter()
+            .all(|o| !o.ok && o.errno == libc::ECONNREFUSED),
+        "{refused:?}"
+    );
+    assert_eq!(wait_tracked(&floor, 0), 0, "refused connects keep entries");
+}
