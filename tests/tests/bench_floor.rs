@@ -9,7 +9,7 @@ use std::{
 
 use resilience_tests::{
     cgroup::Cgroup,
-    client::{spawn, Opts},
+    client::{raw_loop, spawn, Opts},
     floor::{Floor, FloorKind},
     listener::{closed_port, Server},
     privileged,
@@ -52,6 +52,15 @@ fn the_tracker_floor_holds_an_entry_per_open_connection() {
         wait_tracked(&floor, 0),
         0,
         "closed connections keep entries"
+    );
+
+    // The benchmark's own loop: connect, then close with SO_LINGER 0 (an abortive close).
+    let got = raw_loop(cg.path(), server.addr, 200);
+    assert!(got.iter().all(|o| o.ok), "{got:?}");
+    assert_eq!(
+        wait_tracked(&floor, 0),
+        0,
+        "aborted connections keep entries"
     );
 
     // A refused connect ends in SYN_SENT -> CLOSE: its entry goes too.

@@ -318,7 +318,13 @@ fn program_costs(setups: &[Setup], cells: &[(usize, Cond)], batch: u32) -> Vec<H
         if let Active::Floor(f) = &active {
             // Every connection closed: the tracker floor must have dropped every entry.
             let left = f.tracked().expect("reading the tracker floor's map");
-            assert_eq!(left, 0, "{}: entries left after every close", cond.label());
+            assert_eq!(
+                left,
+                0,
+                "{}: {}: entries left after every close",
+                s.placement.label(),
+                cond.label()
+            );
         }
         drop(active);
         costs.push(
