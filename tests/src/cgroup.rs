@@ -37,6 +37,22 @@ impl Cgroup {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// Runs `f` with this whole process in the cgroup, then moves it back where it was: the
+    /// sockets `f` creates belong to the cgroup for good (a socket's cgroup is its creator's).
+    pub fn while_in<T>(&self, f: impl FnOnce() -> T) -> T {
+        let text = std::fs::read_to_string("/proc/self/cgroup").expect("/proc/self/cgroup");
+        let rel = text
+            .lines()
+            .find_map(|l| l.strip_prefix("0::"))
+            .expect("a cgroup2 line");
+        let home = cgroup2_root().join(rel.trim_start_matches('/'));
+        let me = std::process::id().to_string();
+        std::fs::write(self.path.join("cgroup.procs"), &me).expect("joining the cgroup");
+        let out = f();
+        std::fs::write(home.join("cgroup.procs"), &me).expect("leaving the cgroup");
+        out
+    }
 }
 
 impl Drop for Cgroup {

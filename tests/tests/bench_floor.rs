@@ -3,6 +3,8 @@
 //! entry per open connection and drop it when the connection ends, however it ends.
 
 use std::{
+    net::TcpStream,
+    os::fd::AsRawFd,
     thread::sleep,
     time::{Duration, Instant},
 };
@@ -78,4 +80,37 @@ fn the_tracker_floor_holds_an_entry_per_open_connection() {
         "{refused:?}"
     );
     assert_eq!(wait_tracked(&floor, 0), 0, "refused connects keep entries");
+}
+
+#[test]
+fn the_socket_storage_floor_keeps_the_entry_in_the_socket_until_it_closes() {
+    if !privileged("the_socket_storage_floor_keeps_the_entry_in_the_socket_until_it_closes") {
+        return;
+    }
+    let server = Server::start("127.0.0.233:0");
+    let cg = Cgroup::new("floor-storage");
+    let floor = Floor::attach(cg.path(), FloorKind::SocketStorage).expect("attaching the floor");
+    // Created in the cgroup, so the floor's programs run for it.
+    let stream = cg.while_in(|| TcpStream::connect(server.addr).expect("connecting"));
+    let fd = stream.as_raw_fd();
+    assert!(floor.stored(fd).expect("lookup"), "no entry after connect");
+    // Disconnecting (AF_UNSPEC) takes the socket to CLOSE and keeps it open: its entry is
+    // gone.
+    let unspec = libc::sockaddr {
+        sa_family: libc::AF_UNSPEC as libc::sa_family_t,
+        sa_data: [0; 14],
+    };
+    // SAFETY: a valid sockaddr of its own size, on a socket this test owns.
+    let rc = unsafe {
+        libc::connect(
+            fd,
+            &unspec,
+            std::mem::size_of::<libc::sockaddr>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+    assert!(!floor.stored(fd).expect("lookup"), "entry kept after CLOSE");
+    // A socket created outside the cgroup has none.
+    let outside = TcpStream::connect(server.addr).expect("connecting");
+    assert!(!floor.stored(outside.as_raw_fd()).expect("lookup"));
 }

@@ -1,14 +1,15 @@
 //! What an allowed connect pays, beside the alternatives, in one interleaved run: no programs,
-//! empty programs at our four hooks (the floor), the daemon (observed, named, named with
-//! bucket and bulkhead), and nftables (a stateless meter, and `ct count`, which needs
-//! conntrack). Each in two placements: the client alone in the guarded cgroup (the server is
+//! the floors (empty programs at our four hooks; with state callbacks; with the least an exact
+//! per-connection tracker does, its entry in a hash map or in the socket's storage), the
+//! daemon (observed, named, named with bucket and bulkhead), and nftables (a stateless meter,
+//! and `ct count`, which needs conntrack). Each in two placements: the client alone in the guarded cgroup (the server is
 //! elsewhere, as another host would be), and client and server both in it. Then, with the
 //! kernel's program statistics on, how often each of our programs ran per connect and for how
 //! long.
 
 use std::{
     io::Write,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Command, Stdio},
 };
 
@@ -26,6 +27,7 @@ pub enum Cond {
     Floor,
     FloorState,
     FloorTrack,
+    FloorStorage,
     Observed,
     Named,
     Limits,
@@ -44,6 +46,9 @@ impl Cond {
             Cond::FloorState => "floor + state callbacks (empty sock_ops that asks for them)",
             Cond::FloorTrack => {
                 "floor + state callbacks + a tracking entry (insert, 2 lookups, delete)"
+            }
+            Cond::FloorStorage => {
+                "floor + state callbacks + the entry in socket storage (create, 2 gets, delete)"
             }
             Cond::Observed => "resilience, destination observed",
             Cond::Named => "resilience, destination named, allowed",
@@ -136,29 +141,10 @@ fn nft(script: &str) -> Result<(), String> {
 }
 
 /// The cgroup this process is in, as a path under the cgroup2 mount.
-fn own_cgroup(mount: &Path) -> PathBuf {
-    let text = std::fs::read_to_string("/proc/self/cgroup").expect("/proc/self/cgroup");
-    let rel = text
-        .lines()
-        .find_map(|l| l.strip_prefix("0::"))
-        .expect("a cgroup2 line");
-    mount.join(rel.trim_start_matches('/'))
-}
-
 /// A server whose sockets belong to `cg`: the listener is created while this process is in
-/// it (a socket's cgroup is its creator's, and accepted sockets take the listener's).
+/// it (accepted sockets take the listener's cgroup).
 fn server_in(cg: &Cgroup, addr: &str) -> Server {
-    let mount = cg
-        .path()
-        .parent()
-        .expect("a child cgroup has a parent")
-        .to_path_buf();
-    let home = own_cgroup(&mount);
-    let me = std::process::id().to_string();
-    std::fs::write(cg.path().join("cgroup.procs"), &me).expect("join the bench cgroup");
-    let server = Server::start(addr);
-    std::fs::write(home.join("cgroup.procs"), &me).expect("leave the bench cgroup");
-    server
+    cg.while_in(|| Server::start(addr))
 }
 
 pub struct Setup {
@@ -209,11 +195,12 @@ impl Setup {
         let tag = "datapath";
         match cond {
             Cond::None => Active::Nothing,
-            Cond::Floor | Cond::FloorState | Cond::FloorTrack => {
+            Cond::Floor | Cond::FloorState | Cond::FloorTrack | Cond::FloorStorage => {
                 let kind = match cond {
                     Cond::Floor => FloorKind::Empty,
                     Cond::FloorState => FloorKind::StateCallbacks,
-                    _ => FloorKind::Tracking,
+                    Cond::FloorTrack => FloorKind::Tracking,
+                    _ => FloorKind::SocketStorage,
                 };
                 Active::Floor(
                     Floor::attach(self.cg.path(), kind)
@@ -374,6 +361,7 @@ pub fn stats_only(batch: u32, before: Option<PathBuf>, only: Option<&str>) -> St
             Cond::Floor,
             Cond::FloorState,
             Cond::FloorTrack,
+            Cond::FloorStorage,
             Cond::Observed,
             Cond::Named,
             Cond::Limits,
@@ -411,6 +399,7 @@ pub fn run(batch: u32, rounds: u32, before: Option<PathBuf>) -> String {
             Cond::Floor,
             Cond::FloorState,
             Cond::FloorTrack,
+            Cond::FloorStorage,
             Cond::Observed,
             Cond::Named,
             Cond::Limits,
@@ -479,10 +468,11 @@ pub fn run(batch: u32, rounds: u32, before: Option<PathBuf>) -> String {
         let line =
             |c: Cond| kernel_ns(c).map_or(String::new(), |ns| format!("{}: {ns:.0} ns", c.label()));
         out.push_str(&format!(
-            "\nProgram time per connect (all hooks, kernel statistics): {}; {}; {}; {}; {}; {}.\n",
+            "\nProgram time per connect (all hooks, kernel statistics): {}; {}; {}; {}; {}; {}; {}.\n",
             line(Cond::Floor),
             line(Cond::FloorState),
             line(Cond::FloorTrack),
+            line(Cond::FloorStorage),
             line(Cond::Observed),
             line(Cond::Named),
             line(Cond::Limits)
@@ -511,8 +501,13 @@ pub fn run(batch: u32, rounds: u32, before: Option<PathBuf>) -> String {
              difference smaller than that is reported as \"cannot tell\"):\n",
             noise
         ));
-        // The tracker floor first: what the least exact tracker would get.
-        for c in [Cond::FloorTrack, Cond::Observed, Cond::Named] {
+        // The tracker floors first: what the least exact tracker would get.
+        for c in [
+            Cond::FloorTrack,
+            Cond::FloorStorage,
+            Cond::Observed,
+            Cond::Named,
+        ] {
             let Some(cost) = over(c) else { continue };
             out.push_str(&format!(
                 "- {}: {:+.0} ns ({:+.1}%). At most 2% of a connect: {}. At most the nftables meter ({:+.0} ns): {}. At most a quarter of `ct count` ({:+.0} ns / 4): {}. Floor with state callbacks: {:+.0} ns.\n",
@@ -531,7 +526,13 @@ pub fn run(batch: u32, rounds: u32, before: Option<PathBuf>) -> String {
         // freeing map elements), so it is a lower bound of the cost; but it is steady.
         out.push_str("\nKernel statistics (program time only, a lower bound):\n");
         let floor_ns = kernel_ns(Cond::FloorState).unwrap_or(0.0);
-        for c in [Cond::FloorTrack, Cond::Observed, Cond::Named, Cond::Limits] {
+        for c in [
+            Cond::FloorTrack,
+            Cond::FloorStorage,
+            Cond::Observed,
+            Cond::Named,
+            Cond::Limits,
+        ] {
             let Some(ns) = kernel_ns(c) else { continue };
             out.push_str(&format!(
                 "- {}: {ns:.0} ns = {:.1}% of the median connect without programs (2%: {}); {:.0} ns above the floor with state callbacks ({floor_ns:.0} ns, itself {:.1}%).\n",
