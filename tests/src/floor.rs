@@ -105,7 +105,7 @@ fn storage_btf() -> Vec<u8> {
     out.extend(0xeb9f_u16.to_le_bytes());
     out.extend([1u8, 0]);
     for w in [24, 0, type_len, type_len, strings.len() as u32] {
-        out.extend((w as u32).to_le_bytes());
+        out.extend(w.to_le_bytes());
     }
     for t in types {
         out.extend(t.to_le_bytes());
@@ -392,15 +392,18 @@ fn load(prog_type: u32, attach: u32, insns: &[u64], name: &str) -> io::Result<Ow
         },
         ..ProgLoad::default()
     };
-    bpf(BPF_PROG_LOAD, &attr(&mut [])).or_else(|e| {
+    bpf(BPF_PROG_LOAD, &attr(&mut [])).map_err(|e| {
         // Again with the verifier's log, for the error.
         let mut log = vec![0u8; 64 * 1024];
         let _ = bpf(BPF_PROG_LOAD, &attr(&mut log));
         let text = String::from_utf8_lossy(&log);
-        Err(io::Error::new(
+        io::Error::new(
             e.kind(),
-            format!("loading {name}: {e}: {:?}", text.trim_end_matches('\0')),
-        ))
+            format!(
+                "loading {name}: {e}: {}",
+                text.trim_end_matches('\0').trim()
+            ),
+        )
     })
 }
 
