@@ -1,9 +1,13 @@
 //! Privileged: the kernel's accounting under unusual but legal socket use (issue "Kernel
-//! accounting edge cases"): probe tickets under contention, reconnects, Fast Open,
+//! accounting edge cases"): probe tickets under contention, reconnects, disconnects, Fast Open,
 //! simultaneous open, tiny rates, wildcard addresses, overlapping matches, and a tracking map
 //! filled from one CPU.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    net::{SocketAddr, TcpListener, TcpStream},
+    os::fd::AsRawFd,
+    time::Duration,
+};
 
 use resilience_tests::{
     cgroup::Cgroup,
@@ -246,6 +250,103 @@ fn a_fast_open_connect_closed_before_its_syn_gives_its_place_back() {
     // its kernel, not rejected by the bulkhead.
     let got = spawn(cg.path(), &[target], 1, &in_ns(false)).wait();
     assert_eq!(got[0].errno, libc::ECONNREFUSED, "{got:?}");
+}
+
+/// `connect(AF_UNSPEC)` on an established socket (a disconnect) takes it to CLOSE while the
+/// application keeps it: its place comes back at once, its connection is counted closed, and
+/// the same socket may connect again, as a new attempt that holds a place of its own.
+#[test]
+fn a_disconnected_socket_gives_its_place_back_and_may_connect_again() {
+    if !privileged("disconnect_and_reconnect") {
+        return;
+    }
+    // A listener that never accepts: its connections stay ESTABLISHED in its queue, so the
+    // disconnect is from ESTABLISHED (a server that closes would leave them in CLOSE_WAIT).
+    let server = TcpListener::bind("127.0.0.234:0").expect("listener");
+    let addr = server.local_addr().expect("local_addr");
+    let cg = Cgroup::new("disconnect");
+    let pins = PinDir::new("disconnect");
+    let d = Daemon::start(
+        "disconnect",
+        cg.path(),
+        &pins,
+        &format!(
+            "[[destination]]\nname = \"db\"\nmatch = [\"{}\"]\nreject_errno = \"EAGAIN\"\n[destination.bulkhead]\nmax_concurrent = 1\n",
+            addr
+        ),
+        "2s",
+    );
+    // Sockets made in the cgroup are guarded wherever this process is later.
+    let first = cg.while_in(|| TcpStream::connect(addr).expect("first connect"));
+    d.wait_dest("db", |v| v["active"] == 1);
+    assert_eq!(
+        refused(cg.while_in(|| TcpStream::connect(addr))),
+        Some(libc::EAGAIN),
+        "a second connection got past a bulkhead of one"
+    );
+
+    disconnect(first.as_raw_fd()).expect("AF_UNSPEC disconnect");
+    let v = d.wait_dest("db", |v| v["active"] == 0 && v["closed"] == 1);
+    assert_eq!(
+        (v["active"].as_u64(), v["closed"].as_u64()),
+        (Some(0), Some(1)),
+        "{v:#}"
+    );
+
+    // The same socket connects again: a new attempt, admitted, holding the place.
+    nix::sys::socket::connect(
+        first.as_raw_fd(),
+        &nix::sys::socket::SockaddrStorage::from(addr),
+    )
+    .expect("reconnect of the same socket");
+    let v = d.wait_dest("db", |v| v["active"] == 1 && v["successes"] == 2);
+    assert_eq!(v["attempts"], 3, "{v:#}");
+    assert_eq!(v["successes"], 2, "{v:#}");
+    assert_eq!(v["rejected"]["bulkhead"], 1, "{v:#}");
+    assert_eq!(
+        refused(cg.while_in(|| TcpStream::connect(addr))),
+        Some(libc::EAGAIN),
+        "the reconnected socket holds no place"
+    );
+
+    drop(first);
+    let v = d.wait_dest("db", |v| v["active"] == 0 && v["closed"] == 2);
+    assert_eq!(
+        (v["active"].as_u64(), v["closed"].as_u64()),
+        (Some(0), Some(2)),
+        "{v:#}"
+    );
+    let again = cg.while_in(|| TcpStream::connect(addr));
+    assert!(
+        again.is_ok(),
+        "the place did not come back at close: {again:?}"
+    );
+}
+
+/// The errno a connect failed with; None if it succeeded.
+fn refused(r: std::io::Result<TcpStream>) -> Option<i32> {
+    r.err().and_then(|e| e.raw_os_error())
+}
+
+/// `connect(fd, AF_UNSPEC)`: the kernel's disconnect.
+fn disconnect(fd: i32) -> std::io::Result<()> {
+    let unspec = libc::sockaddr {
+        sa_family: libc::AF_UNSPEC as libc::sa_family_t,
+        sa_data: [0; 14],
+    };
+    // SAFETY: a valid sockaddr of its own size.
+    let rc = unsafe {
+        libc::connect(
+            fd,
+            &unspec,
+            std::mem::size_of::<libc::sockaddr>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// Finding 4: a simultaneous open (here a TCP self-connect) established through the passive
