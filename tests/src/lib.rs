@@ -4,6 +4,7 @@
 //! Rules it enforces: never attach to the root cgroup (every daemon here gets a child cgroup of
 //! its own), only loopback addresses, and no test skips silently under CI.
 
+pub mod bpf_sys;
 pub mod cgroup;
 pub mod client;
 pub mod daemon;

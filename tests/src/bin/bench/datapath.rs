@@ -14,10 +14,11 @@ use std::{
 };
 
 use resilience_tests::{
+    bpf_sys::{hook_of, prog_fds, prog_stats, ProgStats},
     cgroup::Cgroup,
     client::raw_loop,
     daemon::{Daemon, PinDir, StartOpts},
-    floor::{hook_of, prog_fds, prog_stats, Floor, FloorKind, ProgStats},
+    floor::{Floor, FloorKind},
     listener::Server,
 };
 
