@@ -13,6 +13,8 @@ const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_BTF_LOAD: libc::c_long = 18;
 const BPF_LINK_CREATE: libc::c_long = 28;
+const BPF_ENABLE_STATS: libc::c_long = 32;
+const BPF_STATS_RUN_TIME: u32 = 0;
 
 const MAP_HASH: u32 = 1;
 const MAP_SK_STORAGE: u32 = 24;
@@ -291,7 +293,23 @@ pub fn count_keys(map: &OwnedFd) -> io::Result<u32> {
     }
 }
 
-/// A program's run count and total run time (kernel.bpf_stats_enabled must be 1).
+/// Turns the kernel's per-program run-time statistics on while the descriptor is held
+/// (BPF_ENABLE_STATS, Linux 5.8): unlike the `kernel.bpf_stats_enabled` sysctl, they go back
+/// off by themselves when it is closed, however this process ends.
+pub fn enable_stats() -> io::Result<OwnedFd> {
+    #[repr(C)]
+    struct EnableStats {
+        kind: u32,
+    }
+    sys_fd(
+        BPF_ENABLE_STATS,
+        &EnableStats {
+            kind: BPF_STATS_RUN_TIME,
+        },
+    )
+}
+
+/// A program's run count and total run time (while `enable_stats` holds them on).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ProgStats {
     pub run_cnt: u64,

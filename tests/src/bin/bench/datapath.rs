@@ -14,7 +14,7 @@ use std::{
 };
 
 use resilience_tests::{
-    bpf_sys::{hook_of, prog_fds, prog_stats, ProgStats},
+    bpf_sys::{enable_stats, hook_of, prog_fds, prog_stats, ProgStats},
     cgroup::Cgroup,
     client::raw_loop,
     daemon::{Daemon, PinDir, StartOpts},
@@ -284,13 +284,11 @@ fn hook_costs(active: &Active, run: impl FnOnce()) -> HookCost {
     out
 }
 
-/// Per cell, each program's runs and ns per connect over `batch` connects, with
-/// `kernel.bpf_stats_enabled` on for the pass.
+/// Per cell, each program's runs and ns per connect over `batch` connects, with the kernel's
+/// run-time statistics on for the pass.
 fn program_costs(setups: &[Setup], cells: &[(usize, Cond)], batch: u32) -> Vec<HookCost> {
     eprintln!("bench: per-program statistics ...");
-    let stats_path = "/proc/sys/kernel/bpf_stats_enabled";
-    let was = std::fs::read_to_string(stats_path).unwrap_or_else(|_| "0".into());
-    std::fs::write(stats_path, "1").expect("enabling kernel.bpf_stats_enabled");
+    let _stats = enable_stats().expect("turning the kernel's program statistics on");
     let mut costs: Vec<HookCost> = Vec::new();
     for &(p, cond) in cells {
         let s = &setups[p];
@@ -321,7 +319,6 @@ fn program_costs(setups: &[Setup], cells: &[(usize, Cond)], batch: u32) -> Vec<H
                 .collect(),
         );
     }
-    let _ = std::fs::write(stats_path, was.trim());
     costs
 }
 
@@ -435,7 +432,7 @@ pub fn run(batch: u32, rounds: u32, before: Option<PathBuf>) -> String {
     let costs = program_costs(&setups, &cells, batch);
 
     let mut out = format!(
-        "## Datapath cost\n\nOne iteration = blocking `socket()` + `connect()` to a loopback server + `close()` (SO_LINGER 0), timed in the client, pinned to CPU 0; the server accepts and closes on another thread. {rounds} rounds of {batch} per condition, every condition of both placements interleaved in rotating order. Spread = lowest to highest round median. Per-program figures come from a separate pass of {batch} connects with `kernel.bpf_stats_enabled=1` (`run_cnt`, `run_time_ns` of each program): runs and ns per connect, for connect4 (\"connect\"), sock_ops and sock_release. nftables rules sit on the output hook and match the server's address and port only.\n\n"
+        "## Datapath cost\n\nOne iteration = blocking `socket()` + `connect()` to a loopback server + `close()` (SO_LINGER 0), timed in the client, pinned to CPU 0; the server accepts and closes on another thread. {rounds} rounds of {batch} per condition, every condition of both placements interleaved in rotating order. Spread = lowest to highest round median. Per-program figures come from a separate pass of {batch} connects with the kernel's run-time statistics on (BPF_ENABLE_STATS, what `kernel.bpf_stats_enabled=1` does; `run_cnt`, `run_time_ns` of each program): runs and ns per connect, for connect4 (\"connect\"), sock_ops and sock_release. nftables rules sit on the output hook and match the server's address and port only.\n\n"
     );
     for (p, setup) in setups.iter().enumerate() {
         let idx = |c: Cond| cells.iter().position(|&x| x == (p, c));
