@@ -217,3 +217,25 @@ pub fn median(outcomes: &[Outcome]) -> Duration {
     t.sort();
     t[t.len() / 2]
 }
+
+/// `connect(fd, AF_UNSPEC)`: the kernel's disconnect. A TCP socket goes to CLOSE and stays
+/// open; it may connect again.
+pub fn disconnect(fd: i32) -> std::io::Result<()> {
+    let unspec = libc::sockaddr {
+        sa_family: libc::AF_UNSPEC as libc::sa_family_t,
+        sa_data: [0; 14],
+    };
+    // SAFETY: a valid sockaddr of its own size.
+    let rc = unsafe {
+        libc::connect(
+            fd,
+            &unspec,
+            std::mem::size_of::<libc::sockaddr>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}

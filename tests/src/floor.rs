@@ -244,24 +244,19 @@ pub struct Floor {
 impl Floor {
     pub fn attach(cgroup: &Path, kind: FloorKind) -> io::Result<Floor> {
         let dir = std::fs::File::open(cgroup)?;
-        let (map, btf) = match kind {
-            FloorKind::Tracking => (Some(bpf_sys::hash_map(TRACK_VALUE, TRACK_ENTRIES)?), None),
+        let (map, btf, connect, sock_ops) = match kind {
+            FloorKind::Empty => (None, None, allow(), allow()),
+            FloorKind::StateCallbacks => (None, None, allow(), sock_ops_with_state_callbacks()),
+            FloorKind::Tracking => {
+                let map = bpf_sys::hash_map(TRACK_VALUE, TRACK_ENTRIES)?;
+                let e = Entry::hashed(map.as_raw_fd());
+                (Some(map), None, e.connect(), e.sock_ops())
+            }
             FloorKind::SocketStorage => {
                 let (map, btf) = bpf_sys::storage_map()?;
-                (Some(map), Some(btf))
+                let e = Entry::in_socket(map.as_raw_fd());
+                (Some(map), Some(btf), e.connect(), e.sock_ops())
             }
-            _ => (None, None),
-        };
-        let map_fd = map.as_ref().map_or(-1, |m| m.as_raw_fd());
-        let entry = match kind {
-            FloorKind::Tracking => Some(Entry::hashed(map_fd)),
-            FloorKind::SocketStorage => Some(Entry::in_socket(map_fd)),
-            _ => None,
-        };
-        let (connect, sock_ops) = match (kind, entry) {
-            (_, Some(e)) => (e.connect(), e.sock_ops()),
-            (FloorKind::StateCallbacks, None) => (allow(), sock_ops_with_state_callbacks()),
-            _ => (allow(), allow()),
         };
         let specs: [(&'static str, u32, u32, Vec<u64>); 4] = [
             (

@@ -11,7 +11,7 @@ use std::{
 
 use resilience_tests::{
     cgroup::Cgroup,
-    client::{connect_from, spawn, Opts},
+    client::{connect_from, disconnect, spawn, Opts},
     daemon::{run_to_end, Daemon, PinDir},
     listener::{closed_port, Server},
     privileged, Netns,
@@ -326,27 +326,6 @@ fn a_disconnected_socket_gives_its_place_back_and_may_connect_again() {
 /// The errno a connect failed with; None if it succeeded.
 fn refused(r: std::io::Result<TcpStream>) -> Option<i32> {
     r.err().and_then(|e| e.raw_os_error())
-}
-
-/// `connect(fd, AF_UNSPEC)`: the kernel's disconnect.
-fn disconnect(fd: i32) -> std::io::Result<()> {
-    let unspec = libc::sockaddr {
-        sa_family: libc::AF_UNSPEC as libc::sa_family_t,
-        sa_data: [0; 14],
-    };
-    // SAFETY: a valid sockaddr of its own size.
-    let rc = unsafe {
-        libc::connect(
-            fd,
-            &unspec,
-            std::mem::size_of::<libc::sockaddr>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
 }
 
 /// Finding 4: a simultaneous open (here a TCP self-connect) established through the passive

@@ -11,7 +11,7 @@ use std::{
 
 use resilience_tests::{
     cgroup::Cgroup,
-    client::{raw_loop, spawn, Opts},
+    client::{disconnect, raw_loop, spawn, Opts},
     floor::{Floor, FloorKind},
     listener::{closed_port, Server},
     privileged,
@@ -96,19 +96,7 @@ fn the_socket_storage_floor_keeps_the_entry_in_the_socket_until_it_closes() {
     assert!(floor.stored(fd).expect("lookup"), "no entry after connect");
     // Disconnecting (AF_UNSPEC) takes the socket to CLOSE and keeps it open: its entry is
     // gone.
-    let unspec = libc::sockaddr {
-        sa_family: libc::AF_UNSPEC as libc::sa_family_t,
-        sa_data: [0; 14],
-    };
-    // SAFETY: a valid sockaddr of its own size, on a socket this test owns.
-    let rc = unsafe {
-        libc::connect(
-            fd,
-            &unspec,
-            std::mem::size_of::<libc::sockaddr>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+    disconnect(fd).expect("AF_UNSPEC disconnect");
     assert!(!floor.stored(fd).expect("lookup"), "entry kept after CLOSE");
     // A socket created outside the cgroup has none.
     let outside = TcpStream::connect(server.addr).expect("connecting");
